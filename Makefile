@@ -1,0 +1,37 @@
+# Two commands: `make run` (the main job) and `make test`. Both set themselves up first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test setup data clean
+
+run: setup
+	$(VENV)/bin/alexnet-lab chapter
+
+test: setup
+	$(PY) -m pytest
+
+setup: $(STAMP) data
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+# Real Fashion-MNIST: Debian's package when apt is there and we are root; otherwise the
+# program downloads it from the official mirror on first use (with a checksum check).
+data:
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+	  || echo "apt could not install dataset-fashion-mnist; alexnet-lab will download the data"; \
+	else \
+	  echo "Fashion-MNIST not installed system-wide; alexnet-lab downloads it on first use"; \
+	fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -1,0 +1,1 @@
+"""Analysis: what the models cost (shapes, parameters, FLOPs, memory) and how fast they run."""

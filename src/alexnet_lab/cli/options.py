@@ -1,0 +1,89 @@
+"""Argument groups shared by several commands, so each flag is defined once."""
+
+from __future__ import annotations
+
+import argparse
+
+from alexnet_lab.engine.config import DEVICES, PRECISIONS, SCHEDULES, preset_names
+from alexnet_lab.models import list_models
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def add_model(parser: argparse.ArgumentParser, default: str | None = "alexnet") -> None:
+    parser.add_argument("--model", choices=list_models(), default=default,
+                        help="model from the registry" + ("" if default else " (default: the preset's)"))
+
+
+def add_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with the Fashion-MNIST IDX files (else $ALEXNET_LAB_DATA, the user "
+                             "cache, /usr/share/datasets/fashion-mnist, then a download)")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=DEVICES, default=None,
+                        help="auto prefers cuda, then mps, then cpu (default: auto)")
+
+
+def add_training(parser: argparse.ArgumentParser) -> None:
+    """Flags that override the chosen preset; unset flags keep the preset's value."""
+    parser.add_argument("--preset", choices=preset_names(), default="d2l",
+                        help="named recipe; the flags below override it")
+    add_model(parser, default=None)
+    g = parser.add_argument_group("recipe (overrides the preset)")
+    g.add_argument("--epochs", type=positive_float, help="epochs to train (fractions allowed)")
+    g.add_argument("--batch-size", type=positive_int,
+                   help="global batch size (split across processes under torchrun)")
+    g.add_argument("--lr", type=positive_float, help="(peak) learning rate")
+    g.add_argument("--momentum", type=float, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, help="L2 weight decay")
+    g.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule, per step")
+    g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing")
+    g.add_argument("--resize", type=positive_int, help="input side in pixels (default: the model's)")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random shift, flip, brightness/contrast jitter on the device")
+    g.add_argument("--seed", type=int, help="seed for init, data order and augmentation")
+    n = parser.add_argument_group("numerics")
+    n.add_argument("--precision", choices=PRECISIONS, help="autocast precision (auto: bf16 where fast)")
+    n.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format")
+    n.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
+    n.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="deterministic kernels (bit-exact resume)")
+    add_device(n)
+    d = parser.add_argument_group("data and run")
+    add_data(d)
+    d.add_argument("--limit-train", type=positive_int, help="use the first N training examples")
+    d.add_argument("--limit-test", type=positive_int, help="use the first N test examples")
+    d.add_argument("--target-accuracy", type=float,
+                   help="evaluate 5 times per epoch and stop at the first test accuracy >= this")
+    d.add_argument("--checkpoint-every", type=positive_int, help="also checkpoint every N steps")
+
+
+TRAINING_KEYS = ("model", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule",
+                 "label_smoothing", "resize", "augment", "seed", "precision", "channels_last", "compile",
+                 "deterministic", "device", "data_dir", "limit_train", "limit_test", "target_accuracy",
+                 "checkpoint_every")
+
+
+def training_overrides(args: argparse.Namespace) -> dict:
+    return {key: getattr(args, key, None) for key in TRAINING_KEYS}

@@ -1,0 +1,131 @@
+"""The one batch pipeline (airbench style) used by train, evaluate, bench and the d2l API.
+
+uint8 images live in memory once (on the GPU when there is one); each batch is an index into a
+permutation, converted to float, resized and augmented with tensor ops on the device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from alexnet_lab.errors import UserError
+
+
+def to_float_batch(images_u8: torch.Tensor, resize: int | None) -> torch.Tensor:
+    """(B, H, W) uint8 -> (B, 1, S, S) float32 in [0, 1] (ToTensor semantics, no normalisation).
+
+    Resizing is bilinear with half-pixel centres (align_corners=False), like PIL's bilinear
+    resize that torchvision's Resize applies in the book's pipeline when upscaling.
+    """
+    x = images_u8.unsqueeze(1).float().div_(255.0)  # (B, 1, H, W)
+    if resize is not None and resize != x.shape[-1]:
+        x = F.interpolate(x, size=(resize, resize), mode="bilinear", align_corners=False)
+    return x
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None,
+                  max_shift: float = 2.0 / 28, brightness: float = 0.2, contrast: float = 0.2) -> torch.Tensor:
+    """Random shift (crop), horizontal flip, brightness and contrast jitter, batched on x's device.
+
+    x: (B, C, H, W) float in [0, 1]. `max_shift` is a fraction of the image side.
+    """
+    b = x.shape[0]
+    dev = x.device
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(b, generator=generator, device=dev) * (hi - lo) + lo
+
+    flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0] = flip  # x' = flip * x + tx : mirror about the vertical axis
+    theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = uniform(-1, 1) * 2 * max_shift  # grid units span 2 per image side
+    theta[:, 1, 2] = uniform(-1, 1) * 2 * max_shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    c = uniform(1 - contrast, 1 + contrast).view(b, 1, 1, 1)
+    br = uniform(-brightness, brightness).view(b, 1, 1, 1)
+    return ((x - mean) * c + mean + br).clamp_(0.0, 1.0)
+
+
+class BatchLoader:
+    """Iterates (images, labels) batches of one split.
+
+    images: (N, 28, 28) uint8 tensor, labels: (N,) int64. With `world_size > 1` each rank sees a
+    disjoint shard of every epoch's permutation (`batch_size` is the per-rank batch).
+    `set_epoch(e)` makes the order a pure function of (seed, epoch), so a run can resume mid-epoch
+    with `iterate(start_batch=k)`.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
+                 shuffle: bool, resize: int | None = None, device: torch.device | str = "cpu",
+                 augment: bool = False, seed: int = 0, drop_last: bool = False,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size < 1:
+            raise UserError(f"Batch size must be at least 1, got {batch_size}.")
+        self.device = torch.device(device)
+        on_gpu = self.device.type != "cpu"
+        # The whole split moves to the device once; labels too (47 MB for Fashion-MNIST train).
+        self.images = images.to(self.device) if on_gpu else images
+        self.labels = labels.to(self.device) if on_gpu else labels
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.resize = resize
+        self.augment = augment
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    @property
+    def num_examples(self) -> int:
+        """Examples this rank sees per epoch."""
+        n = len(self.images) // self.world_size
+        return (n // self.batch_size) * self.batch_size if self.drop_last else n
+
+    def __len__(self) -> int:
+        n = len(self.images) // self.world_size
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> torch.Tensor:
+        n = len(self.images)
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=gen)
+        else:
+            order = torch.arange(n)
+        per_rank = n // self.world_size  # equal shards: every rank runs the same number of steps
+        return order[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+    def iterate(self, start_batch: int = 0):
+        order = self._order().to(self.device)
+        aug_gen = None
+        if self.augment:
+            aug_gen = torch.Generator(device=self.device)
+            aug_gen.manual_seed(self.seed * 7919 + self.epoch * 31 + self.rank)
+        for i in range(start_batch, len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.images[idx]
+            y = self.labels[idx]
+            if self.augment:
+                x = augment_batch(to_float_batch(x, None), aug_gen)  # augment at 28x28, then resize
+                if self.resize is not None and self.resize != x.shape[-1]:
+                    x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
+            else:
+                x = to_float_batch(x, self.resize)
+            yield x, y
+
+    def __iter__(self):
+        return self.iterate(0)
+
+
+def tensors_from_numpy(images, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """numpy uint8 (N, 28, 28) and int64 (N,) -> torch tensors sharing no memory with numpy."""
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype("int64", copy=True))

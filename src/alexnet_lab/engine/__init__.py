@@ -1,0 +1,6 @@
+"""Engine: configuration, device/precision, checkpoints and the training loop."""
+
+from alexnet_lab.engine.config import PRESETS, TrainConfig, make_config
+from alexnet_lab.engine.trainer import Callback, evaluate, fit
+
+__all__ = ["PRESETS", "TrainConfig", "make_config", "Callback", "evaluate", "fit"]

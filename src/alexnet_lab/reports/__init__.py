@@ -1,0 +1,1 @@
+"""Reports: run folders (config, metrics, summary, checkpoints) and the figures drawn from them."""

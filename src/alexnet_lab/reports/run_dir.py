@@ -1,0 +1,107 @@
+"""A training run's folder: config.json, metrics.jsonl, summary.json, curves, checkpoints.
+
+`RunWriter` is an engine callback; `read_run` loads a finished or interrupted run back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from alexnet_lab.engine import checkpoint as ckpt
+from alexnet_lab.engine.trainer import Callback
+from alexnet_lab.errors import UserError
+from alexnet_lab.reports.plots import plot_curves
+
+
+def default_run_dir(model: str, root: str | os.PathLike = "runs") -> Path:
+    return Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
+
+
+def prepare_run_dir(path: str | os.PathLike, *, resume: bool = False) -> Path:
+    """Create the run folder (or check it is writable) before any training starts."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"Cannot write to --out '{path}': {exc.strerror}. Choose a writable folder.") from None
+    if not resume and (path / "checkpoint.pt").exists():
+        raise UserError(f"'{path}' already holds a run. Use --resume {path} to continue it, "
+                        "or choose another --out.")
+    return path
+
+
+def _clean(value):
+    """JSON has no NaN/inf: write null instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({k: _clean(v) for k, v in data.items()}, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class RunWriter(Callback):
+    """Writes the run folder as training goes (only on the process that owns the files)."""
+
+    def __init__(self, out: Path, config: dict, *, resume: bool = False):
+        self.out = out
+        self.config = config
+        self.rows: list[dict] = read_metrics(out) if resume else []
+        if not resume:
+            (out / "metrics.jsonl").write_text("")
+        self.info: dict = {}
+
+    def on_train_start(self, info: dict) -> None:
+        self.info = info
+        write_json(self.out / "config.json", {**self.config, "resolved": info})
+
+    def on_log(self, row: dict) -> None:
+        self.rows.append(row)
+        with open(self.out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+        # Redraw at epoch ends only (saving figures costs ~0.3 s); never inside timed target runs.
+        at_epoch_end = abs(row["epoch"] - round(row["epoch"])) < 1e-9
+        if at_epoch_end and self.config.get("target_accuracy") is None:
+            self.plot()
+
+    def plot(self) -> None:
+        title = f"{self.config.get('model')} ({self.config.get('preset')}), {self.info.get('device', '')}"
+        plot_curves([(self.config.get("model", ""), self.rows)],
+                    [self.out / "curves.svg", self.out / "curves.png"], title)
+
+    def on_checkpoint(self, payload: dict, is_best: bool) -> None:
+        ckpt.save_checkpoint(self.out / "checkpoint.pt", payload)
+        if is_best:
+            ckpt.save_checkpoint(self.out / "best.pt", payload)
+
+    def on_train_end(self, summary: dict) -> None:
+        write_json(self.out / "summary.json", summary)
+        self.plot()
+
+
+def read_metrics(out: Path) -> list[dict]:
+    path = Path(out) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_run(out: str | os.PathLike) -> dict:
+    """config, summary (if finished) and metrics of a run folder."""
+    out = Path(out)
+    if not (out / "config.json").is_file():
+        raise UserError(f"'{out}' is not a run folder (no config.json). Pass a folder made by 'alexnet-lab train'.")
+    summary_path = out / "summary.json"
+    return {"path": str(out), "config": json.loads((out / "config.json").read_text()),
+            "summary": json.loads(summary_path.read_text()) if summary_path.exists() else None,
+            "metrics": read_metrics(out)}
