@@ -107,7 +107,10 @@ def locate(root: str | os.PathLike | None = None, *, download: bool = True) -> P
 
 
 def _sha256_of_payload(path: Path) -> str:
-    opener = gzip.open if path.suffix == ".gz" else open
+    """SHA-256 of the file's content, decompressed first when it is gzip."""
+    with open(path, "rb") as fh:
+        is_gzip = fh.read(2) == b"\x1f\x8b"
+    opener = gzip.open if is_gzip else open
     digest = hashlib.sha256()
     with opener(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -148,7 +151,7 @@ def _download_one(url: str, dest: Path, sha256: str) -> None:
                 for chunk in iter(lambda: response.read(1 << 16), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
-        got = _sha256_of_payload(tmp) if _looks_gzip(tmp) else "not a gzip file"
+        got = _payload_digest_or_reason(tmp)
         if got != sha256:
             raise UserError(
                 f"Checksum mismatch for {url}: expected sha256 {sha256} of the content, got {got}. "
@@ -160,15 +163,11 @@ def _download_one(url: str, dest: Path, sha256: str) -> None:
         raise
 
 
-def _looks_gzip(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        if fh.read(2) != b"\x1f\x8b":
-            return False
+def _payload_digest_or_reason(path: Path) -> str:
     try:
-        _sha256_of_payload(path)
-    except (OSError, EOFError):
-        return False
-    return True
+        return _sha256_of_payload(path)
+    except (OSError, EOFError) as exc:
+        return f"an unreadable file ({exc})"
 
 
 def _validate(images: np.ndarray, labels: np.ndarray, img_path: Path, lbl_path: Path) -> None:

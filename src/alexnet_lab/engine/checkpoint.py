@@ -22,7 +22,7 @@ FORMAT = "alexnet-lab-checkpoint/1"
 
 
 def versions() -> dict:
-    return {"alexnet_lab": alexnet_lab.__version__, "torch": torch.__version__}
+    return {"alexnet_lab": alexnet_lab.__version__, "torch": str(torch.__version__)}
 
 
 def rng_state() -> dict:
