@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: run test setup data clean
 
 run: setup
-	$(VENV)/bin/alexnet-lab chapter
+	$(VENV)/bin/alexnet-lab chapter $(ARGS)
 
 test: setup
 	$(PY) -m pytest
