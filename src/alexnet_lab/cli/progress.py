@@ -17,10 +17,10 @@ def chapter_lines(summary: dict) -> str:
 
 
 class ConsoleReporter(Callback):
-    def __init__(self, config, out=None, stream=sys.stderr):
+    def __init__(self, config, out=None, stream=None):
         self.config = config
         self.out = out
-        self.stream = stream
+        self.stream = stream or sys.stderr  # looked up now, not at import (tests swap sys.stderr)
         self.bar = None
 
     def on_train_start(self, info: dict) -> None:
