@@ -10,7 +10,6 @@ import pickle
 import random
 import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -115,8 +114,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise UserError(f"Checkpoint '{path}' is corrupt or not a PyTorch checkpoint (the safe loader "
                         f"stopped at: {reason}); nothing in it was executed. Use best.pt or an earlier "
                         "copy, or retrain.") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the safe loader raises KeyError, IndexError, ... on garbage
         detail = str(exc).split(". ")[0].splitlines()[0] if str(exc) else "the file ends too early"
+        if not isinstance(exc, RuntimeError) and str(exc):
+            detail = f"{type(exc).__name__}: {detail}"  # e.g. "KeyError: 101" from the unpickler
         raise UserError(f"Checkpoint '{path}' is truncated or corrupt ({detail}). "
                         "Use best.pt or an earlier copy, or retrain.") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
