@@ -507,3 +507,17 @@ def test_checkpoint_of_another_model(lenet_checkpoint, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(wrong), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert f"Checkpoint '{wrong}' does not match model 'alexnet' (missing 6.weight" in err
+
+
+def test_full_disk_while_plotting(data_dir, tmp_path, monkeypatch, capsys):
+    import alexnet_lab.reports.run_dir as run_dir
+
+    def no_space(runs, paths, title):
+        raise OSError(28, "No space left on device", str(paths[0]))
+
+    monkeypatch.setattr(run_dir, "plot_curves", no_space)
+    out = tmp_path / "r"
+    assert main(train_args(data_dir, out)) == 2
+    err = capsys.readouterr().err
+    assert f"error: No space left on device while writing '{out / 'curves.svg'}'. Free disk space" in err
+    assert "Traceback" not in err

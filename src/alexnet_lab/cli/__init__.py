@@ -7,6 +7,7 @@ a training run stopped by Ctrl-C/SIGTERM prints how to resume and exits with 130
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -45,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"alexnet-lab {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        # A full disk while writing curves or metrics (checkpoints report their own failure).
+        print(f"alexnet-lab {args.command}: error: {exc.strerror} while writing '{exc.filename}'. Free disk "
+              "space or choose another folder; checkpoints are written atomically, so the last one is intact.",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # Ctrl-C outside a training loop (loading data, downloading, ...)
         print(f"alexnet-lab {args.command}: interrupted.", file=sys.stderr)
         return 130
