@@ -210,7 +210,8 @@ def test_second_ctrl_c_exits_at_once(data_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "r"
     assert main(train_args(data_dir, out)) == 130
     err = capsys.readouterr().err
-    assert "Stopped at once (second signal); nothing more was saved" in err
+    assert f"Stopped at once on the second signal, without saving; the last checkpoint ({out / 'checkpoint.pt'}) " \
+           f"is intact; resume with: alexnet-lab train --resume {out}" in err
     assert "Interrupted at step" not in err
     assert load_checkpoint(out / "checkpoint.pt")["run_state"]["step"] == 16  # epoch 1's, untouched
     assert not list(out.glob(".*tmp"))

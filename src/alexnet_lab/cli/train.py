@@ -67,8 +67,9 @@ def train_and_report(config: TrainConfig, out: Path, *, splits: Splits | None = 
                           interrupt.exit_code) from None
     except ImmediateExit as stop:
         saved = (f"the last checkpoint ({out / 'checkpoint.pt'}) is intact; resume with: {resume_hint(out)}"
-                 if (out / "checkpoint.pt").exists() else "no checkpoint had been saved yet")
-        raise Interrupted(f"Stopped at once (second signal); nothing more was saved: {saved}",
+                 if (out / "checkpoint.pt").exists() else "no checkpoint had been written yet, so there is "
+                 "nothing to resume")
+        raise Interrupted(f"Stopped at once on the second signal, without saving; {saved}",
                           stop.exit_code) from None
     finally:
         reporter.close()
@@ -131,6 +132,9 @@ def resume_run(args) -> int:
     prepare_run_dir(out, resume=True)
     print(f"Resuming {out} at step {step} (epoch {payload['run_state'].get('epoch', 0) + 1}, "
           f"{config.epochs:g} epoch(s) in all).")
+    if config.epochs != saved.epochs and config.schedule != "constant":
+        print(f"Note: the {config.schedule} learning-rate schedule now spans {config.epochs:g} epochs, so the "
+              f"learning rate continues from where a {config.epochs:g}-epoch schedule is at step {step}.")
     train_and_report(config, out, splits=splits, resume=payload)
     return 0
 

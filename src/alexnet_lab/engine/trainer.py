@@ -289,7 +289,7 @@ def _diverged(step: int, steps_per_epoch: int, lr: float) -> TrainingDiverged:
     return TrainingDiverged(
         f"The training loss became non-finite (NaN or inf) by step {step} (epoch {epoch}). "
         f"The learning rate ({lr}) is probably too high for this model and recipe: lower --lr. "
-        "The last good checkpoint was kept.")
+        "Checkpoints already written were kept: a diverged state is never saved.")
 
 
 def _all_reduce(values: torch.Tensor, world_size: int) -> torch.Tensor:
