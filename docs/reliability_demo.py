@@ -25,7 +25,7 @@ import fakedata  # noqa: E402  (the test-suite's synthetic IDX writer)
 
 from alexnet_lab.engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
-OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/reliability").resolve()
+OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/reliability")  # relative: short paths in messages
 SECTIONS = sys.argv[2:] or ["resume", "kill", "checkpoints", "data", "flags", "alexnet"]
 ENV = {**os.environ, "PYTHONPATH": str(Path("src").resolve()), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 LENET = ["--model", "lenet", "--limit-train", "2000", "--limit-test", "1000", "--epochs", "2",
@@ -175,7 +175,7 @@ def main() -> None:
             target = OUT / "data" / "download-here"
             cli("Download whose checksum does not match",
                 [*tiny, "--data-dir", str(target), "--out", str(OUT / "bad-dl")],
-                env={**ENV, "ALEXNET_LAB_MIRROR": mirror.as_uri()},
+                env={**ENV, "ALEXNET_LAB_MIRROR": mirror.resolve().as_uri()},
                 note=lambda: f"Files left in {target.name}/: {sorted(p.name for p in target.iterdir())}.")
         elif section == "flags":
             report.append("## Bad flags, bad output folders, bad images, divergence\n")

@@ -177,7 +177,7 @@ def test_check_resumable(tmp_path):
         ckpt.check_resumable(reshaped, "c.pt")
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=400), cut=st.integers(0, 5000))
 def test_random_and_cut_files_only_raise_user_error(tmp_path, data, cut):
     """Random bytes, and a real checkpoint cut or spliced at random: a UserError or a valid load."""

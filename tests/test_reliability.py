@@ -33,8 +33,12 @@ TIMING_STATE = {"step_seconds", "wall_seconds", "time_to_target_s", "metrics"}
 
 @pytest.fixture(autouse=True)
 def offline_one_thread(monkeypatch):
-    """No downloads; one intra-op thread (on a shared 2-core machine 2 threads run ~10x slower)."""
+    """No downloads; one intra-op thread (on a shared 2-core machine 2 threads run ~10x slower);
+    curves written as empty files (matplotlib costs ~0.5 s a figure; plots are tested elsewhere)."""
+    import alexnet_lab.reports.run_dir as run_dir
+
     monkeypatch.setenv("ALEXNET_LAB_OFFLINE", "1")
+    monkeypatch.setattr(run_dir, "plot_curves", lambda runs, paths, title: [Path(p).touch() for p in paths])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -206,9 +210,11 @@ def test_sigterm_in_process_exits_143(data_dir, tmp_path, monkeypatch, capsys):
 
 
 def test_second_ctrl_c_exits_at_once(data_dir, tmp_path, monkeypatch, capsys):
+    handlers_before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
     signal_at(monkeypatch, 20, signal.SIGINT, signal.SIGINT)
     out = tmp_path / "r"
     assert main(train_args(data_dir, out)) == 130
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers_before
     err = capsys.readouterr().err
     assert f"Stopped at once on the second signal, without saving; the last checkpoint ({out / 'checkpoint.pt'}) " \
            f"is intact; resume with: alexnet-lab train --resume {out}" in err

@@ -44,7 +44,8 @@ class Interrupted(Exception):
 class GracefulInterrupt(Callback):
     """First SIGINT/SIGTERM: `should_stop()` turns true, so `fit` checkpoints and raises StopRequested.
 
-    Second one: `ImmediateExit` is raised wherever the main thread is. Handlers are installed only
+    Second one: `ImmediateExit` is raised wherever the main thread is (a third one kills the
+    process outright). Handlers are installed only
     inside `with` (and only in the main thread, where Python allows it) and restored on exit.
     """
 
@@ -66,6 +67,10 @@ class GracefulInterrupt(Callback):
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is not None:
+            # The exception surfaces when the running tensor op returns; a third signal, should even
+            # that be too slow, meets the default action and ends the process on the spot.
+            for other in SIGNALS:
+                signal.signal(other, signal.SIG_DFL)
             raise ImmediateExit(signum)
         self.signum = signum
         self._say(f"\nReceived {signal.Signals(signum).name}: finishing the current step, saving a "
