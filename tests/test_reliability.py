@@ -441,9 +441,16 @@ def test_resize_too_small_names_the_smallest_size(data_dir, tmp_path, capsys):
     args[args.index("lenet")] = "alexnet"
     assert main(args) == 2
     err = capsys.readouterr().err
-    # Independent reference: 224 -> conv11/4 (+1 pad) ... the last pool must leave 5x5 for Linear(6400).
-    smallest = next(s for s in range(8, 513) if (((((s - 11 + 2) // 4 + 1) - 3) // 2 + 1 - 3) // 2 + 1 - 3) // 2 + 1 == 5)
-    assert f"does not fit model 'alexnet'" in err and f"The smallest size that works is {smallest}." in err
+    # Independent reference, by hand: conv 11/4 pad 1, then three 3/2 max-pools (the 5x5 and 3x3 convs
+    # keep the size); the last pool must leave 5x5 for Linear(6400).
+    def side_after_features(s):
+        s = (s + 2 - 11) // 4 + 1
+        for _ in range(3):
+            s = (s - 3) // 2 + 1
+        return s
+    smallest = next(s for s in range(8, 513) if side_after_features(s) == 5)
+    assert smallest == 193
+    assert "does not fit model 'alexnet'" in err and f"The smallest size that works is {smallest}." in err
     assert not (tmp_path / "r").exists()
 
 
