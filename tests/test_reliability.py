@@ -379,6 +379,19 @@ def test_bad_data_is_a_clear_error(tmp_path, capsys, kind, message):
     assert not out.exists()  # nothing half-written
 
 
+def test_bad_data_error_in_a_real_process(tmp_path):
+    """What a shell user sees: one line on stderr, exit status 2, no traceback, no run folder."""
+    folder = fakedata.make_dataset(tmp_path / "data", n_train=64, n_test=32)
+    corrupt("label-out-of-range", folder)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "ALEXNET_LAB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "alexnet_lab", *train_args(folder, tmp_path / "run")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"alexnet-lab train: error: '{folder / 't10k-labels-idx1-ubyte.gz'}' has label 10, "
+                           "outside 0..9. The file is corrupt; replace it with the official one.\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_download_checksum_mismatch_removes_the_partial_file(tmp_path, monkeypatch, capsys):
     mirror = fakedata.make_dataset(tmp_path / "mirror", n_train=64, n_test=32)  # not the real content
     monkeypatch.delenv("ALEXNET_LAB_OFFLINE")
