@@ -8,35 +8,10 @@ from alexnet_lab.data import load_fashion_mnist, read_idx
 from conftest import idx_bytes, make_dataset, write_idx
 
 
-@pytest.mark.parametrize("gz", [True, False])
-def test_read_idx_round_trip(tmp_path, gz):
-    images = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
-    path = write_idx(tmp_path / ("x.gz" if gz else "x"), images, gz)
-    got = read_idx(path)
-    assert got.dtype == np.uint8 and got.shape == (3, 28, 28)
-    np.testing.assert_array_equal(got, images)
-
-
 def test_read_idx_big_endian_int32(tmp_path):
     values = np.array([1, -2, 70000], dtype=np.int32)
     (tmp_path / "v").write_bytes(idx_bytes(values, type_code=0x0C))
     np.testing.assert_array_equal(read_idx(tmp_path / "v"), values)
-
-
-@pytest.mark.parametrize("raw, message", [
-    (b"\x00\x00", "too short"),
-    (b"\x12\x34\x08\x01\x00\x00\x00\x01\x00", "wrong magic number"),
-    (b"\x00\x00\x07\x01\x00\x00\x00\x01\x00", "wrong magic number"),
-    (b"\x00\x00\x08\x03\x00\x00\x00\x02", "truncated inside its header"),
-    (b"\x00\x00\x08\x01\x00\x00\x00\x05\x01\x02", "truncated"),
-    (b"\x00\x00\x08\x01\x00\x00\x00\x01\x01\x02", "longer than its header says"),
-])
-def test_read_idx_rejects_bad_files(tmp_path, raw, message):
-    path = tmp_path / "bad-idx"
-    path.write_bytes(raw)
-    with pytest.raises(UserError, match=message) as info:
-        read_idx(path)
-    assert str(path) in str(info.value)
 
 
 def test_read_idx_truncated_gzip(tmp_path):
@@ -45,11 +20,6 @@ def test_read_idx_truncated_gzip(tmp_path):
     path.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(UserError, match="damaged or truncated gzip"):
         read_idx(path)
-
-
-def test_read_idx_missing_file(tmp_path):
-    with pytest.raises(UserError, match="does not exist"):
-        read_idx(tmp_path / "nope.gz")
 
 
 def test_load_synthetic_folder_plain_and_gz(tmp_path):

@@ -1,15 +1,18 @@
 """Command-line interface: `alexnet-lab <command>`; one module per command.
 
-User mistakes (`UserError`) print a one-paragraph message, no traceback, and exit with status 2.
+User mistakes (`UserError`) print a one-paragraph message, no traceback, and exit with status 2;
+a training run stopped by Ctrl-C/SIGTERM prints how to resume and exits with 130/143.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
 import alexnet_lab
+from alexnet_lab.cli.interrupt import Interrupted
 from alexnet_lab.errors import UserError
 
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
@@ -40,3 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"alexnet-lab {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"alexnet-lab {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        # A full disk while writing curves or metrics (checkpoints report their own failure).
+        print(f"alexnet-lab {args.command}: error: {exc.strerror} while writing '{exc.filename}'. Free disk "
+              "space or choose another folder; checkpoints are written atomically, so the last one is intact.",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (loading data, downloading, ...)
+        print(f"alexnet-lab {args.command}: interrupted.", file=sys.stderr)
+        return 130

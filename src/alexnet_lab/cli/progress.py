@@ -20,7 +20,7 @@ class ConsoleReporter(Callback):
     def __init__(self, config, out=None, stream=None):
         self.config = config
         self.out = out
-        self.stream = stream or sys.stderr
+        self.stream = stream or sys.stderr  # looked up now, not at import (tests swap sys.stderr)
         self.bar = None
 
     def on_train_start(self, info: dict) -> None:

@@ -1,36 +1,76 @@
-"""`alexnet-lab train`: train a model with a preset recipe and write a run folder."""
+"""`alexnet-lab train`: train a model with a preset recipe and write a run folder.
+
+`--resume RUN_DIR` continues an interrupted run; Ctrl-C/SIGTERM stop it with a checkpoint.
+"""
 
 from __future__ import annotations
 
+import json
+import shlex
 import time
 from pathlib import Path
 
+from alexnet_lab.cli.interrupt import GracefulInterrupt, ImmediateExit, Interrupted
 from alexnet_lab.cli.options import add_training, training_overrides
 from alexnet_lab.cli.progress import ConsoleReporter, chapter_lines
+from alexnet_lab.engine.checkpoint import check_resumable, load_checkpoint
 from alexnet_lab.engine.config import TrainConfig, make_config
-from alexnet_lab.engine.trainer import fit
+from alexnet_lab.engine.setup import Splits, check_input_size, input_size, load_splits
+from alexnet_lab.engine.trainer import StopRequested, fit
+from alexnet_lab.errors import UserError
 from alexnet_lab.reports.run_dir import RunWriter, default_run_dir, prepare_run_dir
 
 NAME = "train"
 HELP = "train a model (default: the chapter's AlexNet with the book's d2l recipe)"
 
+# Flags that may be given with --resume. Everything else is the run's recipe and data order, which
+# a resumed run must keep to continue the same run. --epochs may only grow (to extend a run).
+RESUMABLE_FLAGS = ("epochs", "device", "data_dir", "checkpoint_every")
+
 
 def add_arguments(parser) -> None:
     add_training(parser)
+    parser.set_defaults(preset=None)  # None = not given (d2l), so --resume can refuse a given --preset
     parser.add_argument("--out", default=None, help="run folder (default: runs/<timestamp>-<model>)")
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
+                        help="continue the run in RUN_DIR from its checkpoint.pt with the config saved "
+                             "there; only --epochs (to extend), --device, --data-dir and "
+                             "--checkpoint-every may be given with it")
 
 
 def config_from_args(args) -> TrainConfig:
-    return make_config(args.preset, **training_overrides(args))
+    return make_config(args.preset or "d2l", **training_overrides(args))
 
 
-def train_and_report(config: TrainConfig, out: Path) -> dict:
-    """Train `config` into run folder `out`, showing progress; return the summary."""
-    writer = RunWriter(out, config.to_dict())
+def resume_hint(out: Path) -> str:
+    return f"alexnet-lab train --resume {shlex.quote(str(out))}"
+
+
+def train_and_report(config: TrainConfig, out: Path, *, splits: Splits | None = None,
+                     resume: dict | None = None) -> dict:
+    """Train `config` into run folder `out`, showing progress; return the summary.
+
+    The first Ctrl-C/SIGTERM stops at the next step boundary with a checkpoint, the second at
+    once; either way `Interrupted` (exit status 130/143) is raised with the command that resumes.
+    """
+    rows = resume["run_state"]["metrics"] if resume is not None else None
+    writer = RunWriter(out, config.to_dict(), rows=rows)
     reporter = ConsoleReporter(config, out)
+    interrupt = GracefulInterrupt()
     started = time.perf_counter()
     try:
-        summary = fit(config, [writer, reporter])
+        with interrupt:
+            summary = fit(config, [writer, reporter, interrupt], splits=splits, resume=resume)
+    except StopRequested as stop:
+        raise Interrupted(f"Interrupted at step {stop.payload['run_state']['step']}; checkpoint saved in "
+                          f"{out / 'checkpoint.pt'}; resume with: {resume_hint(out)}",
+                          interrupt.exit_code) from None
+    except ImmediateExit as stop:
+        saved = (f"the last checkpoint ({out / 'checkpoint.pt'}) is intact; resume with: {resume_hint(out)}"
+                 if (out / "checkpoint.pt").exists() else "no checkpoint had been written yet, so there is "
+                 "nothing to resume")
+        raise Interrupted(f"Stopped at once on the second signal, without saving; {saved}",
+                          stop.exit_code) from None
     finally:
         reporter.close()
     print(chapter_lines(summary))
@@ -41,8 +81,71 @@ def train_and_report(config: TrainConfig, out: Path) -> dict:
     return summary
 
 
+def resume_config(args, saved: TrainConfig) -> TrainConfig:
+    """The saved config with the flags allowed on resume applied; any other flag is an error."""
+    given = {key: value for key, value in training_overrides(args).items() if value is not None}
+    if args.preset is not None:
+        given["preset"] = args.preset
+    fixed = sorted(set(given) - set(RESUMABLE_FLAGS))
+    if fixed:
+        flags = ", ".join("--" + key.replace("_", "-") for key in fixed)
+        raise UserError(f"{flags} cannot change when resuming: a resumed run keeps the recipe and data "
+                        f"order saved in its checkpoint. With --resume only "
+                        f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE_FLAGS)} may be given; "
+                        "to change the recipe start a new run with --out.")
+    if given.get("epochs", saved.epochs) < saved.epochs:
+        raise UserError(f"--epochs {given['epochs']:g} is less than the run's {saved.epochs:g}: on resume "
+                        "--epochs may only grow (to extend a run).")
+    return saved.replace(**given)
+
+
+def resume_run(args) -> int:
+    out = Path(args.resume)
+    if args.out is not None and Path(args.out).resolve() != out.resolve():
+        raise UserError("--out cannot be combined with --resume: the run continues in its own folder "
+                        f"'{out}'.")
+    if not out.is_dir():
+        raise UserError(f"--resume '{out}' is not a folder. Pass the run folder that holds checkpoint.pt.")
+    path = out / "checkpoint.pt"
+    if not path.is_file():
+        raise UserError(f"'{out}' holds no checkpoint.pt to resume from (the run stopped before its first "
+                        "checkpoint, or this is not a run folder). Start the run again with --out.")
+    payload = load_checkpoint(path)
+    check_resumable(payload, path)
+    try:
+        saved = TrainConfig.from_dict(payload["config"])
+    except (UserError, TypeError) as exc:
+        raise UserError(f"Checkpoint '{path}' holds a config this version cannot use ({exc}).") from None
+    config = resume_config(args, saved)
+    step = payload["run_state"].get("step", 0)
+    summary_path = out / "summary.json"
+    if summary_path.is_file() and config.epochs == saved.epochs:
+        try:
+            finished_steps = json.loads(summary_path.read_text()).get("steps")
+        except (OSError, ValueError):
+            finished_steps = None
+        if finished_steps == step:
+            raise UserError(f"The run in '{out}' already finished its {saved.epochs:g} epoch(s) "
+                            f"({step} steps). To train it further pass a larger --epochs with --resume.")
+    check_input_size(config.model, input_size(config))
+    splits = load_splits(config.data_dir, config.limit_train, config.limit_test)
+    prepare_run_dir(out, resume=True)
+    print(f"Resuming {out} at step {step} (epoch {payload['run_state'].get('epoch', 0) + 1}, "
+          f"{config.epochs:g} epoch(s) in all).")
+    if config.epochs != saved.epochs and config.schedule != "constant":
+        print(f"Note: the {config.schedule} learning-rate schedule now spans {config.epochs:g} epochs, so the "
+              f"learning rate continues from where a {config.epochs:g}-epoch schedule is at step {step}.")
+    train_and_report(config, out, splits=splits, resume=payload)
+    return 0
+
+
 def run(args) -> int:
+    if args.resume is not None:
+        return resume_run(args)
     config = config_from_args(args)
+    # Everything that can fail on bad input fails here, before a run folder is created.
+    check_input_size(config.model, input_size(config))
+    splits = load_splits(config.data_dir, config.limit_train, config.limit_test)
     out = prepare_run_dir(args.out or default_run_dir(config.model))
-    train_and_report(config, out)
+    train_and_report(config, out, splits=splits)
     return 0

@@ -73,8 +73,12 @@ def _find_file(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def _missing(folder: Path) -> list[str]:
+    return [stem for stem in FILES.values() if _find_file(folder, stem) is None]
+
+
 def _complete(folder: Path) -> bool:
-    return all(_find_file(folder, stem) is not None for stem in FILES.values())
+    return not _missing(folder)
 
 
 def candidate_dirs(root: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
@@ -96,6 +100,11 @@ def locate(root: str | os.PathLike | None = None, *, download: bool = True) -> P
             return folder
     searched = ", ".join(f"{label} ({folder})" for label, folder in dirs)
     if not download or os.environ.get(ENV_OFFLINE) == "1":
+        partial = [(folder, missing) for _, folder in dirs if (missing := _missing(folder))
+                   and len(missing) < len(FILES)]
+        if partial:  # a folder with some of the files: say which ones are missing
+            searched += "; " + "; ".join(f"{folder} lacks {', '.join(m + '(.gz)' for m in missing)}"
+                                         for folder, missing in partial)
         raise UserError(
             f"Fashion-MNIST not found; searched {searched}. Fix: on Debian run "
             "'apt-get install dataset-fashion-mnist', or copy the four official .gz files into "

@@ -6,6 +6,7 @@ Every way a file can be wrong becomes a `UserError` naming the file and the fix.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -66,8 +67,8 @@ def parse_idx(raw: bytes, path: Path | str = "<bytes>") -> np.ndarray:
     if len(raw) < header_len:
         raise UserError(f"'{path}' is truncated inside its header. {_fix_hint(path)}")
     dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    count = int(np.prod(dims, dtype=np.int64)) if dims else 0
-    if count > MAX_ITEMS:
+    count = math.prod(dims)  # Python ints: np.prod would wrap around for four huge dimensions
+    if math.prod(d for d in dims if d) > MAX_ITEMS:  # nonzero dims too: numpy refuses (0, 3e9, 3e9)
         raise UserError(f"'{path}' declares an impossible shape {dims}. {_fix_hint(path)}")
     dtype = IDX_DTYPES[type_code]
     expected = header_len + count * dtype.itemsize

@@ -106,15 +106,15 @@ class BatchLoader:
 
     def iterate(self, start_batch: int = 0):
         order = self._order().to(self.device)
-        aug_gen = None
-        if self.augment:
-            aug_gen = torch.Generator(device=self.device)
-            aug_gen.manual_seed(self.seed * 7919 + self.epoch * 31 + self.rank)
+        aug_gen = torch.Generator(device=self.device) if self.augment else None
         for i in range(start_batch, len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.images[idx]
             y = self.labels[idx]
             if self.augment:
+                # Seeded per batch, so batch i draws the same augmentation whether or not the
+                # epoch was resumed at start_batch > 0 (bit-exact resume).
+                aug_gen.manual_seed(((self.seed * 100_003 + self.epoch) * 100_003 + i) * 64 + self.rank)
                 x = augment_batch(to_float_batch(x, None), aug_gen)  # augment at 28x28, then resize
                 if self.resize is not None and self.resize != x.shape[-1]:
                     x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)

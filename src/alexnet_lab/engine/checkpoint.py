@@ -9,7 +9,7 @@ import os
 import pickle
 import random
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,8 @@ FORMAT = "alexnet-lab-checkpoint/1"
 
 
 def versions() -> dict:
-    return {"alexnet_lab": alexnet_lab.__version__, "torch": str(torch.__version__)}
+    # str(): torch.__version__ is a TorchVersion, which weights_only=True refuses to load.
+    return {"alexnet_lab": str(alexnet_lab.__version__), "torch": str(torch.__version__)}
 
 
 def rng_state() -> dict:
@@ -83,21 +84,78 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     return path
 
 
+def _unpickler_reason(exc: pickle.UnpicklingError) -> str:
+    """The one line of torch's long weights_only message that says what was refused."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for marker in ("Unsupported global", "Unsupported operand", "WeightsUnpickler error:"):
+        for line in lines:
+            if marker in line:
+                line = line.split("WeightsUnpickler error:")[-1].strip() or line
+                return line.split(". ")[0]
+    return lines[0] if lines else type(exc).__name__
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint safely (weights_only=True). Anything else is a UserError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Checkpoint '{path}' does not exist. Pass the checkpoint.pt of a training run.")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing a file
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UserError(
-            f"Refused to load '{path}': it needs more than tensors and plain values to load "
-            f"(it could run code), so nothing in it was executed. Only load checkpoints written by "
-            f"alexnet-lab. ({str(exc).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise UserError(f"Checkpoint '{path}' is truncated or corrupt ({str(exc).splitlines()[0]}). "
+        reason = _unpickler_reason(exc)
+        if "Unsupported global" in reason:
+            raise UserError(
+                f"Refused to load '{path}': it references Python code or classes ({reason}), "
+                "which a checkpoint never needs and which could run code, so nothing in it was executed. "
+                "Only load checkpoints written by alexnet-lab.") from None
+        raise UserError(f"Checkpoint '{path}' is corrupt or not a PyTorch checkpoint (the safe loader "
+                        f"stopped at: {reason}); nothing in it was executed. Use best.pt or an earlier "
+                        "copy, or retrain.") from None
+    except Exception as exc:  # noqa: BLE001 - the safe loader raises KeyError, IndexError, ... on garbage
+        detail = str(exc).split(". ")[0].splitlines()[0] if str(exc) else "the file ends too early"
+        if not isinstance(exc, RuntimeError) and str(exc):
+            detail = f"{type(exc).__name__}: {detail}"  # e.g. "KeyError: 101" from the unpickler
+        raise UserError(f"Checkpoint '{path}' is truncated or corrupt ({detail}). "
                         "Use best.pt or an earlier copy, or retrain.") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"'{path}' is not an alexnet-lab checkpoint (no '{FORMAT}' format tag).")
     return payload
+
+
+# What `fit(resume=...)` reads from a payload.
+RESUME_KEYS = ("model_name", "config", "model_state", "optimizer_state", "scheduler_state",
+               "scaler_state", "run_state", "rng")
+
+
+def check_resumable(payload: dict, path: str | os.PathLike) -> None:
+    """Raise a UserError naming `path` unless the payload has every part a resume needs."""
+    missing = [key for key in RESUME_KEYS if key not in payload]
+    if missing:
+        raise UserError(f"Checkpoint '{path}' lacks {', '.join(missing)}, so the run cannot resume from it "
+                        "(it was written by another version or tool).")
+    check_model_state(payload, path)
+
+
+def check_model_state(payload: dict, path: str | os.PathLike) -> None:
+    """Raise a UserError naming `path` unless the weights fit the model the payload names
+    (names and shapes compared against the model built on the meta device: no memory, no compute)."""
+    from alexnet_lab.models import build_model  # engine -> models; imported here to keep this light
+
+    if "model_state" not in payload or "model_name" not in payload:
+        raise UserError(f"Checkpoint '{path}' holds no model weights (model_name/model_state missing).")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_model(payload["model_name"]).state_dict().items()}
+    state = payload["model_state"]
+    got = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)} \
+        if isinstance(state, dict) else {}
+    problems = ([f"missing {k}" for k in expected if k not in got]
+                + [f"unexpected {k}" for k in got if k not in expected]
+                + [f"{k} has shape {got[k]}, the model needs {expected[k]}"
+                   for k in expected if k in got and got[k] != expected[k]])
+    if problems:
+        more = f" and {len(problems) - 2} more" if len(problems) > 2 else ""
+        raise UserError(f"Checkpoint '{path}' does not match model '{payload['model_name']}' "
+                        f"({'; '.join(problems[:2])}{more}). It was written for another model or version.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from alexnet_lab.engine.checkpoint import load_checkpoint
+from alexnet_lab.engine.checkpoint import check_model_state, load_checkpoint
 from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model
@@ -14,6 +14,7 @@ from alexnet_lab.models import build_model
 def load_trained(path, device: torch.device) -> tuple[nn.Module, TrainConfig, dict]:
     """(model in eval mode on `device`, its training config, the checkpoint payload)."""
     payload = load_checkpoint(path)
+    check_model_state(payload, path)
     config = TrainConfig.from_dict(payload["config"])
     model = build_model(payload["model_name"])
     try:

@@ -141,12 +141,18 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     state = RunState()
     if resume is not None:
-        model.load_state_dict(resume["model_state"])
-        optimizer.load_state_dict(resume["optimizer_state"])
-        scheduler.load_state_dict(resume["scheduler_state"])
-        scaler.load_state_dict(resume["scaler_state"])
-        state = RunState(**resume["run_state"])
-        ckpt.set_rng_state(resume["rng"])
+        try:
+            model.load_state_dict(resume["model_state"])
+            optimizer.load_state_dict(resume["optimizer_state"])
+            scheduler.load_state_dict(resume["scheduler_state"])
+            scaler.load_state_dict(resume["scaler_state"])
+            state = RunState(**resume["run_state"])
+            # Last, after model init consumed the seeded generator: dropout continues where it was.
+            ckpt.set_rng_state(resume["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise UserError(f"The checkpoint to resume from does not fit this run "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+                            "It was written for another model, recipe or version.") from None
     step_model = wrap_model(model) if wrap_model else model
     if config.compile:
         step_model = torch.compile(step_model)
@@ -158,6 +164,10 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
     def payload() -> dict:
         totals = _all_reduce(torch.stack([sums["loss"], sums["correct"].float()]), world_size)
         state.epoch_loss_sum, state.epoch_correct = float(totals[0]), float(totals[1])
+        # Never overwrite the last good checkpoint with a diverged model (one sync, at saves only).
+        finite = torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()
+        if not (math.isfinite(state.epoch_loss_sum) and bool(finite)):
+            raise _diverged(state.step, steps_per_epoch, config.lr)
         return {"model_name": config.model, "config": config.to_dict(),
                 "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
                 "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
@@ -219,10 +229,7 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
                     now = time.perf_counter()
                     state.step_seconds += now - chunk_start
                     if not math.isfinite(train_loss):
-                        raise TrainingDiverged(
-                            f"The training loss became non-finite by step {state.step} (epoch {epoch + 1}). "
-                            f"The learning rate ({config.lr}) is probably too high for this model and recipe: "
-                            "lower --lr. The last good checkpoint was kept.")
+                        raise _diverged(state.step, steps_per_epoch, config.lr)
                     row = {"epoch": epoch + state.batch / steps_per_epoch, "step": state.step,
                            "examples": state.examples, "train_loss": train_loss, "train_acc": train_acc,
                            "lr": scheduler.get_last_lr()[0]}
@@ -275,6 +282,14 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
     for cb in callbacks:
         cb.on_train_end(summary)
     return summary
+
+
+def _diverged(step: int, steps_per_epoch: int, lr: float) -> TrainingDiverged:
+    epoch = (step - 1) // steps_per_epoch + 1
+    return TrainingDiverged(
+        f"The training loss became non-finite (NaN or inf) by step {step} (epoch {epoch}). "
+        f"The learning rate ({lr}) is probably too high for this model and recipe: lower --lr. "
+        "Checkpoints already written were kept: a diverged state is never saved.")
 
 
 def _all_reduce(values: torch.Tensor, world_size: int) -> torch.Tensor:

@@ -37,6 +37,8 @@ def prepare_run_dir(path: str | os.PathLike, *, resume: bool = False) -> Path:
     if not resume and (path / "checkpoint.pt").exists():
         raise UserError(f"'{path}' already holds a run. Use --resume {path} to continue it, "
                         "or choose another --out.")
+    for stale in path.glob(".*.pt.*.tmp"):  # temp files of a save that a hard kill cut short
+        stale.unlink(missing_ok=True)
     return path
 
 
@@ -56,12 +58,21 @@ def write_json(path: Path, data: dict) -> None:
 class RunWriter(Callback):
     """Writes the run folder as training goes (only on the process that owns the files)."""
 
-    def __init__(self, out: Path, config: dict, *, resume: bool = False):
+    def __init__(self, out: Path, config: dict, *, resume: bool = False, rows: list[dict] | None = None):
+        """`rows`: the metrics held by the checkpoint a run resumes from. metrics.jsonl is rewritten
+        to exactly those, dropping rows logged after that checkpoint (those steps run again)."""
         self.out = out
         self.config = config
-        self.rows: list[dict] = read_metrics(out) if resume else []
-        if not resume:
-            (out / "metrics.jsonl").write_text("")
+        if rows is not None:
+            self.rows = list(rows)
+            tmp = out / ".metrics.jsonl.tmp"
+            tmp.write_text("".join(json.dumps({k: _clean(v) for k, v in r.items()}) + "\n" for r in rows))
+            os.replace(tmp, out / "metrics.jsonl")
+            (out / "summary.json").unlink(missing_ok=True)  # the run is unfinished again
+        else:
+            self.rows = read_metrics(out) if resume else []
+            if not resume:
+                (out / "metrics.jsonl").write_text("")
         self.info: dict = {}
         self.last_plot = -float("inf")
 
@@ -100,7 +111,15 @@ def read_metrics(out: Path) -> list[dict]:
     path = Path(out) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:  # only the last line may be torn (a kill while appending)
+                raise UserError(f"'{path}' is corrupt at line {i + 1}. Delete the line or the run.") from None
+    return rows
 
 
 def read_run(out: str | os.PathLike) -> dict:

@@ -1,0 +1,53 @@
+"""Tiny synthetic Fashion-MNIST folders for tests: valid gz IDX files written byte by byte.
+
+The IDX encoder here is written from the format's description, independent of the reader under test.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+
+STEMS = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
+    """IDX encoding: 0x0000, type code, number of dims, each dim as big-endian uint32, then the data."""
+    header = bytes([0, 0, type_code, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return header + np.ascontiguousarray(array).astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray, *, gz: bool = True) -> Path:
+    raw = idx_bytes(array)
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+def make_arrays(n_train: int = 256, n_test: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
+    """Images whose mean brightness depends on the label, so a model can learn something."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        noise = rng.integers(0, 60, size=(n, 28, 28))
+        images = (noise + labels[:, None, None].astype(np.int64) * 19).clip(0, 255).astype(np.uint8)
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+    return arrays
+
+
+def make_dataset(folder: Path, n_train: int = 256, n_test: int = 64, seed: int = 0, gz: bool = True,
+                 **replace) -> Path:
+    """Write the four files (gzipped or plain) into `folder`; `replace` swaps in other arrays by key."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {**make_arrays(n_train, n_test, seed), **replace}
+    for key, stem in STEMS.items():
+        write_idx(folder / (f"{stem}.gz" if gz else stem), arrays[key], gz=gz)
+    return folder
