@@ -7,7 +7,9 @@ from pathlib import Path
 
 from alexnet_lab.cli.options import add_training, training_overrides
 from alexnet_lab.cli.progress import ConsoleReporter, chapter_lines
+from alexnet_lab.engine import distributed
 from alexnet_lab.engine.config import TrainConfig, make_config
+from alexnet_lab.engine.setup import load_splits
 from alexnet_lab.engine.trainer import fit
 from alexnet_lab.reports.run_dir import RunWriter, default_run_dir, prepare_run_dir
 
@@ -24,13 +26,25 @@ def config_from_args(args) -> TrainConfig:
     return make_config(args.preset, **training_overrides(args))
 
 
-def train_and_report(config: TrainConfig, out: Path) -> dict:
-    """Train `config` into run folder `out`, showing progress; return the summary."""
+def train_and_report(config: TrainConfig, out: Path | None,
+                     env: distributed.DistEnv = distributed.DistEnv()) -> dict:
+    """Train `config` into run folder `out`, showing progress; return the summary.
+
+    Under torchrun only rank 0 writes files and prints (the others pass out=None); every rank
+    trains its shard and the metrics are all-reduced, so rank 0 reports the whole dataset.
+    """
+    fit_kwargs = {}
+    if env.distributed:
+        with distributed.local_main_first(env):  # one download per machine, if one is needed
+            splits = load_splits(config.data_dir, config.limit_train, config.limit_test)
+        fit_kwargs = {"splits": splits, **env.fit_kwargs()}
+        if not env.is_main:
+            return fit(config, [], **fit_kwargs)
     writer = RunWriter(out, config.to_dict())
     reporter = ConsoleReporter(config, out)
     started = time.perf_counter()
     try:
-        summary = fit(config, [writer, reporter])
+        summary = fit(config, [writer, reporter], **fit_kwargs)
     finally:
         reporter.close()
     print(chapter_lines(summary))
@@ -43,6 +57,9 @@ def train_and_report(config: TrainConfig, out: Path) -> dict:
 
 def run(args) -> int:
     config = config_from_args(args)
-    out = prepare_run_dir(args.out or default_run_dir(config.model))
-    train_and_report(config, out)
+    with distributed.session(config.device) as env:
+        if env.distributed:
+            config = config.replace(device=env.device)  # this rank's GPU (cuda:LOCAL_RANK) or the CPU
+        out = prepare_run_dir(args.out or default_run_dir(config.model)) if env.is_main else None
+        train_and_report(config, out, env)
     return 0

@@ -1,0 +1,142 @@
+"""Data-parallel training across processes and machines: the torchrun environment, DDP, teardown.
+
+`init_from_env` reads what torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); outside
+torchrun (or with one process) it returns a single-process `DistEnv` and touches nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from alexnet_lab.errors import UserError
+
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job. rank 0 is the one that prints and writes files."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str | None = None   # the device this rank trains on ("cuda:<local_rank>" or "cpu")
+    backend: str | None = None  # nccl on CUDA, gloo on CPU; None when single-process
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """DDP around `model` (gradients averaged over ranks in backward); identity when single-process."""
+        if not self.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        device_ids = [torch.device(self.device).index] if self.backend == "nccl" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+    def fit_kwargs(self) -> dict:
+        """The arguments `trainer.fit` takes for this process."""
+        if not self.distributed:
+            return {}
+        return {"rank": self.rank, "world_size": self.world_size, "wrap_model": self.wrap_model}
+
+    def barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+            dist.barrier()
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"Environment variable {name}={value!r} is not a whole number "
+                        "(it is normally set by torchrun).") from None
+
+
+def launched_world_size() -> int:
+    """WORLD_SIZE as torchrun set it (1 outside torchrun)."""
+    return _env_int("WORLD_SIZE", 1)
+
+
+def pick_device(device: str, local_rank: int) -> tuple[str, str]:
+    """(device, backend) for this rank: CUDA GPU number `local_rank` with nccl, else the CPU with gloo."""
+    if device == "mps" or device.startswith("mps:"):
+        raise UserError("Multi-process training (torchrun) is not supported on Apple GPUs (mps). "
+                        "Use --device cpu, or run a single process.")
+    wants_cuda = device == "cuda" or device.startswith("cuda:") or (device == "auto" and torch.cuda.is_available())
+    if not wants_cuda:
+        return "cpu", "gloo"
+    if not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible. Use --device cpu or auto.")
+    if device.startswith("cuda:"):
+        raise UserError(f"--device {device} pins one GPU, but under torchrun each process takes the GPU "
+                        "of its LOCAL_RANK. Use --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose GPUs.")
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise UserError(f"This process has LOCAL_RANK {local_rank} but the machine shows {count} GPU(s): "
+                        f"use --nproc_per_node={count} (at most one process per GPU).")
+    return f"cuda:{local_rank}", "nccl"
+
+
+def init_from_env(device: str = "auto") -> DistEnv:
+    """Join the process group torchrun set up; single-process `DistEnv` when WORLD_SIZE is absent or 1."""
+    world_size = launched_world_size()
+    if world_size <= 1:
+        return DistEnv()
+    missing = [v for v in TORCHRUN_VARS if v not in os.environ]
+    if missing:
+        raise UserError(f"WORLD_SIZE={world_size} is set but {', '.join(missing)} are not: start "
+                        "multi-process runs with torchrun (see docs/DISTRIBUTED_AND_D2L.md).")
+    import torch.distributed as dist
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    device_name, backend = pick_device(device, local_rank)
+    if backend == "nccl":
+        torch.cuda.set_device(device_name)
+    if not dist.is_initialized():
+        # init_method env:// reads MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE.
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size,
+                                device_id=torch.device(device_name) if backend == "nccl" else None)
+    return DistEnv(rank, world_size, local_rank, device_name, backend)
+
+
+def teardown(env: DistEnv) -> None:
+    if env.distributed:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@contextmanager
+def session(device: str = "auto"):
+    """`with session(config.device) as env:` joins the job (if any) and always leaves it."""
+    env = init_from_env(device)
+    try:
+        yield env
+    finally:
+        teardown(env)
+
+
+@contextmanager
+def local_main_first(env: DistEnv):
+    """The first process of each machine runs the block first (e.g. a dataset download), then the rest.
+
+    Every rank passes the barrier exactly once, so this cannot deadlock when all ranks enter it.
+    """
+    if env.local_rank != 0:
+        env.barrier()
+    yield
+    if env.local_rank == 0:
+        env.barrier()
