@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py under torchrun: train on every rank, stop all ranks after N steps.
+"""Run by tests/test_distributed.py under torchrun: train on every rank; rank 0 asks to stop at step N.
 
 Usage: torchrun --nproc_per_node=2 tests/ddp_stop_worker.py OUT_DIR STOP_STEP KEY=VALUE...
 Rank 0 writes OUT_DIR/checkpoint.pt (the state at the stop) through the CLI's RunWriter.
@@ -14,7 +14,7 @@ from alexnet_lab.reports.run_dir import RunWriter
 
 
 class StopAt(Callback):
-    """Asks to stop at the same step on every rank (a stop must be agreed by all ranks)."""
+    """Asks to stop from step N on (and keeps asking, as a signal flag does)."""
 
     def __init__(self, step: int):
         self.stop_step, self.step = step, 0
@@ -32,10 +32,10 @@ def main() -> None:
     types = {"limit_train": int, "limit_test": int, "batch_size": int, "epochs": float, "lr": float}
     config = make_config("d2l", **{k: types.get(k, str)(v) for k, v in overrides.items()})
     with distributed.session(config.device) as env:
-        callbacks = [StopAt(stop_step)]
-        if env.is_main:
+        callbacks = []
+        if env.is_main:  # only rank 0 asks to stop, as when a signal reaches one process first
             out.mkdir(parents=True, exist_ok=True)
-            callbacks.append(RunWriter(out, config.to_dict()))
+            callbacks = [StopAt(stop_step), RunWriter(out, config.to_dict())]
         try:
             fit(config, callbacks, **env.fit_kwargs())
         except StopRequested:

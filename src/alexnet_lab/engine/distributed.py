@@ -16,6 +16,7 @@ from torch import nn
 from alexnet_lab.errors import UserError
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+STOP_CHECK_EVERY = 10  # steps between the ranks' agreements on a stop request (one tiny all-reduce)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,22 @@ def init_from_env(device: str = "auto") -> DistEnv:
         dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size,
                                 device_id=torch.device(device_name) if backend == "nccl" else None)
     return DistEnv(rank, world_size, local_rank, device_name, backend)
+
+
+def agree_to_stop(requested: bool, step: int, device: torch.device) -> bool:
+    """True on every rank at the same step once any rank has asked to stop (e.g. on a signal).
+
+    Ranks can see a signal at different steps; stopping apart would pair the stopping rank's
+    checkpoint all-reduce with the others' gradient all-reduce. So the requests are combined
+    every STOP_CHECK_EVERY steps, a host-device sync that often (callbacks' should_stop must stay
+    True once True).
+    """
+    if step % STOP_CHECK_EVERY:
+        return False
+    import torch.distributed as dist
+    flag = torch.tensor([1.0 if requested else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())  # the sync point, every STOP_CHECK_EVERY steps only
 
 
 def teardown(env: DistEnv) -> None:

@@ -15,6 +15,7 @@ from torch import nn
 
 from alexnet_lab.engine import checkpoint as ckpt
 from alexnet_lab.engine.config import TrainConfig
+from alexnet_lab.engine.distributed import agree_to_stop
 from alexnet_lab.engine.device import autocast, resolve_device, resolve_precision, synchronize
 from alexnet_lab.engine.setup import (Splits, build_optimizer, build_scheduler, load_splits,
                                       make_loaders, prepare_model)
@@ -257,7 +258,10 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
                 elif config.checkpoint_every and state.step % config.checkpoint_every == 0:
                     state.wall_seconds = time.perf_counter() - wall_start
                     save()
-                if any(cb.should_stop() for cb in callbacks):
+                stop = any(cb.should_stop() for cb in callbacks)
+                if world_size > 1:  # all ranks must stop at the same step (see agree_to_stop)
+                    stop = agree_to_stop(stop, state.step, device)
+                if stop:
                     synchronize(device)
                     state.wall_seconds = time.perf_counter() - wall_start
                     data = payload()
