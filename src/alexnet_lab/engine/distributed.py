@@ -113,6 +113,15 @@ def init_from_env(device: str = "auto") -> DistEnv:
     return DistEnv(rank, world_size, local_rank, device_name, backend)
 
 
+def seed_per_rank(seed: int, rank: int, step: int) -> None:
+    """Different random streams per rank (dropout masks) once the weights are identical.
+
+    Without it every rank would draw the same masks for different examples. A function of
+    (seed, rank, step), so a resumed run is reproducible for a given number of processes.
+    """
+    torch.manual_seed((seed * 1_000_003 + (rank + 1) * 7_919 + step) % 2**63)
+
+
 def agree_to_stop(requested: bool, step: int, device: torch.device) -> bool:
     """True on every rank at the same step once any rank has asked to stop (e.g. on a signal).
 

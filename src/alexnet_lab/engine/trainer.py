@@ -15,7 +15,7 @@ from torch import nn
 
 from alexnet_lab.engine import checkpoint as ckpt
 from alexnet_lab.engine.config import TrainConfig
-from alexnet_lab.engine.distributed import agree_to_stop
+from alexnet_lab.engine.distributed import agree_to_stop, seed_per_rank
 from alexnet_lab.engine.device import autocast, resolve_device, resolve_precision, synchronize
 from alexnet_lab.engine.setup import (Splits, build_optimizer, build_scheduler, load_splits,
                                       make_loaders, prepare_model)
@@ -149,6 +149,8 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
         scaler.load_state_dict(resume["scaler_state"])
         state = RunState(**resume["run_state"])
         ckpt.set_rng_state(resume["rng"])
+    if world_size > 1:
+        seed_per_rank(config.seed, rank, state.step)
     step_model = wrap_model(model) if wrap_model else model
     if config.compile:
         step_model = torch.compile(step_model)
