@@ -91,6 +91,15 @@ def test_single_process_environment_touches_nothing(monkeypatch):
     assert not torch.distributed.is_initialized()
 
 
+def test_shared_outcome_in_one_process_runs_or_raises():
+    env = distributed.DistEnv()
+    assert distributed.shared_outcome(env, lambda: 7, run_here=True) == 7
+    assert distributed.shared_outcome(env, lambda: 7, run_here=False) is None
+    with pytest.raises(UserError, match="bad --out"):
+        distributed.shared_outcome(env, lambda: (_ for _ in ()).throw(UserError("bad --out")), run_here=True)
+    assert distributed.in_turn(env, lambda: "data") == "data"
+
+
 def test_world_size_without_torchrun_variables_is_a_user_error(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

@@ -35,8 +35,8 @@ def train_and_report(config: TrainConfig, out: Path | None,
     """
     fit_kwargs = {}
     if env.distributed:
-        with distributed.local_main_first(env):  # one download per machine, if one is needed
-            splits = load_splits(config.data_dir, config.limit_train, config.limit_test)
+        splits = distributed.in_turn(  # one download per machine, if one is needed
+            env, lambda: load_splits(config.data_dir, config.limit_train, config.limit_test))
         fit_kwargs = {"splits": splits, **env.fit_kwargs()}
         if not env.is_main:
             return fit(config, [], **fit_kwargs)
@@ -60,6 +60,7 @@ def run(args) -> int:
     with distributed.session(config.device) as env:
         if env.distributed:
             config = config.replace(device=env.device)  # this rank's GPU (cuda:LOCAL_RANK) or the CPU
-        out = prepare_run_dir(args.out or default_run_dir(config.model)) if env.is_main else None
+        out = distributed.shared_outcome(  # a bad --out stops every rank, reported once
+            env, lambda: prepare_run_dir(args.out or default_run_dir(config.model)), run_here=env.is_main)
         train_and_report(config, out, env)
     return 0

@@ -155,14 +155,38 @@ def session(device: str = "auto"):
         teardown(env)
 
 
-@contextmanager
-def local_main_first(env: DistEnv):
-    """The first process of each machine runs the block first (e.g. a dataset download), then the rest.
+def shared_outcome(env: DistEnv, fn, *, run_here: bool):
+    """Run `fn` where `run_here`, then let every rank know whether it failed with a UserError.
 
-    Every rank passes the barrier exactly once, so this cannot deadlock when all ranks enter it.
+    If any rank failed, the lowest failing rank re-raises its error (printed once, exit 2) and the
+    other ranks exit with status 2 quietly, instead of waiting at the next collective until
+    torchrun tears the job down. Returns fn's result (None where it did not run).
     """
-    if env.local_rank != 0:
-        env.barrier()
-    yield
-    if env.local_rank == 0:
-        env.barrier()
+    result, message = None, None
+    if run_here:
+        try:
+            result = fn()
+        except UserError as exc:
+            message, error = str(exc), exc
+    if not env.distributed:
+        if message is not None:
+            raise error
+        return result
+    import torch.distributed as dist
+    messages = [None] * env.world_size
+    dist.all_gather_object(messages, message)
+    failed = [rank for rank, m in enumerate(messages) if m is not None]
+    if failed:
+        if failed[0] == env.rank:
+            raise error
+        raise SystemExit(2)
+    return result
+
+
+def in_turn(env: DistEnv, fn):
+    """`fn` on the first process of each machine, then on the others (e.g. a dataset download
+    happens once per machine); a UserError anywhere stops every rank cleanly."""
+    first = env.local_rank == 0
+    result = shared_outcome(env, fn, run_here=first)
+    later = shared_outcome(env, fn, run_here=not first)
+    return result if first else later
