@@ -157,7 +157,8 @@ def evaluate_accuracy_gpu(net, data_iter, device=None) -> float:
         net.eval()
         if not device:
             device = next(iter(net.parameters())).device
-    data_iter = _on(data_iter, device)
+    if device is not None:
+        data_iter = _on(data_iter, device)
     metric = Accumulator(2)
     with torch.no_grad():
         for X, y in data_iter:

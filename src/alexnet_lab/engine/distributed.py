@@ -50,11 +50,6 @@ class DistEnv:
             return {}
         return {"rank": self.rank, "world_size": self.world_size, "wrap_model": self.wrap_model}
 
-    def barrier(self) -> None:
-        if self.distributed:
-            import torch.distributed as dist
-            dist.barrier()
-
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
