@@ -140,7 +140,12 @@ def single_process_run(splits):
         def on_log(self, row):
             rows.append(row)
 
-    summary = fit(make_config("d2l", **RECIPE), [Rows()], splits=splits)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before the autouse one_thread fixture
+    try:
+        summary = fit(make_config("d2l", **RECIPE), [Rows()], splits=splits)
+    finally:
+        torch.set_num_threads(saved)
     return summary, rows
 
 
