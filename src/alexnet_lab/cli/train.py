@@ -11,6 +11,7 @@ from alexnet_lab.engine import distributed
 from alexnet_lab.engine.config import TrainConfig, make_config
 from alexnet_lab.engine.setup import load_splits
 from alexnet_lab.engine.trainer import fit
+from alexnet_lab.errors import UserError
 from alexnet_lab.reports.run_dir import RunWriter, default_run_dir, prepare_run_dir
 
 NAME = "train"
@@ -57,10 +58,15 @@ def train_and_report(config: TrainConfig, out: Path | None,
 
 def run(args) -> int:
     config = config_from_args(args)
-    with distributed.session(config.device) as env:
-        if env.distributed:
-            config = config.replace(device=env.device)  # this rank's GPU (cuda:LOCAL_RANK) or the CPU
-        out = distributed.shared_outcome(  # a bad --out stops every rank, reported once
-            env, lambda: prepare_run_dir(args.out or default_run_dir(config.model)), run_here=env.is_main)
-        train_and_report(config, out, env)
+    try:
+        with distributed.session(config.device) as env:
+            if env.distributed:
+                config = config.replace(device=env.device)  # this rank's GPU (cuda:LOCAL_RANK) or the CPU
+            out = distributed.shared_outcome(  # a bad --out stops every rank, reported once
+                env, lambda: prepare_run_dir(args.out or default_run_dir(config.model)), run_here=env.is_main)
+            train_and_report(config, out, env)
+    except UserError:
+        if distributed.launched_rank() != 0:  # the ranks share config and data: rank 0 reports it
+            raise SystemExit(2) from None
+        raise
     return 0

@@ -67,6 +67,11 @@ def launched_world_size() -> int:
     return _env_int("WORLD_SIZE", 1)
 
 
+def launched_rank() -> int:
+    """RANK as torchrun set it (0 outside torchrun)."""
+    return _env_int("RANK", 0)
+
+
 def pick_device(device: str, local_rank: int) -> tuple[str, str]:
     """(device, backend) for this rank: CUDA GPU number `local_rank` with nccl, else the CPU with gloo."""
     if device == "mps" or device.startswith("mps:"):
