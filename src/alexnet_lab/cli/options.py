@@ -52,7 +52,8 @@ def add_training(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("recipe (overrides the preset)")
     g.add_argument("--epochs", type=positive_float, help="epochs to train (fractions allowed)")
     g.add_argument("--batch-size", type=positive_int,
-                   help="global batch size (split across processes under torchrun)")
+                   help="global batch size: under torchrun each of the N processes takes batch-size/N "
+                        "examples per step (must divide evenly)")
     g.add_argument("--lr", type=positive_float, help="(peak) learning rate")
     g.add_argument("--momentum", type=float, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, help="L2 weight decay")

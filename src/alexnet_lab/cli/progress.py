@@ -16,6 +16,11 @@ def chapter_lines(summary: dict) -> str:
             f"{summary['examples_per_sec']:.1f} examples/sec on {summary['device']}")
 
 
+def _processes(info: dict, batch_size: int) -> str:
+    world_size = info.get("world_size", 1)
+    return f" (global: {world_size} processes x {batch_size // world_size})" if world_size > 1 else ""
+
+
 class ConsoleReporter(Callback):
     def __init__(self, config, out=None, stream=None):
         self.config = config
@@ -28,7 +33,8 @@ class ConsoleReporter(Callback):
         size = info["input_size"]
         print(f"Training {c.model} ({info['params']:,} parameters), preset '{c.preset}', on {info['device']} "
               f"in {info['precision']}: {info['train_examples']:,} train / {info['test_examples']:,} test "
-              f"images at {size}x{size}, batch {c.batch_size}, lr {c.lr}, {c.epochs:g} epoch(s) = "
+              f"images at {size}x{size}, batch {c.batch_size}{_processes(info, c.batch_size)}, lr {c.lr}, "
+              f"{c.epochs:g} epoch(s) = "
               f"{info['total_steps']:,} steps.", file=self.stream)
         print(f"Data: {info['data_source']}" + (f"   Output: {self.out}" if self.out else ""), file=self.stream)
         self.bar = tqdm(total=info["total_steps"], initial=info["start_step"], unit="step",

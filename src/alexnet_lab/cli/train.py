@@ -13,6 +13,7 @@ from pathlib import Path
 from alexnet_lab.cli.interrupt import GracefulInterrupt, ImmediateExit, Interrupted
 from alexnet_lab.cli.options import add_training, training_overrides
 from alexnet_lab.cli.progress import ConsoleReporter, chapter_lines
+from alexnet_lab.engine import distributed
 from alexnet_lab.engine.checkpoint import check_resumable, load_checkpoint
 from alexnet_lab.engine.config import TrainConfig, make_config
 from alexnet_lab.engine.setup import Splits, check_input_size, input_size, load_splits
@@ -46,21 +47,30 @@ def resume_hint(out: Path) -> str:
     return f"alexnet-lab train --resume {shlex.quote(str(out))}"
 
 
-def train_and_report(config: TrainConfig, out: Path, *, splits: Splits | None = None,
-                     resume: dict | None = None) -> dict:
+def train_and_report(config: TrainConfig, out: Path | None, *, splits: Splits | None = None,
+                     resume: dict | None = None, env: distributed.DistEnv = distributed.DistEnv()) -> dict:
     """Train `config` into run folder `out`, showing progress; return the summary.
 
     The first Ctrl-C/SIGTERM stops at the next step boundary with a checkpoint, the second at
     once; either way `Interrupted` (exit status 130/143) is raised with the command that resumes.
+    Under torchrun only rank 0 writes files and prints (the others pass out=None); every rank
+    trains its shard and the metrics are all-reduced, so rank 0 reports the whole dataset.
     """
+    interrupt = GracefulInterrupt()
+    fit_kwargs = {"splits": splits, "resume": resume, **env.fit_kwargs()}
+    if not env.is_main:
+        try:
+            with interrupt:
+                return fit(config, [interrupt], **fit_kwargs)
+        except (StopRequested, ImmediateExit):
+            raise SystemExit(interrupt.exit_code or 130) from None  # rank 0 says how to resume
     rows = resume["run_state"]["metrics"] if resume is not None else None
     writer = RunWriter(out, config.to_dict(), rows=rows)
     reporter = ConsoleReporter(config, out)
-    interrupt = GracefulInterrupt()
     started = time.perf_counter()
     try:
         with interrupt:
-            summary = fit(config, [writer, reporter, interrupt], splits=splits, resume=resume)
+            summary = fit(config, [writer, reporter, interrupt], **fit_kwargs)
     except StopRequested as stop:
         raise Interrupted(f"Interrupted at step {stop.payload['run_state']['step']}; checkpoint saved in "
                           f"{out / 'checkpoint.pt'}; resume with: {resume_hint(out)}",
@@ -81,6 +91,11 @@ def train_and_report(config: TrainConfig, out: Path, *, splits: Splits | None = 
     return summary
 
 
+def _load_splits(config: TrainConfig, env: distributed.DistEnv) -> Splits:
+    """The data, loaded by one process per machine at a time (at most one download)."""
+    return distributed.in_turn(env, lambda: load_splits(config.data_dir, config.limit_train, config.limit_test))
+
+
 def resume_config(args, saved: TrainConfig) -> TrainConfig:
     """The saved config with the flags allowed on resume applied; any other flag is an error."""
     given = {key: value for key, value in training_overrides(args).items() if value is not None}
@@ -99,7 +114,7 @@ def resume_config(args, saved: TrainConfig) -> TrainConfig:
     return saved.replace(**given)
 
 
-def resume_run(args) -> int:
+def resume_run(args, env: distributed.DistEnv) -> int:
     out = Path(args.resume)
     if args.out is not None and Path(args.out).resolve() != out.resolve():
         raise UserError("--out cannot be combined with --resume: the run continues in its own folder "
@@ -117,6 +132,8 @@ def resume_run(args) -> int:
     except (UserError, TypeError) as exc:
         raise UserError(f"Checkpoint '{path}' holds a config this version cannot use ({exc}).") from None
     config = resume_config(args, saved)
+    if env.distributed:
+        config = config.replace(device=env.device)
     step = payload["run_state"].get("step", 0)
     summary_path = out / "summary.json"
     if summary_path.is_file() and config.epochs == saved.epochs:
@@ -128,24 +145,36 @@ def resume_run(args) -> int:
             raise UserError(f"The run in '{out}' already finished its {saved.epochs:g} epoch(s) "
                             f"({step} steps). To train it further pass a larger --epochs with --resume.")
     check_input_size(config.model, input_size(config))
-    splits = load_splits(config.data_dir, config.limit_train, config.limit_test)
-    prepare_run_dir(out, resume=True)
+    splits = _load_splits(config, env)
+    distributed.shared_outcome(env, lambda: prepare_run_dir(out, resume=True), run_here=env.is_main)
+    if not env.is_main:
+        train_and_report(config, None, splits=splits, resume=payload, env=env)
+        return 0
     print(f"Resuming {out} at step {step} (epoch {payload['run_state'].get('epoch', 0) + 1}, "
           f"{config.epochs:g} epoch(s) in all).")
     if config.epochs != saved.epochs and config.schedule != "constant":
         print(f"Note: the {config.schedule} learning-rate schedule now spans {config.epochs:g} epochs, so the "
               f"learning rate continues from where a {config.epochs:g}-epoch schedule is at step {step}.")
-    train_and_report(config, out, splits=splits, resume=payload)
+    train_and_report(config, out, splits=splits, resume=payload, env=env)
     return 0
 
 
 def run(args) -> int:
-    if args.resume is not None:
-        return resume_run(args)
-    config = config_from_args(args)
-    # Everything that can fail on bad input fails here, before a run folder is created.
-    check_input_size(config.model, input_size(config))
-    splits = load_splits(config.data_dir, config.limit_train, config.limit_test)
-    out = prepare_run_dir(args.out or default_run_dir(config.model))
-    train_and_report(config, out, splits=splits)
-    return 0
+    try:
+        with distributed.session(args.device or "auto") as env:
+            if args.resume is not None:
+                return resume_run(args, env)
+            config = config_from_args(args)
+            if env.distributed:
+                config = config.replace(device=env.device)  # this rank's GPU (cuda:LOCAL_RANK) or the CPU
+            # Everything that can fail on bad input fails here, before a run folder is created.
+            check_input_size(config.model, input_size(config))
+            splits = _load_splits(config, env)
+            out = distributed.shared_outcome(  # a bad --out stops every rank, reported once
+                env, lambda: prepare_run_dir(args.out or default_run_dir(config.model)), run_here=env.is_main)
+            train_and_report(config, out, splits=splits, env=env)
+            return 0
+    except UserError:
+        if distributed.launched_rank() != 0:  # the ranks share config and data: rank 0 reports it
+            raise SystemExit(2) from None
+        raise

@@ -6,8 +6,6 @@ permutation, converted to float, resized and augmented with tensor ops on the de
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -55,8 +53,15 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None,
 class BatchLoader:
     """Iterates (images, labels) batches of one split.
 
-    images: (N, 28, 28) uint8 tensor, labels: (N,) int64. With `world_size > 1` each rank sees a
-    disjoint shard of every epoch's permutation (`batch_size` is the per-rank batch).
+    images: (N, 28, 28) uint8 tensor, labels: (N,) int64. `batch_size` is the per-rank batch.
+    With `world_size > 1` the epoch's permutation is cut into global batches of
+    batch_size * world_size examples and rank r takes the r-th slice of each, so the ranks' shards
+    are disjoint and global batch k holds the same examples whatever the number of processes: a
+    run resumes at batch k under a different world size.
+    The last, partial global batch: `even_shards=True` (training) splits it equally, dropping its
+    remainder modulo world_size (< world_size examples per epoch) so every rank averages gradients
+    over equal batches; `even_shards=False` (evaluation) splits it as evenly as possible so that
+    every example is seen exactly once. `drop_last` drops the partial global batch altogether.
     `set_epoch(e)` makes the order a pure function of (seed, epoch), so a run can resume mid-epoch
     with `iterate(start_batch=k)`.
     """
@@ -64,7 +69,7 @@ class BatchLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  shuffle: bool, resize: int | None = None, device: torch.device | str = "cpu",
                  augment: bool = False, seed: int = 0, drop_last: bool = False,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, even_shards: bool = True):
         if batch_size < 1:
             raise UserError(f"Batch size must be at least 1, got {batch_size}.")
         self.device = torch.device(device)
@@ -78,18 +83,40 @@ class BatchLoader:
         self.augment = augment
         self.seed = seed
         self.drop_last = drop_last
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} is outside 0..{world_size - 1}.")
         self.rank, self.world_size = rank, world_size
+        self.even_shards = even_shards
         self.epoch = 0
+
+    def _batch_bounds(self) -> list[tuple[int, int]]:
+        """(start, end) of this rank's slice of every global batch, as positions in the epoch's order."""
+        n, per_rank = len(self.images), self.batch_size
+        global_batch = per_rank * self.world_size
+        full, rest = divmod(n, global_batch)
+        bounds = [(i * global_batch + self.rank * per_rank, i * global_batch + (self.rank + 1) * per_rank)
+                  for i in range(full)]
+        if rest and not self.drop_last:
+            base = full * global_batch
+            if self.even_shards:
+                share = rest // self.world_size  # the same for every rank; drops rest % world_size
+                lo, hi = base + self.rank * share, base + (self.rank + 1) * share
+                if share:
+                    bounds.append((lo, hi))
+            else:  # every example once; shares differ by at most one (some may be empty)
+                lo = base + rest * self.rank // self.world_size
+                hi = base + rest * (self.rank + 1) // self.world_size
+                bounds.append((lo, hi))
+        return bounds
 
     @property
     def num_examples(self) -> int:
         """Examples this rank sees per epoch."""
-        n = len(self.images) // self.world_size
-        return (n // self.batch_size) * self.batch_size if self.drop_last else n
+        return sum(hi - lo for lo, hi in self._batch_bounds())
 
     def __len__(self) -> int:
-        n = len(self.images) // self.world_size
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        """Batches per epoch (the same on every rank)."""
+        return len(self._batch_bounds())
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -98,17 +125,18 @@ class BatchLoader:
         n = len(self.images)
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=gen)
-        else:
-            order = torch.arange(n)
-        per_rank = n // self.world_size  # equal shards: every rank runs the same number of steps
-        return order[self.rank * per_rank:(self.rank + 1) * per_rank]
+            return torch.randperm(n, generator=gen)
+        return torch.arange(n)
 
     def iterate(self, start_batch: int = 0):
         order = self._order().to(self.device)
         aug_gen = torch.Generator(device=self.device) if self.augment else None
-        for i in range(start_batch, len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+        bounds = self._batch_bounds()
+        for i in range(start_batch, len(bounds)):
+            lo, hi = bounds[i]
+            if hi == lo:  # an empty share of the last evaluation batch
+                continue
+            idx = order[lo:hi]
             x = self.images[idx]
             y = self.labels[idx]
             if self.augment:

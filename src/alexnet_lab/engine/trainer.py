@@ -15,6 +15,7 @@ from torch import nn
 
 from alexnet_lab.engine import checkpoint as ckpt
 from alexnet_lab.engine.config import TrainConfig
+from alexnet_lab.engine.distributed import agree_to_stop, seed_per_rank
 from alexnet_lab.engine.device import autocast, resolve_device, resolve_precision, synchronize
 from alexnet_lab.engine.setup import (Splits, build_optimizer, build_scheduler, load_splits,
                                       make_loaders, prepare_model)
@@ -96,6 +97,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "f
         confusion += torch.bincount(labels * num_classes + pred,
                                     minlength=num_classes * num_classes).view(num_classes, num_classes)
     model.train(was_training)
+    loss_sum = _all_reduce(loss_sum, world_size)
     confusion = _all_reduce(confusion, world_size).cpu()  # the sync point of evaluation
     n = int(confusion.sum())
     correct = int(confusion.diag().sum())
@@ -153,6 +155,8 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
             raise UserError(f"The checkpoint to resume from does not fit this run "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
                             "It was written for another model, recipe or version.") from None
+    if world_size > 1:
+        seed_per_rank(config.seed, rank, state.step)
     step_model = wrap_model(model) if wrap_model else model
     if config.compile:
         step_model = torch.compile(step_model)
@@ -182,7 +186,7 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
     info = {"device": str(device), "precision": precision, "steps_per_epoch": steps_per_epoch,
             "total_steps": total_steps, "num_epochs": num_epochs, "train_examples": len(splits.train_images),
             "test_examples": len(splits.test_images), "data_source": splits.source,
-            "input_size": train_loader.resize, "start_step": state.step,
+            "input_size": train_loader.resize, "start_step": state.step, "world_size": world_size,
             "params": sum(p.numel() for p in model.parameters())}
     for cb in callbacks:
         cb.on_train_start(info)
@@ -197,14 +201,19 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
     with _backend_flags(device, config.deterministic):
         model.train()
         while state.step < total_steps and not reached:
+            if state.batch >= steps_per_epoch:  # resumed at the end of an epoch under another world size
+                state.epoch, state.batch = state.epoch + 1, 0
             epoch = state.epoch
             train_loader.set_epoch(epoch)
             if state.batch == 0:
                 state.epoch_loss_sum = state.epoch_correct = 0.0
                 state.epoch_examples = 0
             # Running sums stay on the device; read only at log points (no per-step sync).
-            sums["loss"] = torch.tensor(state.epoch_loss_sum, device=device)
-            sums["correct"] = torch.tensor(round(state.epoch_correct), dtype=torch.int64, device=device)
+            # They are all-reduced, so a resumed epoch's saved (global) sums start on rank 0 only.
+            own = rank == 0
+            sums["loss"] = torch.tensor(state.epoch_loss_sum if own else 0.0, device=device)
+            sums["correct"] = torch.tensor(round(state.epoch_correct) if own else 0, dtype=torch.int64,
+                                           device=device)
             chunk_start = time.perf_counter()
             for images, labels in train_loader.iterate(state.batch):
                 batch_loss, batch_correct = train_step(step_model, loss_fn, optimizer, scaler,
@@ -258,7 +267,10 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
                 elif config.checkpoint_every and state.step % config.checkpoint_every == 0:
                     state.wall_seconds = time.perf_counter() - wall_start
                     save()
-                if any(cb.should_stop() for cb in callbacks):
+                stop = any(cb.should_stop() for cb in callbacks)
+                if world_size > 1:  # all ranks must stop at the same step (see agree_to_stop)
+                    stop = agree_to_stop(stop, state.step, device)
+                if stop:
                     synchronize(device)
                     state.wall_seconds = time.perf_counter() - wall_start
                     data = payload()

@@ -1,0 +1,202 @@
+"""Data-parallel training: sharding of every epoch, exact evaluation, torchrun runs that match one
+process, and checkpoints that resume under a different number of processes (CPU, gloo, 2 processes).
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet_lab.data.loader import BatchLoader
+from alexnet_lab.engine import distributed
+from alexnet_lab.engine.checkpoint import load_checkpoint
+from alexnet_lab.engine.config import make_config
+from alexnet_lab.engine.setup import load_splits, prepare_model
+from alexnet_lab.engine.trainer import Callback, evaluate, fit
+from alexnet_lab.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+# The tiny recipe both the torchrun runs and the single-process references use. LeNet barely
+# leaves chance accuracy in 32 steps, so the tests also compare the loss curves, which any error
+# in sharding or gradient averaging changes.
+RECIPE = dict(model="lenet", limit_train=2000, limit_test=1001, epochs=1.0, lr=0.9, batch_size=64,
+              device="cpu")
+# One test example in 1001; float reduction order differs between 1 and 2 processes.
+ACC_TOLERANCE = 0.002
+LOSS_RTOL = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared CPU: one intra-op thread avoids OpenMP oversubscription stalls."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def _loader(n, batch, rank, world, **kw):
+    images = torch.arange(n, dtype=torch.int64).view(n, 1, 1).expand(n, 2, 2).to(torch.uint8)
+    labels = torch.arange(n)  # the label is the example's index: batches reveal which examples
+    return BatchLoader(images, labels, batch, resize=None, rank=rank, world_size=world, **kw)
+
+
+def _indices(loader, epoch=0, start=0):
+    loader.set_epoch(epoch)
+    return [labels.tolist() for _, labels in loader.iterate(start)]
+
+
+@pytest.mark.parametrize("n,global_batch,world", [(1000, 64, 2), (1001, 64, 2), (999, 12, 3), (130, 8, 4)])
+def test_training_shards_are_disjoint_equal_and_form_the_single_process_batches(n, global_batch, world):
+    per_rank = global_batch // world
+    single = _indices(_loader(n, global_batch, 0, 1, shuffle=True, seed=3), epoch=2)
+    ranks = [_indices(_loader(n, per_rank, r, world, shuffle=True, seed=3), epoch=2) for r in range(world)]
+    assert len({len(r) for r in ranks}) == 1                       # every rank runs the same steps
+    for k, batches in enumerate(zip(*ranks)):
+        assert len({len(b) for b in batches}) == 1                 # equal per-rank batches
+        merged = [i for b in batches for i in b]
+        assert len(set(merged)) == len(merged)                     # disjoint
+        if k < n // global_batch:
+            assert merged == single[k]                             # global batch k = the 1-process batch k
+    seen = [i for r in ranks for b in r for i in b]
+    assert n - world < len(seen) <= n and len(set(seen)) == len(seen)  # drops < world per epoch
+
+
+@pytest.mark.parametrize("n,batch,world", [(1001, 256, 2), (10, 4, 3), (5, 256, 4), (10000, 256, 3)])
+def test_evaluation_shards_cover_every_example_exactly_once(n, batch, world):
+    seen = sorted(i for r in range(world)
+                  for b in _indices(_loader(n, batch, r, world, shuffle=False, even_shards=False))
+                  for i in b)
+    assert seen == list(range(n))
+
+
+def test_resume_position_means_the_same_examples_for_any_world_size():
+    # Global batch 5 onwards of epoch 1: 2 processes from the start vs 1 process resuming at batch 5.
+    single = _indices(_loader(700, 64, 0, 1, shuffle=True, seed=1), epoch=1, start=5)
+    pair = [_indices(_loader(700, 32, r, 2, shuffle=True, seed=1), epoch=1) for r in range(2)]
+    for k, batch in enumerate(single[:-1]):  # the last, partial batch may drop one example
+        assert sorted(batch) == sorted(pair[0][k + 5] + pair[1][k + 5])
+
+
+def test_single_process_environment_touches_nothing(monkeypatch):
+    for var in distributed.TORCHRUN_VARS:
+        monkeypatch.delenv(var, raising=False)
+    env = distributed.init_from_env("auto")
+    assert (env.rank, env.world_size, env.distributed, env.is_main) == (0, 1, False, True)
+    model = torch.nn.Linear(2, 2)
+    assert env.wrap_model(model) is model and env.fit_kwargs() == {}
+    assert not torch.distributed.is_initialized()
+
+
+def test_shared_outcome_in_one_process_runs_or_raises():
+    env = distributed.DistEnv()
+    assert distributed.shared_outcome(env, lambda: 7, run_here=True) == 7
+    assert distributed.shared_outcome(env, lambda: 7, run_here=False) is None
+    with pytest.raises(UserError, match="bad --out"):
+        distributed.shared_outcome(env, lambda: (_ for _ in ()).throw(UserError("bad --out")), run_here=True)
+    assert distributed.in_turn(env, lambda: "data") == "data"
+
+
+def test_world_size_without_torchrun_variables_is_a_user_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(UserError, match="torchrun"):
+        distributed.init_from_env("cpu")
+
+
+def test_device_choice_per_local_rank():
+    assert distributed.pick_device("cpu", 3) == ("cpu", "gloo")
+    with pytest.raises(UserError, match="mps"):
+        distributed.pick_device("mps", 0)
+    if not torch.cuda.is_available():
+        assert distributed.pick_device("auto", 1) == ("cpu", "gloo")
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            distributed.pick_device("cuda", 0)
+
+
+def _torchrun(args, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "ALEXNET_LAB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", *args]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return load_splits(None, RECIPE["limit_train"], RECIPE["limit_test"])
+
+
+@pytest.fixture(scope="module")
+def single_process_run(splits):
+    """The reference: the same recipe and global batch in this one process."""
+    rows = []
+
+    class Rows(Callback):
+        def on_log(self, row):
+            rows.append(row)
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before the autouse one_thread fixture
+    try:
+        summary = fit(make_config("d2l", **RECIPE), [Rows()], splits=splits)
+    finally:
+        torch.set_num_threads(saved)
+    return summary, rows
+
+
+def _cli_flags():
+    flags = []
+    for key, value in RECIPE.items():
+        flags += [f"--{key.replace('_', '-')}", str(value)]
+    return flags
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path, splits, single_process_run):
+    out = tmp_path / "run"
+    result = _torchrun(["-m", "alexnet_lab", "train", *_cli_flags(), "--out", str(out)], tmp_path)
+    # Rank 0 alone prints the chapter's lines and the plan; the others print nothing.
+    assert result.stdout.count("examples/sec on cpu") == 1
+    assert result.stderr.count("Training lenet") == 1 and "2 processes x 32" in result.stderr
+    ddp = load_checkpoint(out / "checkpoint.pt")
+    reference, ref_rows = single_process_run
+    rows = ddp["run_state"]["metrics"]
+    assert [r["step"] for r in rows] == [r["step"] for r in ref_rows]
+    assert rows[-1]["examples"] == RECIPE["limit_train"]  # the whole training set, counted once
+    for got, want in zip(rows, ref_rows):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=LOSS_RTOL)
+        assert got["train_acc"] == pytest.approx(want["train_acc"], abs=ACC_TOLERANCE)
+    assert rows[-1]["test_acc"] == pytest.approx(reference["test_acc"], abs=ACC_TOLERANCE)
+    # The logged test accuracy is that of the whole (odd-sized) test set: evaluate the saved
+    # weights in one process and count correct answers.
+    model = prepare_model(make_config("d2l", **RECIPE), torch.device("cpu"))
+    model.load_state_dict(ddp["model_state"])
+    test = BatchLoader(splits.test_images, splits.test_labels, 256, shuffle=False)
+    check = evaluate(model, test, torch.device("cpu"))
+    assert check["examples"] == RECIPE["limit_test"]
+    assert round(rows[-1]["test_acc"] * RECIPE["limit_test"]) == check["correct"]
+    for name in ("summary.json", "metrics.jsonl", "config.json", "curves.svg"):
+        assert (out / name).is_file()
+
+
+def test_checkpoint_from_two_processes_resumes_in_one(tmp_path, splits, single_process_run):
+    out, stop = tmp_path / "stopped", distributed.STOP_CHECK_EVERY  # rank 0 alone asks; all stop here
+    assert 0 < stop < 2000 // 64
+    worker = REPO / "tests" / "ddp_stop_worker.py"
+    _torchrun([str(worker), str(out), str(stop), *[f"{k}={v}" for k, v in RECIPE.items()]], tmp_path)
+    payload = load_checkpoint(out / "checkpoint.pt")
+    assert payload["world_size"] == 2
+    state = payload["run_state"]
+    # The position is the global batch: `stop` steps of 64 examples, whatever the number of processes.
+    assert (state["epoch"], state["batch"], state["step"], state["examples"]) == (0, stop, stop, stop * 64)
+    assert not any(k.startswith("module.") for k in payload["model_state"])  # unwrapped, not DDP's
+    resumed = fit(make_config("d2l", **RECIPE), [], splits=splits, resume=payload)
+    reference, ref_rows = single_process_run
+    assert resumed["steps"] == reference["steps"]
+    assert resumed["train_examples"] == reference["train_examples"]
+    assert resumed["train_loss"] == pytest.approx(reference["train_loss"], rel=LOSS_RTOL)
+    assert resumed["test_acc"] == pytest.approx(reference["test_acc"], abs=ACC_TOLERANCE)
