@@ -181,6 +181,11 @@ def test_torchrun_two_processes_match_one_process(tmp_path, splits, single_proce
     assert round(rows[-1]["test_acc"] * RECIPE["limit_test"]) == check["correct"]
     for name in ("summary.json", "metrics.jsonl", "config.json", "curves.svg"):
         assert (out / name).is_file()
+    # The 2-process run folder continues in one process through the CLI (extended to 2 epochs).
+    from alexnet_lab.cli import main
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
+    resumed = load_checkpoint(out / "checkpoint.pt")["run_state"]
+    assert resumed["step"] == 2 * ddp["run_state"]["step"] and resumed["examples"] == 2 * RECIPE["limit_train"]
 
 
 def test_checkpoint_from_two_processes_resumes_in_one(tmp_path, splits, single_process_run):
