@@ -13,7 +13,8 @@ import alexnet_lab
 from alexnet_lab.errors import UserError
 
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
-COMMANDS = ["chapter", "summary", "train", "evaluate", "predict"]
+COMMANDS = ["chapter", "summary", "train", "evaluate", "predict",
+            "profile", "sweep", "compare"]  # the chapter's exercises
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,30 @@
+"""Exercise 2.1: AlexNet simplified for native 28x28 input, for much cheaper training.
+
+Same shape of network as the chapter's (5 convolutions, 3 max-pools, 3 dense layers with dropout),
+but no 8x upsampling, 3x3 kernels, narrower layers and a smaller classifier: ~15x fewer FLOPs.
+"""
+
+from torch import nn
+
+from alexnet_lab.models.registry import register_model
+
+
+@register_model("alexnet-small", input_size=28,
+                description="exercise 2.1: AlexNet's layout at native 28x28 input, ~15x fewer FLOPs")
+def alexnet_small(num_classes: int = 10) -> nn.Sequential:
+    return nn.Sequential(                                               # (B, 1, 28, 28)
+        nn.Conv2d(1, 64, kernel_size=3, padding=1), nn.ReLU(),          # (B, 64, 28, 28)
+        nn.MaxPool2d(kernel_size=3, stride=2),                          # (B, 64, 13, 13)
+        nn.Conv2d(64, 128, kernel_size=3, padding=1), nn.ReLU(),        # (B, 128, 13, 13)
+        nn.MaxPool2d(kernel_size=3, stride=2),                          # (B, 128, 6, 6)
+        nn.Conv2d(128, 256, kernel_size=3, padding=1), nn.ReLU(),       # (B, 256, 6, 6)
+        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(),       # (B, 256, 6, 6)
+        nn.Conv2d(256, 128, kernel_size=3, padding=1), nn.ReLU(),       # (B, 128, 6, 6)
+        nn.MaxPool2d(kernel_size=3, stride=2),                          # (B, 128, 2, 2)
+        nn.Flatten(),                                                   # (B, 512)
+        nn.Linear(512, 2048), nn.ReLU(),
+        nn.Dropout(p=0.5),
+        nn.Linear(2048, 2048), nn.ReLU(),
+        nn.Dropout(p=0.5),
+        nn.Linear(2048, num_classes),                                   # (B, 10)
+    )
