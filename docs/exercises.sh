@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AL=${ALEXNET_LAB:-alexnet-lab}
-OUT=runs/exercises
+OUT=${EXERCISES_OUT:-runs/exercises}
 mkdir -p "$OUT"
 steps=${*:-bench best alexnet lenet ex1 sweep profile}
 # The recipe shared by exercise 2.1's two models (SGD momentum, one-cycle, bf16 where fast, NHWC).
@@ -15,17 +15,18 @@ for step in $steps; do
   echo "=== $step $(date -u +%H:%M:%S)"
   case $step in
     bench)   # per-model training throughput on this machine, random data
-      for m in fmnist-net alexnet-small; do
-        $AL profile --model "$m" --batch-size 128 --precision auto --plot "$OUT/profile-$m-b128.png"
-      done ;;
+      $AL profile --model fmnist-net --batch-size 256 --precision auto --channels-last --json \
+        --plot "$OUT/profile-fmnist-net-b256.png" > "$OUT/profile-fmnist-net-b256.txt"
+      $AL profile --model alexnet-small --batch-size 128 --precision auto --channels-last --json \
+        --plot "$OUT/profile-alexnet-small-b128.png" > "$OUT/profile-alexnet-small-b128.txt" ;;
     best)    # exercise 2.2: fmnist-net, >= 94% in 15 minutes on a 2-core CPU
-      rm -rf "$OUT/fmnist-best"; $AL train --preset best --out "$OUT/fmnist-best" ;;
-    alexnet) # exercise 2.1: alexnet-small vs alexnet, one epoch each, same recipe
+      rm -rf "$OUT/fmnist-best"; $AL train --preset best ${BEST_EPOCHS:+--epochs $BEST_EPOCHS} --out "$OUT/fmnist-best" ;;
+    alexnet) # exercise 2.1: alexnet-small vs alexnet, same recipe, one epoch of the first 20,000 images
       rm -rf "$OUT/alexnet-small-1ep" "$OUT/alexnet-1ep"
-      $AL train --model alexnet-small --epochs 1 $FAST --out "$OUT/alexnet-small-1ep"
-      $AL train --model alexnet --epochs 1 $FAST --out "$OUT/alexnet-1ep"
+      $AL train --model alexnet-small --epochs 1 --limit-train 20000 $FAST --out "$OUT/alexnet-small-1ep"
+      $AL train --model alexnet --epochs 1 --limit-train 20000 $FAST --out "$OUT/alexnet-1ep"
       $AL compare "$OUT/alexnet-1ep" "$OUT/alexnet-small-1ep" --out "$OUT/compare-alexnet-small" \
-        --title "exercise 2.1: alexnet vs alexnet-small, 1 epoch" ;;
+        --title "exercise 2.1: alexnet vs alexnet-small, 20,000 images" ;;
     lenet)   # exercise 5: lenet (book recipe), lenet-modern, lenet-modern + augmentation; 10 epochs each
       rm -rf "$OUT"/lenet-*
       $AL train --model lenet --epochs 10 --lr 0.9 --out "$OUT/lenet-d2l"
@@ -35,13 +36,13 @@ for step in $steps; do
         --out "$OUT/lenet-modern-augment"
       $AL compare "$OUT/lenet-d2l" "$OUT/lenet-onecycle" "$OUT/lenet-modern" "$OUT/lenet-modern-augment" \
         --out "$OUT/compare-lenet" --title "exercise 5: LeNet variants, 10 epochs" ;;
-    ex1)     # exercise 1: more epochs, AlexNet vs LeNet, on the first 4,000 training images
+    ex1)     # exercise 1: more epochs, AlexNet vs LeNet, on the first 2,000 training images
       rm -rf "$OUT"/ex1-*
-      $AL train --model alexnet --epochs 10 --limit-train 4000 --limit-test 2000 $FAST --out "$OUT/ex1-alexnet"
-      $AL train --model lenet --epochs 10 --lr 0.9 --limit-train 4000 --limit-test 2000 --out "$OUT/ex1-lenet-10"
-      $AL train --model lenet --epochs 100 --lr 0.9 --limit-train 4000 --limit-test 2000 --out "$OUT/ex1-lenet-100"
+      $AL train --model alexnet --epochs 10 --limit-train 2000 --limit-test 2000 $FAST --out "$OUT/ex1-alexnet"
+      $AL train --model lenet --epochs 10 --lr 0.9 --limit-train 2000 --limit-test 2000 --out "$OUT/ex1-lenet-10"
+      $AL train --model lenet --epochs 100 --lr 0.9 --limit-train 2000 --limit-test 2000 --out "$OUT/ex1-lenet-100"
       $AL compare "$OUT/ex1-alexnet" "$OUT/ex1-lenet-10" "$OUT/ex1-lenet-100" --out "$OUT/compare-ex1" \
-        --title "exercise 1: AlexNet vs LeNet, 4,000 training images" ;;
+        --title "exercise 1: AlexNet vs LeNet, 2,000 training images" ;;
     sweep)   # exercise 3: batch sizes 32..512, alexnet-small, 1 epoch of the first 10,000 images
       rm -rf "$OUT/sweep"
       $AL sweep --batch-sizes 32,64,128,256,512 --model alexnet-small --epochs 1 --limit-train 10000 \
@@ -49,7 +50,9 @@ for step in $steps; do
     profile) # exercise 4: AlexNet's per-layer costs, at batch 1 and at the book's batch 128
       $AL profile --model alexnet --plot "$OUT/profile-alexnet-b1.png" --json > "$OUT/profile-alexnet-b1.txt"
       $AL profile --model alexnet --batch-size 128 --plot "$OUT/profile-alexnet-b128.png" --json \
-        > "$OUT/profile-alexnet-b128.txt" ;;
+        > "$OUT/profile-alexnet-b128.txt"
+      $AL profile --model alexnet --batch-size 128 --precision auto --channels-last \
+        --plot "$OUT/profile-alexnet-b128-bf16.png" --json > "$OUT/profile-alexnet-b128-bf16.txt" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

@@ -30,6 +30,7 @@ def add_arguments(parser) -> None:
                         help="skip measuring the step time and the device bandwidth")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
                         help="precision of the timed training step (counts are always fp32)")
+    parser.add_argument("--channels-last", action="store_true", help="time the step in NHWC memory format")
     add_device(parser)
     parser.add_argument("--plot", default=None,
                         help="bar chart PNG (default: runs/profile-<model>-<size>-b<batch>.png)")
@@ -63,19 +64,21 @@ def format_table(profile: dict) -> str:
     return "\n".join(lines)
 
 
-def timing(model_name: str, batch: int, size: int, device_name: str | None, precision: str, total: dict) -> dict:
+def timing(model_name: str, batch: int, size: int, device_name: str | None, precision: str,
+           channels_last: bool, total: dict) -> dict:
     """Measure a real training step of this probe and the device's copy bandwidth; compare them."""
     from alexnet_lab.engine.estimate import seconds_per_step
 
     device = resolve_device(device_name or "auto")
     precision = resolve_precision(precision, device)
     config = make_config("d2l", model=model_name, batch_size=batch, resize=size, precision=precision,
-                         momentum=0.9, device=str(device))
+                         momentum=0.9, channels_last=channels_last, device=str(device))
     step_s = seconds_per_step(config, steps=3, warmup=1)
     bandwidth = measure_copy_bandwidth(device)
     flops = total["forward_flops"] + total["backward_flops"]
     implied = total["bytes_moved"] / step_s
-    return {"device": str(device), "precision": precision, "step_seconds": step_s,
+    return {"device": str(device), "precision": precision, "channels_last": channels_last, "step_seconds": step_s,
+            "examples_per_sec": batch / step_s,
             "achieved_flops_per_s": flops / step_s, "implied_bandwidth_bytes_per_s": implied,
             "measured_bandwidth_bytes_per_s": bandwidth, "bandwidth_fraction": implied / bandwidth,
             "memory_time_fraction": total["bytes_moved"] / bandwidth / step_s}
@@ -121,8 +124,10 @@ def run(args) -> int:
     for line in findings(profile):
         print(line)
     if args.timing:
-        profile["timing"] = tm = timing(args.model, args.batch_size, size, args.device, args.precision, t)
-        print(f"Measured on {tm['device']} ({tm['precision']}): {tm['step_seconds'] * 1000:.1f} ms per training step "
+        profile["timing"] = tm = timing(args.model, args.batch_size, size, args.device, args.precision,
+                                             args.channels_last, t)
+        print(f"Measured on {tm['device']} ({tm['precision']}{', channels-last' if args.channels_last else ''}): "
+              f"{tm['step_seconds'] * 1000:.1f} ms per training step ({tm['examples_per_sec']:.1f} examples/s) "
               f"= {tm['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s. Moving {fmt_bytes(t['bytes_moved'])} in that time "
               f"needs {tm['implied_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; this device's measured copy bandwidth "
               f"is {tm['measured_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s ({tm['bandwidth_fraction']:.0%} of it used): "
