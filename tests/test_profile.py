@@ -49,12 +49,20 @@ def test_flops_and_params_match_independent_counters(name):
 
 
 def test_batch_size_scales_flops_and_activations_linearly():
-    one = profile_model(build_model("alexnet-small"), (1, 1, 28, 28))["total"]
-    four = profile_model(build_model("alexnet-small"), (4, 1, 28, 28))["total"]
+    one = profile_model(build_model("lenet-modern"), (1, 1, 28, 28))["total"]
+    four = profile_model(build_model("lenet-modern"), (4, 1, 28, 28))["total"]
     assert four["forward_flops"] == 4 * one["forward_flops"]
     assert four["backward_flops"] == 4 * one["backward_flops"]
     assert four["activation_bytes"] == 4 * one["activation_bytes"]
     assert four["state_bytes"] == one["state_bytes"]
+
+
+def test_batchnorm_saves_per_channel_statistics_once_per_batch():
+    one = profile_model(build_model("alexnet-small"), (1, 1, 28, 28))["total"]
+    four = profile_model(build_model("alexnet-small"), (4, 1, 28, 28))["total"]
+    # mean and 1/std per channel (fp32) of the five BatchNorms, whatever the batch size
+    stats = 2 * 4 * (64 + 128 + 256 + 256 + 128)
+    assert four["activation_bytes"] - stats == 4 * (one["activation_bytes"] - stats)
 
 
 def test_lenet_activation_and_state_bytes_by_hand():
