@@ -1,26 +1,21 @@
 #!/usr/bin/env bash
 # Every measurement behind docs/EXERCISES.md, in order of cost; results land in runs/exercises/.
-# Usage: docs/exercises.sh [step...]   (steps: bench best alexnet lenet ex1 sweep profile; default: all)
+# Usage: docs/exercises.sh [step...]   (steps: best alexnet lenet ex1 sweep profile; default: all)
 # Set ALEXNET_LAB to the command to use (default: alexnet-lab).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AL=${ALEXNET_LAB:-alexnet-lab}
 OUT=${EXERCISES_OUT:-runs/exercises}
 mkdir -p "$OUT"
-steps=${*:-bench best alexnet lenet ex1 sweep profile}
+steps=${*:-best alexnet lenet ex1 sweep profile}
 # The recipe shared by exercise 2.1's two models (SGD momentum, one-cycle, bf16 where fast, NHWC).
 FAST="--momentum 0.9 --schedule onecycle --lr 0.02 --precision auto --channels-last"
 
 for step in $steps; do
   echo "=== $step $(date -u +%H:%M:%S)"
   case $step in
-    bench)   # per-model training throughput on this machine, random data
-      $AL profile --model fmnist-net --batch-size 256 --precision auto --channels-last --json \
-        --plot "$OUT/profile-fmnist-net-b256.png" > "$OUT/profile-fmnist-net-b256.txt"
-      $AL profile --model alexnet-small --batch-size 128 --precision auto --channels-last --json \
-        --plot "$OUT/profile-alexnet-small-b128.png" > "$OUT/profile-alexnet-small-b128.txt" ;;
     best)    # exercise 2.2: fmnist-net, >= 94% in 15 minutes on a 2-core CPU
-      rm -rf "$OUT/fmnist-best"; $AL train --preset best ${BEST_EPOCHS:+--epochs $BEST_EPOCHS} --out "$OUT/fmnist-best" ;;
+      rm -rf "$OUT/fmnist-best"; $AL train --preset best --out "$OUT/fmnist-best" ;;
     alexnet) # exercise 2.1: alexnet-small vs alexnet, same recipe, one epoch of the first 20,000 images
       rm -rf "$OUT/alexnet-small-1ep" "$OUT/alexnet-1ep"
       $AL train --model alexnet-small --epochs 1 --limit-train 20000 $FAST --out "$OUT/alexnet-small-1ep"
