@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from alexnet_lab.analysis.profile import dominant, findings, profile_model
+from alexnet_lab.analysis.profile import dominant, findings, profile_model, training_flops
 from alexnet_lab.cli import main
 from alexnet_lab.models import build_model, get_spec, list_models
 
@@ -84,7 +84,7 @@ def test_lenet_activation_and_state_bytes_by_hand():
 
 def test_alexnet_findings_name_the_dense_layers_for_memory_and_convs_for_compute():
     profile = profile_model(build_model("alexnet"), (1, 1, 224, 224))
-    compute = dominant(profile["layers"], "forward_flops")
+    compute = dominant(profile["layers"], training_flops)
     memory = dominant(profile["layers"], "state_bytes")
     assert {r["type"] for r, _ in compute} == {"Conv2d"}
     assert {r["type"] for r, _ in memory} == {"Linear"}

@@ -111,15 +111,21 @@ def profile_model(model: nn.Module, input_shape: tuple[int, ...], optimizer: str
             "layers": out, "total": total}
 
 
-def dominant(layers: list[dict], key: str, share: float = 0.5) -> list[tuple[dict, float]]:
-    """The fewest layers (largest first) that together hold at least `share` of `key`'s total."""
-    total = sum(r[key] for r in layers)
+def training_flops(layer: dict) -> int:
+    return layer["forward_flops"] + layer["backward_flops"]
+
+
+def dominant(layers: list[dict], key, share: float = 0.5) -> list[tuple[dict, float]]:
+    """The fewest layers (largest first) that together hold at least `share` of the total of `key`
+    (a field name, or a function of the layer)."""
+    value = key if callable(key) else (lambda r: r[key])
+    total = sum(value(r) for r in layers)
     if total == 0:
         return []
     picked, acc = [], 0
-    for r in sorted(layers, key=lambda r: -r[key]):
-        picked.append((r, r[key] / total))
-        acc += r[key]
+    for r in sorted(layers, key=lambda r: -value(r)):
+        picked.append((r, value(r) / total))
+        acc += value(r)
         if acc >= share * total:
             break
     return picked
@@ -128,29 +134,26 @@ def dominant(layers: list[dict], key: str, share: float = 0.5) -> list[tuple[dic
 def findings(profile: dict) -> list[str]:
     """Which layers dominate compute and memory, in words."""
     layers = profile["layers"]
-    for r in layers:
-        r["_flops"] = r["forward_flops"] + r["backward_flops"]
 
     def names(picked):
         return ", ".join(f"{r['name']} ({r['type']}, {frac:.0%})" for r, frac in picked)
 
     def by_type(key):
+        value = key if callable(key) else (lambda r: r[key])
         shares: dict[str, int] = {}
         for r in layers:
-            shares[r["type"]] = shares.get(r["type"], 0) + r[key]
+            shares[r["type"]] = shares.get(r["type"], 0) + value(r)
         total = sum(shares.values()) or 1
         return ", ".join(f"{t} {v / total:.0%}" for t, v in sorted(shares.items(), key=lambda kv: -kv[1]) if v)
 
     lines = [
-        f"Compute: {names(dominant(layers, '_flops'))} do at least half of the training FLOPs "
-        f"(by type: {by_type('_flops')}).",
+        f"Compute: {names(dominant(layers, training_flops))} do at least half of the training FLOPs "
+        f"(by type: {by_type(training_flops)}).",
         f"Weights, gradients and optimizer state: {names(dominant(layers, 'state_bytes'))} hold at least half "
         f"(by type: {by_type('state_bytes')}).",
         f"Activations kept for backward: {names(dominant(layers, 'activation_bytes'))} hold at least half "
         f"(by type: {by_type('activation_bytes')}).",
     ]
-    for r in layers:
-        del r["_flops"]
     t = profile["total"]
     state, act = t["state_bytes"], t["activation_bytes"]
     batch = profile["input_shape"][0]
