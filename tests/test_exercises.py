@@ -212,6 +212,7 @@ def test_child_killed_by_the_kernel_counts_as_out_of_memory(tmp_path):
     assert result["status"] == "failed" and "boom" in result["detail"]
 
 
+@pytest.mark.slow  # real Fashion-MNIST, two child processes
 def test_sweep_cli_end_to_end_measures_each_run_in_its_own_process(tmp_path, capsys):
     out = tmp_path / "sweep"
     assert main(["sweep", "--batch-sizes", "16,64", "--model", "lenet", "--epochs", "1", "--limit-train", "256",
