@@ -34,9 +34,11 @@ for step in $steps; do
     ex1)     # exercise 1: more epochs, AlexNet vs LeNet, on the first 2,000 training images
       rm -rf "$OUT"/ex1-*
       $AL train --model alexnet --epochs 10 --limit-train 2000 --limit-test 2000 $FAST --out "$OUT/ex1-alexnet"
+      $AL train --model alexnet --epochs 30 --limit-train 2000 --limit-test 2000 $FAST --out "$OUT/ex1-alexnet-30"
       $AL train --model lenet --epochs 10 --lr 0.9 --limit-train 2000 --limit-test 2000 --out "$OUT/ex1-lenet-10"
       $AL train --model lenet --epochs 100 --lr 0.9 --limit-train 2000 --limit-test 2000 --out "$OUT/ex1-lenet-100"
-      $AL compare "$OUT/ex1-alexnet" "$OUT/ex1-lenet-10" "$OUT/ex1-lenet-100" --out "$OUT/compare-ex1" \
+      $AL compare "$OUT/ex1-alexnet" "$OUT/ex1-alexnet-30" "$OUT/ex1-lenet-10" "$OUT/ex1-lenet-100" \
+        --labels "alexnet 10 ep,alexnet 30 ep,lenet 10 ep,lenet 100 ep" --out "$OUT/compare-ex1" \
         --title "exercise 1: AlexNet vs LeNet, 2,000 training images" ;;
     sweep)   # exercise 3: batch sizes 32..512, alexnet-small, 1 epoch of the first 10,000 images
       rm -rf "$OUT/sweep"
