@@ -80,6 +80,15 @@ def test_lenet_activation_and_state_bytes_by_hand():
     assert profile["total"]["state_bytes"] == 3 * 4 * 61_706
     plain = profile_model(build_model("lenet"), (1, 1, 28, 28), optimizer="sgd")
     assert plain["total"]["state_bytes"] == 2 * 4 * 61_706
+    # the optimizer's update: SGD reads w, g and writes w; momentum also reads and writes its buffer
+    assert plain["total"]["optimizer_bytes_moved"] == 3 * 4 * 61_706
+    assert profile["total"]["optimizer_bytes_moved"] == 5 * 4 * 61_706
+    layers_moved = sum(r["bytes_moved"] for r in profile["layers"])
+    assert profile["total"]["bytes_moved"] == layers_moved
+    assert profile["total"]["step_bytes_moved"] == layers_moved + 5 * 4 * 61_706
+    # conv 0 by hand: image in (no gradient needed), weights, output; backward dy, x, w in, dw out
+    x, w, y = 4 * 28 * 28, 4 * 156, 4 * 6 * 28 * 28
+    assert by_name["0"]["bytes_moved"] == (x + w + y) + (y + x + w + w)
 
 
 def test_alexnet_findings_name_the_dense_layers_for_memory_and_convs_for_compute():
@@ -117,7 +126,7 @@ def test_cli_timing_and_batch_size(tmp_path, capsys):
     assert data["total"]["forward_flops"] == 8 * 833_040  # d2l LeNet: 833,040 FLOPs per 28x28 image
     timing = data["timing"]
     assert timing["step_seconds"] > 0 and timing["measured_bandwidth_bytes_per_s"] > 1e8
-    assert timing["implied_bandwidth_bytes_per_s"] == pytest.approx(data["total"]["bytes_moved"] / timing["step_seconds"])
+    assert timing["implied_bandwidth_bytes_per_s"] == pytest.approx(data["total"]["step_bytes_moved"] / timing["step_seconds"])
     assert "GB/s" in out
 
 

@@ -103,10 +103,12 @@ def profile_model(model: nn.Module, input_shape: tuple[int, ...], optimizer: str
             "optimizer_bytes": states * w_bytes, "state_bytes": (2 + states) * w_bytes,
             "bytes_moved": moved, "intensity": (fwd + bwd) / moved,
         })
-    total = {key: sum(r[key] for r in out) for key in NUMERIC_KEYS}
+    total = {key: sum(r[key] for r in out) for key in NUMERIC_KEYS}  # per-layer keys, summed
     # The optimizer's update: read weight and gradient (and buffers), write weight (and buffers).
-    total["bytes_moved"] += 4 * sum(r["params"] for r in out) * (3 + 2 * states)
-    total["intensity"] = (total["forward_flops"] + total["backward_flops"]) / total["bytes_moved"]
+    total["optimizer_bytes_moved"] = 4 * total["params"] * (3 + 2 * states)
+    total["step_bytes_moved"] = total["bytes_moved"] + total["optimizer_bytes_moved"]
+    # a ratio, not a sum: the whole step's FLOPs over the whole step's least traffic
+    total["intensity"] = (total["forward_flops"] + total["backward_flops"]) / total["step_bytes_moved"]
     return {"input_shape": list(input_shape), "optimizer": optimizer, "dtype": "float32",
             "layers": out, "total": total}
 

@@ -76,12 +76,12 @@ def timing(model_name: str, batch: int, size: int, device_name: str | None, prec
     step_s = seconds_per_step(config, steps=3, warmup=1)
     bandwidth = measure_copy_bandwidth(device)
     flops = total["forward_flops"] + total["backward_flops"]
-    implied = total["bytes_moved"] / step_s
+    implied = total["step_bytes_moved"] / step_s
     return {"device": str(device), "precision": precision, "channels_last": channels_last, "step_seconds": step_s,
             "examples_per_sec": batch / step_s,
             "achieved_flops_per_s": flops / step_s, "implied_bandwidth_bytes_per_s": implied,
             "measured_bandwidth_bytes_per_s": bandwidth, "bandwidth_fraction": implied / bandwidth,
-            "memory_time_fraction": total["bytes_moved"] / bandwidth / step_s}
+            "memory_time_fraction": total["step_bytes_moved"] / bandwidth / step_s}
 
 
 def plot_profile(profile: dict, path: Path, title: str) -> None:
@@ -120,7 +120,7 @@ def run(args) -> int:
     print(format_table(profile))
     t = profile["total"]
     print(f"Per step: {fmt_count(t['forward_flops'] + t['backward_flops'])}FLOPs, at least "
-          f"{fmt_bytes(t['bytes_moved'])} moved (arithmetic intensity {t['intensity']:.1f} FLOP/byte).")
+          f"{fmt_bytes(t['step_bytes_moved'])} moved (arithmetic intensity {t['intensity']:.1f} FLOP/byte).")
     for line in findings(profile):
         print(line)
     if args.timing:
@@ -128,7 +128,7 @@ def run(args) -> int:
                                              args.channels_last, t)
         print(f"Measured on {tm['device']} ({tm['precision']}{', channels-last' if args.channels_last else ''}): "
               f"{tm['step_seconds'] * 1000:.1f} ms per training step ({tm['examples_per_sec']:.1f} examples/s) "
-              f"= {tm['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s. Moving {fmt_bytes(t['bytes_moved'])} in that time "
+              f"= {tm['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s. Moving {fmt_bytes(t['step_bytes_moved'])} in that time "
               f"needs {tm['implied_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; this device's measured copy bandwidth "
               f"is {tm['measured_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s ({tm['bandwidth_fraction']:.0%} of it used): "
               + ("the step is limited by memory traffic." if tm["bandwidth_fraction"] > 0.5 else
