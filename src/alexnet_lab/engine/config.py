@@ -96,6 +96,10 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "d2l": dict(model="alexnet", epochs=10, batch_size=128, lr=0.01, momentum=0.0,
                 schedule="constant", init="xavier", precision="fp32"),
+    # Exercise 2.2: fmnist-net's recipe for >= 94% test accuracy in under 15 minutes on a 2-core CPU.
+    "best": dict(model="fmnist-net", epochs=10, batch_size=256, lr=0.2, momentum=0.9, nesterov=True,
+                 weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1,
+                 init="default", augment=True, precision="auto", channels_last=True),
 }
 
 

@@ -1,0 +1,141 @@
+"""`alexnet-lab profile` (exercise 4): per-layer FLOPs, memory and arithmetic intensity of a training step,
+and the memory bandwidth the measured step time implies against the device's measured bandwidth.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from alexnet_lab.analysis.profile import OPTIMIZER_STATES, findings, measure_copy_bandwidth, profile_model
+from alexnet_lab.cli.options import add_device, add_model, positive_int
+from alexnet_lab.engine.config import make_config
+from alexnet_lab.engine.device import resolve_device, resolve_precision
+from alexnet_lab.engine.setup import check_input_size
+from alexnet_lab.models import build_model, get_spec
+
+NAME = "profile"
+HELP = "per-layer FLOPs, parameters, activation/weight memory and arithmetic intensity of a training step"
+
+
+def add_arguments(parser) -> None:
+    add_model(parser)
+    parser.add_argument("--batch-size", type=positive_int, default=1,
+                        help="probe batch; all counts are for the whole probe")
+    parser.add_argument("--input-size", type=positive_int, default=None,
+                        help="side of the probe image (default: the model's own, 224 for alexnet)")
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZER_STATES), default="momentum",
+                        help="optimizer state to count: plain SGD (none) or SGD with momentum (one buffer)")
+    parser.add_argument("--no-timing", dest="timing", action="store_false",
+                        help="skip measuring the step time and the device bandwidth")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                        help="precision of the timed training step (counts are always fp32)")
+    parser.add_argument("--channels-last", action="store_true", help="time the step in NHWC memory format")
+    add_device(parser)
+    parser.add_argument("--plot", default=None,
+                        help="bar chart PNG (default: runs/profile-<model>-<size>-b<batch>.png)")
+    parser.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
+
+
+def fmt_count(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def format_table(profile: dict) -> str:
+    head = (f"{'layer':<6} {'type':<18} {'output shape':<18} {'params':>8} {'fwd FLOPs':>10} {'bwd FLOPs':>10} "
+            f"{'activations':>11} {'w+g+opt':>10} {'FLOP/B':>7}")
+    lines = [head, "-" * len(head)]
+    for r in profile["layers"] + [{**profile["total"], "name": "total", "type": "", "output_shape": ""}]:
+        shape = "x".join(map(str, r["output_shape"])) if r["output_shape"] else ""
+        lines.append(f"{r['name']:<6} {r['type']:<18} {shape:<18} {fmt_count(r['params']):>8} "
+                     f"{fmt_count(r['forward_flops']):>10} {fmt_count(r['backward_flops']):>10} "
+                     f"{fmt_bytes(r['activation_bytes']):>11} {fmt_bytes(r['state_bytes']):>10} "
+                     f"{r['intensity']:>7.1f}")
+    return "\n".join(lines)
+
+
+def timing(model_name: str, batch: int, size: int, device_name: str | None, precision: str,
+           channels_last: bool, total: dict) -> dict:
+    """Measure a real training step of this probe and the device's copy bandwidth; compare them."""
+    from alexnet_lab.engine.estimate import seconds_per_step
+
+    device = resolve_device(device_name or "auto")
+    precision = resolve_precision(precision, device)
+    config = make_config("d2l", model=model_name, batch_size=batch, resize=size, precision=precision,
+                         momentum=0.9, channels_last=channels_last, device=str(device))
+    step_s = seconds_per_step(config, steps=3, warmup=1)
+    bandwidth = measure_copy_bandwidth(device)
+    flops = total["forward_flops"] + total["backward_flops"]
+    implied = total["step_bytes_moved"] / step_s
+    return {"device": str(device), "precision": precision, "channels_last": channels_last, "step_seconds": step_s,
+            "examples_per_sec": batch / step_s,
+            "achieved_flops_per_s": flops / step_s, "implied_bandwidth_bytes_per_s": implied,
+            "measured_bandwidth_bytes_per_s": bandwidth, "bandwidth_fraction": implied / bandwidth,
+            "memory_time_fraction": total["step_bytes_moved"] / bandwidth / step_s}
+
+
+def plot_profile(profile: dict, path: Path, title: str) -> None:
+    """Three bar panels per layer: share of training FLOPs, of activation bytes, of weight-side state."""
+    from alexnet_lab.reports.plots import plt
+
+    layers = profile["layers"]
+    labels = [f"{r['name']} {r['type']}" for r in layers]
+    panels = [("training FLOPs (fwd+bwd)", [r["forward_flops"] + r["backward_flops"] for r in layers]),
+              ("activations kept for backward", [r["activation_bytes"] for r in layers]),
+              ("weights + grads + optimizer", [r["state_bytes"] for r in layers])]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 0.22 * len(layers) + 1.6), dpi=110, sharey=True)
+    for ax, (name, values) in zip(axes, panels):
+        total = sum(values) or 1
+        ax.barh(range(len(layers)), [100 * v / total for v in values], color="tab:blue")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("% of total")
+        ax.grid(True, axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(layers)), labels, fontsize=7)
+    axes[0].invert_yaxis()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    size = args.input_size or get_spec(args.model).input_size
+    check_input_size(args.model, size)
+    shape = (args.batch_size, 1, size, size)
+    profile = profile_model(build_model(args.model), shape, args.optimizer)
+    profile["model"] = args.model
+    print(f"{args.model}: one training step on input {list(shape)}; FLOPs as torch.utils.flop_counter counts "
+          f"them (multiply-add = 2, conv/matmul only); bytes in fp32; optimizer: {args.optimizer}.")
+    print(format_table(profile))
+    t = profile["total"]
+    print(f"Per step: {fmt_count(t['forward_flops'] + t['backward_flops'])}FLOPs, at least "
+          f"{fmt_bytes(t['step_bytes_moved'])} moved (arithmetic intensity {t['intensity']:.1f} FLOP/byte).")
+    for line in findings(profile):
+        print(line)
+    if args.timing:
+        profile["timing"] = tm = timing(args.model, args.batch_size, size, args.device, args.precision,
+                                             args.channels_last, t)
+        print(f"Measured on {tm['device']} ({tm['precision']}{', channels-last' if args.channels_last else ''}): "
+              f"{tm['step_seconds'] * 1000:.1f} ms per training step ({tm['examples_per_sec']:.1f} examples/s) "
+              f"= {tm['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s. Moving {fmt_bytes(t['step_bytes_moved'])} in that time "
+              f"needs {tm['implied_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; this device's measured copy bandwidth "
+              f"is {tm['measured_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s ({tm['bandwidth_fraction']:.0%} of it used): "
+              + ("the step is limited by memory traffic." if tm["bandwidth_fraction"] > 0.5 else
+                 "memory bandwidth is not the limit; compute (or per-op overhead) is."))
+    plot = Path(args.plot or f"runs/profile-{args.model}-{size}-b{args.batch_size}.png")
+    plot_profile(profile, plot, f"{args.model}, input {list(shape)}")
+    print(f"Bar chart: {plot}")
+    if args.json:
+        print(json.dumps(profile))
+    return 0

@@ -1,0 +1,104 @@
+"""`alexnet-lab sweep` (exercise 3): one run per batch size; test accuracy, examples/s and peak memory.
+
+Each run is its own process (so its peak memory is its own) and its own run folder; out-of-memory
+runs are recorded in the table, not raised.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from alexnet_lab.analysis.sweep import sweep, sweep_configs
+from alexnet_lab.cli.options import add_training, positive_float, training_overrides
+from alexnet_lab.engine.config import make_config
+from alexnet_lab.errors import UserError
+from alexnet_lab.reports.run_dir import default_run_dir, prepare_run_dir
+
+NAME = "sweep"
+HELP = "train once per batch size; table and plots of test accuracy, examples/s and peak memory"
+
+
+def batch_sizes(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--batch-sizes must be whole numbers separated by commas, got {text!r}.") from None
+    if not values or min(values) < 1:
+        raise UserError(f"--batch-sizes needs at least one size, each at least 1; got {text!r}.")
+    return values
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--batch-sizes", default="32,64,128,256,512", help="comma-separated batch sizes")
+    parser.add_argument("--lr-scaling", choices=("none", "linear"), default="none",
+                        help="keep the lr for every batch size, or scale it by batch/128")
+    parser.add_argument("--timeout-minutes", type=positive_float, default=None,
+                        help="stop a run that takes longer than this (recorded as timeout)")
+    add_training(parser)
+    parser.add_argument("--out", default=None, help="sweep folder (default: runs/<timestamp>-sweep)")
+
+
+def format_table(results: list[dict]) -> str:
+    lines = [f"{'batch':>6} {'lr':>8} {'status':<14} {'test acc':>8} {'examples/s':>10} {'peak memory':>12} {'steps':>6}",
+             "-" * 70]
+    for r in results:
+        ok = r["status"] == "ok"
+        memory = f"{r['peak_memory_bytes'] / 2**20:,.0f} MiB" if r.get("peak_memory_bytes") else "-"
+        lines.append(f"{r['batch_size']:>6} {r['lr']:>8.4g} {r['status']:<14} "
+                     f"{r['test_acc'] if ok else float('nan'):>8.4f} "
+                     f"{r['examples_per_sec'] if ok else float('nan'):>10.1f} {memory:>12} "
+                     f"{r['steps'] if ok else '-':>6}")
+    return "\n".join(lines)
+
+
+def plot_sweep(results: list[dict], paths: list[Path], title: str) -> None:
+    from alexnet_lab.reports.plots import plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.0), dpi=110)
+    panels = [("test accuracy", "test_acc", 1), ("examples/s (training)", "examples_per_sec", 1),
+              ("peak memory (MiB)", "peak_memory_bytes", 2**20)]
+    for ax, (label, key, scale) in zip(axes, panels):
+        pts = [(r["batch_size"], r[key] / scale) for r in results if r["status"] == "ok" and r.get(key)]
+        if pts:
+            ax.plot(*zip(*pts), marker="o")
+        for r in results:
+            if r["status"] == "out_of_memory":
+                ax.axvline(r["batch_size"], color="tab:red", linestyle=":", label="out of memory")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_title(label, fontsize=9)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    for path in paths:
+        fig.savefig(path)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    sizes = batch_sizes(args.batch_sizes)
+    if args.batch_size is not None:
+        raise UserError("sweep takes --batch-sizes (comma-separated), not --batch-size.")
+    base = make_config(args.preset, **training_overrides(args))
+    configs = sweep_configs(base, sizes, args.lr_scaling)
+    out = prepare_run_dir(args.out or default_run_dir("sweep"))
+    print(f"Sweeping batch sizes {sizes} for {base.model} (preset '{base.preset}', {base.epochs:g} epoch(s)"
+          + (f" of the first {base.limit_train:,} images" if base.limit_train else "")
+          + f", lr {'scaled by batch/128' if args.lr_scaling == 'linear' else base.lr}), one process each, into {out}/")
+    timeout = args.timeout_minutes * 60 if args.timeout_minutes else None
+
+    def report(r):
+        extra = f" ({r['detail']})" if r.get("detail") else ""
+        print(f"  batch {r['batch_size']}: {r['status']}{extra}", flush=True)
+
+    results = sweep(configs, out, timeout_s=timeout, on_result=report)
+    print(format_table(results))
+    memory_kind = next((r["memory_kind"] for r in results if r.get("memory_kind")), "peak memory")
+    print(f"Peak memory: {memory_kind}.")
+    (out / "sweep.json").write_text(json.dumps({"config": base.to_dict(), "lr_scaling": args.lr_scaling,
+                                                "results": results}, indent=2) + "\n")
+    plot_sweep(results, [out / "sweep.png", out / "sweep.svg"], f"{base.model}: batch-size sweep")
+    print(f"Table: {out / 'sweep.json'}; plots: {out / 'sweep.png'}, {out / 'sweep.svg'}; "
+          f"each run's folder: {out}/bs<N>/ (readable by 'alexnet-lab compare')")
+    return 0
