@@ -13,7 +13,7 @@ import alexnet_lab
 from alexnet_lab.errors import UserError
 
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
-COMMANDS = ["chapter", "summary", "train", "evaluate", "predict"]
+COMMANDS = ["chapter", "summary", "train", "evaluate", "predict", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -96,6 +96,16 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "d2l": dict(model="alexnet", epochs=10, batch_size=128, lr=0.01, momentum=0.0,
                 schedule="constant", init="xavier", precision="fp32"),
+    # The same AlexNet at 224x224, tuned for the fewest training examples to the book's 0.883:
+    # Nesterov momentum, a one-cycle schedule (20% linear warm-up, linear decay to 0), label
+    # smoothing and AlexNet's own weight decay; bf16 autocast + NHWC where the hardware is fast.
+    "fast": dict(model="alexnet", epochs=2, batch_size=128, lr=0.02, momentum=0.9, nesterov=True,
+                 weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1,
+                 init="xavier", precision="auto", channels_last=True),
+    # Any registered model, tuned for the least wall-clock time to 0.883 test accuracy.
+    "speedrun": dict(model="speednet", epochs=1, batch_size=256, lr=0.1, momentum=0.9, nesterov=True,
+                     schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1, init="default",
+                     precision="auto", channels_last=True, log_points_per_epoch=2),
 }
 
 
