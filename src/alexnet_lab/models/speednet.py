@@ -12,7 +12,7 @@ def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
-def speednet_builder(widths: tuple[int, int, int] = (24, 48, 96), num_classes: int = 10) -> nn.Sequential:
+def speednet_builder(widths: tuple[int, int, int] = (16, 32, 64), num_classes: int = 10) -> nn.Sequential:
     w1, w2, w3 = widths
     return nn.Sequential(                                  # (B, 1, 28, 28)
         *conv_bn(1, w1), nn.MaxPool2d(2),                  # (B, w1, 14, 14)
