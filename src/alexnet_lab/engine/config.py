@@ -103,9 +103,10 @@ PRESETS: dict[str, dict] = {
                  weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1,
                  init="xavier", precision="auto", channels_last=True),
     # Any registered model, tuned for the least wall-clock time to 0.883 test accuracy: a small
-    # BatchNorm CNN at 28x28 for one one-cycle epoch; one test evaluation per epoch (each costs
-    # about a sixth of an epoch of training), so with --target-accuracy it evaluates at the end.
-    "speedrun": dict(model="speednet", epochs=1, batch_size=256, lr=0.1, momentum=0.9, nesterov=True,
+    # BatchNorm CNN at 28x28 for 0.8 of an epoch (one-cycle); one test evaluation per epoch
+    # (each costs about a sixth of an epoch of training), so it evaluates once, at the end.
+    # (Batch 512 at lr 0.2 ended at 0.882; 0.75 epochs at batch 256 reached 0.887-0.891.)
+    "speedrun": dict(model="speednet", epochs=0.8, batch_size=256, lr=0.1, momentum=0.9, nesterov=True,
                      schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1, init="default",
                      precision="auto", channels_last=True, log_points_per_epoch=1),
 }
