@@ -160,7 +160,9 @@ def test_train_cli_reports_time_to_target(bar_data_dir, tmp_path, capsys):
                  "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reached_target"] and summary["time_to_target_s"] > 0
-    assert f"in {summary['time_to_target_s']:.1f} s" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"in {summary['time_to_target_s']:.1f} s" in printed
+    assert "Config (speedrun): model=speednet, epochs=6.0, batch_size=32, lr=0.1, momentum=0.9, nesterov=True" in printed
 
 
 # --- bench -----------------------------------------------------------------------------------------

@@ -28,6 +28,9 @@ def train_and_report(config: TrainConfig, out: Path) -> dict:
     """Train `config` into run folder `out`, showing progress; return the summary."""
     writer = RunWriter(out, config.to_dict())
     reporter = ConsoleReporter(config, out)
+    # The full recipe, as saved in config.json: a preset is just a named config.
+    print(f"Config ({config.preset}): " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()
+                                                    if k not in ("preset", "data_dir")), flush=True)
     started = time.perf_counter()
     try:
         summary = fit(config, [writer, reporter])
