@@ -22,7 +22,8 @@ FORMAT = "alexnet-lab-checkpoint/1"
 
 
 def versions() -> dict:
-    return {"alexnet_lab": alexnet_lab.__version__, "torch": torch.__version__}
+    # str(): torch.__version__ is a TorchVersion, which weights_only loading rejects.
+    return {"alexnet_lab": alexnet_lab.__version__, "torch": str(torch.__version__)}
 
 
 def rng_state() -> dict:
