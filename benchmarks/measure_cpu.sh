@@ -8,9 +8,9 @@ PY=${PYTHON:-python}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
-# Threads wait passively: on a CPU shared with other jobs, spinning OpenMP threads collapse the
-# throughput of two-thread PyTorch (see docs/PERFORMANCE.md). Override by setting it yourself.
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+# On a CPU shared with other jobs, run with OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads
+# collapse the throughput of two-thread PyTorch there. On a quiet machine the default is faster
+# (see docs/PERFORMANCE.md).
 
 # 1. The book's pipeline vs this project's: AlexNet, batch 128, 224x224.
 $PY -m alexnet_lab bench --model alexnet --batch-size 128 --warmup 3 --steps 5 --repeats 3 --json \
