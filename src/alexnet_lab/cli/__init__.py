@@ -16,8 +16,8 @@ from alexnet_lab.cli.interrupt import Interrupted
 from alexnet_lab.errors import UserError
 
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
-COMMANDS = ["chapter", "summary", "train", "evaluate", "predict",
-            "profile", "sweep", "compare"]  # the chapter's exercises
+COMMANDS = ["chapter", "summary", "train", "evaluate", "predict", "bench",
+            "profile", "sweep", "compare"]  # the last three: the chapter's exercises
 
 
 def build_parser() -> argparse.ArgumentParser:

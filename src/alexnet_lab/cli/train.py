@@ -67,6 +67,9 @@ def train_and_report(config: TrainConfig, out: Path | None, *, splits: Splits | 
     rows = resume["run_state"]["metrics"] if resume is not None else None
     writer = RunWriter(out, config.to_dict(), rows=rows)
     reporter = ConsoleReporter(config, out)
+    # The full recipe, as saved in config.json: a preset is just a named config.
+    print(f"Config ({config.preset}): " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()
+                                                    if k not in ("preset", "data_dir")), flush=True)
     started = time.perf_counter()
     try:
         with interrupt:

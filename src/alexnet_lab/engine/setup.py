@@ -67,6 +67,7 @@ def valid_input_sizes(model_name: str, sizes=range(8, 513)) -> list[int]:
     """Input sides the model accepts, found by shape propagation on the meta device (no compute)."""
     with torch.device("meta"):
         model = build_model(model_name)
+    model.eval()  # BatchNorm in training mode rejects a batch of one sample per channel
     ok = []
     for s in sizes:
         try:

@@ -1,0 +1,227 @@
+"""`bench`: training-step throughput of the book's pipeline against this project's, in one process,
+with achieved FLOP/s set against a measured matmul peak of the same device.
+
+Definitions (used in every number `bench` prints):
+- examples/s: batch_size * steps / wall-clock seconds of a window of consecutive training steps,
+  each step = next batch from the pipeline + forward + backward + optimizer update; the window ends
+  with a device sync. Windows follow warm-up steps; the median over windows is reported.
+- FLOP per example: what torch.utils.flop_counter.FlopCounterMode counts for one forward + backward
+  at batch 1 in fp32 (a multiply-add = 2 FLOP; convolutions and matmuls only).
+- achieved FLOP/s = FLOP per example * examples/s; peak FLOP/s = best of a few n x n matmuls.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from alexnet_lab.analysis.reference_pipeline import D2L_NUM_WORKERS, reference_loader, reference_step
+from alexnet_lab.data import BatchLoader
+from alexnet_lab.engine.config import make_config
+from alexnet_lab.engine.device import DTYPES, resolve_device, resolve_precision, synchronize
+from alexnet_lab.engine.setup import Splits, build_optimizer, check_input_size, init_weights, prepare_model
+from alexnet_lab.engine.trainer import _backend_flags, _to_input, train_step
+from alexnet_lab.errors import UserError
+from alexnet_lab.models import build_model, get_spec
+
+PIPELINES = ("reference", "project")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str = "alexnet"
+    batch_size: int = 128
+    resize: int | None = None     # None: the model's own input size
+    warmup: int = 3               # untimed steps before the first window
+    steps: int = 5                # steps per timed window
+    repeats: int = 3              # timed windows per pipeline
+    workers: int = D2L_NUM_WORKERS  # reference DataLoader worker processes
+    precision: str = "auto"       # project pipeline only; the reference is fp32 like the book
+    channels_last: bool = True    # project pipeline only
+    compile: bool = False         # project pipeline only
+    device: str = "auto"
+    lr: float = 0.01              # d2l's; the optimizer's cost does not depend on it
+    seed: int = 0
+    peak_size: int = 2048         # side of the square matmuls that measure peak FLOP/s
+
+    def __post_init__(self):
+        for name in ("batch_size", "steps", "repeats", "peak_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"bench: --{name.replace('_', '-')} must be at least 1.")
+        if self.warmup < 0 or self.workers < 0:
+            raise UserError("bench: --warmup and --workers must be >= 0.")
+
+
+def flops_per_example(model_name: str, size: int) -> int:
+    """FLOP of one training example: forward + backward at batch 1, fp32, counted (not timed)."""
+    model = build_model(model_name)
+    images = torch.zeros(1, 1, size, size)
+    with FlopCounterMode(display=False) as counter:
+        loss = model(images).sum()
+        loss.backward()
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(device: torch.device, precision: str, n: int = 2048, reps: int = 5) -> float:
+    """Best FLOP/s of an n x n @ n x n matmul in `precision` on `device` (2 n^3 FLOP each)."""
+    dtype = DTYPES[precision]
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.matmul(a, b)  # warm-up: library initialisation, kernel selection
+    synchronize(device)
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+def _time_windows(step, batches, device: torch.device, warmup: int, steps: int, repeats: int) -> list[float]:
+    """Seconds of `repeats` consecutive windows of `steps` steps each, after `warmup` steps."""
+    for _ in range(warmup):
+        step(*next(batches))
+    synchronize(device)
+    windows = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step(*next(batches))
+        synchronize(device)  # a host-device sync point: the window's end
+        windows.append(time.perf_counter() - start)
+    return windows
+
+
+def _endless_reference(loader):
+    while True:  # new epoch: the DataLoader re-shuffles and restarts its workers, as in d2l
+        yield from loader
+
+
+def _endless_project(loader: BatchLoader):
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader.iterate(0)
+        epoch += 1
+
+
+def bench_reference(cfg: BenchConfig, splits: Splits, device: torch.device, size: int) -> list[float]:
+    """The book's pipeline: PIL per-image resize in worker processes, fp32 NCHW, a sync per step."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model)
+    init_weights(model)  # d2l's xavier init
+    model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)  # d2l: plain SGD, default options
+    loss_fn = nn.CrossEntropyLoss()
+    loader = reference_loader(splits.train_images.numpy(), splits.train_labels.numpy(), cfg.batch_size,
+                              size, device, num_workers=cfg.workers, seed=cfg.seed)
+    batches = _endless_reference(loader)
+    try:
+        return _time_windows(lambda x, y: reference_step(model, loss_fn, optimizer, x, y, device),
+                             batches, device, cfg.warmup, cfg.steps, cfg.repeats)
+    finally:
+        batches.close()  # drops the DataLoader iterator: its worker processes exit
+
+
+def bench_project(cfg: BenchConfig, splits: Splits, device: torch.device, size: int) -> tuple[list[float], str]:
+    """This project's pipeline: the `fast` preset's step with the chosen numerics, same model and batch."""
+    precision = resolve_precision(cfg.precision, device)
+    config = make_config("fast", model=cfg.model, batch_size=cfg.batch_size, resize=size, precision=precision,
+                         channels_last=cfg.channels_last, compile=cfg.compile, device=str(device),
+                         seed=cfg.seed)
+    model = prepare_model(config, device)
+    optimizer = build_optimizer(config, model)
+    step_model = torch.compile(model) if cfg.compile else model
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    loader = BatchLoader(splits.train_images, splits.train_labels, cfg.batch_size, shuffle=True,
+                         resize=size, device=device, seed=cfg.seed)
+
+    def step(images, labels):
+        train_step(step_model, loss_fn, optimizer, scaler, _to_input(images, cfg.channels_last), labels,
+                   precision, device)  # no sync: results stay on the device
+
+    return _time_windows(step, _endless_project(loader), device, cfg.warmup, cfg.steps, cfg.repeats), precision
+
+
+def _pipeline_result(windows: list[float], cfg: BenchConfig, flops: int) -> dict:
+    rates = [cfg.batch_size * cfg.steps / s for s in windows]
+    median = statistics.median(rates)
+    return {"examples_per_sec": median, "examples_per_sec_windows": rates,
+            "step_ms": 1000 * cfg.batch_size / median, "flops_per_sec": flops * median}
+
+
+def run_bench(cfg: BenchConfig, splits: Splits, pipelines=PIPELINES) -> dict:
+    """Time the pipelines in this process (one after the other) and return all numbers as a dict."""
+    unknown = set(pipelines) - set(PIPELINES)
+    if unknown:
+        raise UserError(f"bench: unknown pipeline(s) {', '.join(sorted(unknown))}; choose from {', '.join(PIPELINES)}.")
+    device = resolve_device(cfg.device)
+    size = cfg.resize or get_spec(cfg.model).input_size
+    check_input_size(cfg.model, size)
+    if len(splits.train_images) < cfg.batch_size:
+        raise UserError(f"bench: --batch-size {cfg.batch_size} is larger than the {len(splits.train_images)} "
+                        "training examples available.")
+    flops = flops_per_example(cfg.model, size)
+    result = {"config": asdict(cfg), "device": _device_name(device), "input_size": size,
+              "flops_per_example": flops}
+    with _backend_flags(device, deterministic=False):
+        if "reference" in pipelines:
+            result["reference"] = {"precision": "fp32", "memory_format": "NCHW", "workers": cfg.workers,
+                                   **_pipeline_result(bench_reference(cfg, splits, device, size), cfg, flops)}
+        if "project" in pipelines:
+            windows, precision = bench_project(cfg, splits, device, size)
+            result["project"] = {"precision": precision,
+                                 "memory_format": "NHWC" if cfg.channels_last else "NCHW",
+                                 "compile": cfg.compile, **_pipeline_result(windows, cfg, flops)}
+    peaks = {"fp32": matmul_peak(device, "fp32", cfg.peak_size)}
+    if device.type == "cuda" or (device.type == "cpu" and resolve_precision("auto", device) == "bf16"):
+        peaks["bf16"] = matmul_peak(device, "bf16", cfg.peak_size)
+    result["peak_flops_per_sec"] = peaks
+    for name in PIPELINES:
+        if name in result:
+            peak = peaks.get(result[name]["precision"], peaks["fp32"])
+            # Model FLOP utilisation: achieved FLOP/s over the matmul peak of the precision it ran in.
+            result[name]["mfu"] = result[name]["flops_per_sec"] / peak
+    if "reference" in result and "project" in result:
+        result["ratio"] = result["project"]["examples_per_sec"] / result["reference"]["examples_per_sec"]
+    return result
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads, torch {torch.__version__})"
+    return device.type
+
+
+def format_report(result: dict) -> str:
+    """The human-readable table `bench` prints."""
+    cfg = result["config"]
+    size = result["input_size"]
+    lines = [f"bench: {cfg['model']} at {size}x{size}, batch {cfg['batch_size']}, on {result['device']}; "
+             f"{cfg['warmup']} warm-up steps, then {cfg['repeats']} windows of {cfg['steps']} steps each.",
+             f"FLOP per training example (fwd+bwd, FlopCounterMode): {result['flops_per_example'] / 1e9:.3f} GFLOP",
+             f"{'pipeline':<10} {'numerics':<24} {'examples/s (median)':>20} {'ms/step':>9} "
+             f"{'GFLOP/s':>9} {'of peak':>8}"]
+    for name in PIPELINES:
+        if name not in result:
+            continue
+        r = result[name]
+        numerics = f"{r['precision']} {r['memory_format']}" + (" compiled" if r.get("compile") else "")
+        if name == "reference":
+            numerics += f", {r['workers']} workers"
+        lines.append(f"{name:<10} {numerics:<24} {r['examples_per_sec']:>20.1f} "
+                     f"{r['step_ms']:>9.0f} {r['flops_per_sec'] / 1e9:>9.1f} {100 * r['mfu']:>7.1f}%")
+    peaks = ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in result["peak_flops_per_sec"].items())
+    lines.append(f"matmul peak ({cfg['peak_size']}^3): {peaks}")
+    if "ratio" in result:
+        lines.append(f"project / reference: {result['ratio']:.2f}x examples/s")
+    return "\n".join(lines)

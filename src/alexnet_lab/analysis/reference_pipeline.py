@@ -1,0 +1,73 @@
+"""A faithful re-creation of the book's input pipeline and training step, used as `bench`'s baseline.
+
+d2l.load_data_fashion_mnist(resize=224): torchvision's FashionMNIST dataset (a PIL image per item),
+transforms.Resize (PIL bilinear, per image) + ToTensor, a DataLoader with 4 worker processes; then
+d2l.train_ch6's step in fp32 NCHW with a host sync per step (the accuracy it accumulates).
+Re-created with PIL + numpy + torch.utils.data only (torchvision is not a dependency).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+D2L_NUM_WORKERS = 4  # d2l.get_dataloader_workers()
+
+
+def pil_resize(image: Image.Image, size: int) -> Image.Image:
+    """torchvision.transforms.Resize(size) on a square PIL image: PIL's bilinear resize."""
+    if image.size == (size, size):
+        return image
+    return image.resize((size, size), Image.BILINEAR)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """torchvision.transforms.ToTensor on an 8-bit grey image: (1, H, W) float32 in [0, 1]."""
+    array = np.array(image, dtype=np.uint8, copy=True)   # (H, W)
+    return torch.from_numpy(array).unsqueeze(0).float().div(255)
+
+
+class PILFashionMNIST(Dataset):
+    """Like torchvision.datasets.FashionMNIST: each item is built from a PIL image, one at a time."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, resize: int | None):
+        self.images = images      # (N, 28, 28) uint8
+        self.labels = labels      # (N,) int64
+        self.resize = resize
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.images[index])  # a (28, 28) uint8 array is an 8-bit grey image
+        if self.resize is not None:
+            image = pil_resize(image, self.resize)
+        return to_tensor(image), int(self.labels[index])
+
+
+def reference_loader(images: np.ndarray, labels: np.ndarray, batch_size: int, resize: int | None,
+                     device: torch.device, num_workers: int = D2L_NUM_WORKERS,
+                     seed: int = 0) -> DataLoader:
+    """d2l's training DataLoader (shuffled, `num_workers` processes); pinned memory only on CUDA."""
+    return DataLoader(PILFashionMNIST(images, labels, resize), batch_size=batch_size, shuffle=True,
+                      num_workers=num_workers, pin_memory=device.type == "cuda",
+                      persistent_workers=num_workers > 0,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def reference_step(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                   images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> tuple[float, float]:
+    """d2l.train_ch6's inner loop body: fp32, NCHW, and a host-device sync (`float(...)`) per step."""
+    optimizer.zero_grad()
+    images, labels = images.to(device), labels.to(device)
+    logits = model(images)
+    loss = loss_fn(logits, labels)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        # d2l's Accumulator.add(l * X.shape[0], accuracy(y_hat, y), X.shape[0]) converts to Python
+        # floats: a host-device sync every step.
+        return float(loss * images.shape[0]), float((logits.argmax(dim=1) == labels).sum())
