@@ -50,21 +50,22 @@ def run(args) -> int:
 
 
 def cpu_budget_config(config, budget_minutes: float):
-    """The chapter's AlexNet at 224x224, cut to the training examples that fit the budget."""
-    fast = config.replace(precision="auto", channels_last=True)
+    """The chapter's AlexNet at 224x224 with the `fast` recipe, cut to the examples that fit the budget."""
+    fast = make_config("fast", device=config.device, data_dir=config.data_dir)
     step = seconds_per_step(fast)
     steps = max(10, int(budget_minutes * 60 / step))
     limit_train = min(60000, steps * fast.batch_size)
-    budget = fast.replace(epochs=1, limit_train=limit_train, limit_test=2000, momentum=0.9,
-                          lr=0.01, schedule="onecycle", preset="d2l-cpu-budget")
-    full_hours = step * math.ceil(60000 / fast.batch_size) * 10 / 3600
+    budget = fast.replace(epochs=1, limit_train=limit_train, limit_test=2000, preset="fast-cpu-budget")
+    d2l_step = seconds_per_step(config, steps=1)  # the book's numerics (fp32, NCHW), measured too
+    full_hours = d2l_step * math.ceil(60000 / config.batch_size) * config.epochs / 3600
     print(
-        f"No GPU here: the book's full recipe (10 epochs x 60,000 images at 224x224) would take about "
-        f"{full_hours:.1f} h on this CPU (measured {step:.2f} s per step of {fast.batch_size} images in "
-        f"{'bf16' if fast.precision != 'fp32' else 'fp32'}).\n"
+        f"No GPU here: the book's full recipe (10 epochs x 60,000 images at 224x224, fp32) would take about "
+        f"{full_hours:.1f} h on this CPU (measured: {d2l_step:.2f} s per step of {config.batch_size} images in "
+        f"fp32, {step:.2f} s with the fast numerics).\n"
         f"So this runs a {budget_minutes:g}-minute budget instead: the same AlexNet at 224x224, one pass over "
-        f"the first {limit_train:,} training images with SGD momentum 0.9 and a one-cycle lr schedule "
-        f"(peak 0.01), bf16 autocast where the CPU supports it, tested on the first 2,000 test images.\n"
+        f"the first {limit_train:,} training images with the 'fast' recipe (Nesterov SGD, one-cycle lr to "
+        f"{fast.lr}, label smoothing {fast.label_smoothing}, bf16 autocast where the CPU supports it, "
+        f"channels-last), tested on the first 2,000 test images.\n"
         f"Estimated time: {steps * step / 60:.1f} min of training plus ~{2000 / (3 * fast.batch_size / step) / 60:.1f} "
         f"min of evaluation.\n"
         f"For the full recipe run: {FULL_COMMAND}   (or: make run ARGS=--full)\n")
