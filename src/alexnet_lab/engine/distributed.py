@@ -100,7 +100,7 @@ def init_from_env(device: str = "auto") -> DistEnv:
     missing = [v for v in TORCHRUN_VARS if v not in os.environ]
     if missing:
         raise UserError(f"WORLD_SIZE={world_size} is set but {', '.join(missing)} are not: start "
-                        "multi-process runs with torchrun (see docs/DISTRIBUTED_AND_D2L.md).")
+                        "multi-process runs with torchrun (see 'Multi-GPU and multi-node' in README.md).")
     import torch.distributed as dist
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     device_name, backend = pick_device(device, local_rank)

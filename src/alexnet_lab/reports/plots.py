@@ -29,7 +29,7 @@ def plot_curves(runs: Iterable[tuple[str, Sequence[dict]]], paths: Iterable[Path
             if xs:
                 ax.plot(xs, ys, linestyle=styles[0][j] if len(runs) == 1 else "-",
                         color=colors[(j if len(runs) == 1 else i) % len(colors)],
-                        marker=None if len(runs) == 1 else "ox^"[j], markersize=3,
+                        marker=("o" if len(xs) < 3 else None) if len(runs) == 1 else "ox^"[j], markersize=3,
                         label=prefix + key.replace("_", " "))
     ax.set_xlabel("epoch")
     ax.grid(True, alpha=0.3)
