@@ -13,6 +13,17 @@ REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models on a shared CPU: one intra-op thread avoids OpenMP oversubscription stalls."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture
 def tiny_data(tmp_path) -> Path:
     return make_dataset(tmp_path / "fmnist", n_train=64, n_test=32)
 

@@ -21,13 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 BOOK_IMPORT = "from d2l import torch as d2l"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: one intra-op thread avoids OpenMP oversubscription stalls."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def chapter_path() -> Path:

@@ -29,13 +29,7 @@ ACC_TOLERANCE = 0.002
 LOSS_RTOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: one intra-op thread avoids OpenMP oversubscription stalls."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _loader(n, batch, rank, world, **kw):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from alexnet_lab.errors import UserError
 from alexnet_lab.reports.run_dir import read_run
+from alexnet_lab.reports.plots import plot_comparison
 
 NAME = "compare"
 HELP = "compare finished runs: a table of configs and results, and overlaid training curves"
@@ -52,33 +53,6 @@ def format_rows(rows: list[list[str]]) -> str:
              for row in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
-
-
-def plot_comparison(runs: list[tuple[str, list[dict]]], paths: list[Path], title: str = "") -> None:
-    """Two panels, one colour per run: training loss; train accuracy (dashed) and test accuracy (markers)."""
-    from alexnet_lab.reports.plots import plt
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, rows) in enumerate(runs):
-        color = colors[i % len(colors)]
-        for ax, key, style in ((ax_loss, "train_loss", "-"), (ax_acc, "train_acc", "--"), (ax_acc, "test_acc", "-")):
-            pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
-            if pts:
-                ax.plot(*zip(*pts), style, color=color, marker="o" if key == "test_acc" else None, markersize=3,
-                        label=label if key != "train_acc" else None)
-    ax_loss.set_title("training loss", fontsize=9)
-    ax_acc.set_title("test accuracy (markers), train accuracy (dashed)", fontsize=9)
-    for ax in (ax_loss, ax_acc):
-        ax.set_xlabel("epoch")
-        ax.grid(True, alpha=0.3)
-    ax_acc.legend(fontsize=7, loc="lower right")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    for path in paths:
-        fig.savefig(path)
-    plt.close(fig)
 
 
 def run(args) -> int:

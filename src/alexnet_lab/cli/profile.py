@@ -13,6 +13,7 @@ from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.device import resolve_device, resolve_precision
 from alexnet_lab.engine.setup import check_input_size
 from alexnet_lab.models import build_model, get_spec
+from alexnet_lab.reports.plots import plot_profile
 
 NAME = "profile"
 HELP = "per-layer FLOPs, parameters, activation/weight memory and arithmetic intensity of a training step"
@@ -82,31 +83,6 @@ def timing(model_name: str, batch: int, size: int, device_name: str | None, prec
             "achieved_flops_per_s": flops / step_s, "implied_bandwidth_bytes_per_s": implied,
             "measured_bandwidth_bytes_per_s": bandwidth, "bandwidth_fraction": implied / bandwidth,
             "memory_time_fraction": total["step_bytes_moved"] / bandwidth / step_s}
-
-
-def plot_profile(profile: dict, path: Path, title: str) -> None:
-    """Three bar panels per layer: share of training FLOPs, of activation bytes, of weight-side state."""
-    from alexnet_lab.reports.plots import plt
-
-    layers = profile["layers"]
-    labels = [f"{r['name']} {r['type']}" for r in layers]
-    panels = [("training FLOPs (fwd+bwd)", [r["forward_flops"] + r["backward_flops"] for r in layers]),
-              ("activations kept for backward", [r["activation_bytes"] for r in layers]),
-              ("weights + grads + optimizer", [r["state_bytes"] for r in layers])]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 0.22 * len(layers) + 1.6), dpi=110, sharey=True)
-    for ax, (name, values) in zip(axes, panels):
-        total = sum(values) or 1
-        ax.barh(range(len(layers)), [100 * v / total for v in values], color="tab:blue")
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("% of total")
-        ax.grid(True, axis="x", alpha=0.3)
-    axes[0].set_yticks(range(len(layers)), labels, fontsize=7)
-    axes[0].invert_yaxis()
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def run(args) -> int:

@@ -14,6 +14,7 @@ from alexnet_lab.cli.options import add_training, positive_float, training_overr
 from alexnet_lab.engine.config import make_config
 from alexnet_lab.errors import UserError
 from alexnet_lab.reports.run_dir import default_run_dir, prepare_run_dir
+from alexnet_lab.reports.plots import plot_sweep
 
 NAME = "sweep"
 HELP = "train once per batch size; table and plots of test accuracy, examples/s and peak memory"
@@ -50,30 +51,6 @@ def format_table(results: list[dict]) -> str:
                      f"{r['examples_per_sec'] if ok else float('nan'):>10.1f} {memory:>12} "
                      f"{r['steps'] if ok else '-':>6}")
     return "\n".join(lines)
-
-
-def plot_sweep(results: list[dict], paths: list[Path], title: str) -> None:
-    from alexnet_lab.reports.plots import plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.0), dpi=110)
-    panels = [("test accuracy", "test_acc", 1), ("examples/s (training)", "examples_per_sec", 1),
-              ("peak memory (MiB)", "peak_memory_bytes", 2**20)]
-    for ax, (label, key, scale) in zip(axes, panels):
-        pts = [(r["batch_size"], r[key] / scale) for r in results if r["status"] == "ok" and r.get(key)]
-        if pts:
-            ax.plot(*zip(*pts), marker="o")
-        for r in results:
-            if r["status"] == "out_of_memory":
-                ax.axvline(r["batch_size"], color="tab:red", linestyle=":", label="out of memory")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch size")
-        ax.set_title(label, fontsize=9)
-        ax.grid(True, alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    for path in paths:
-        fig.savefig(path)
-    plt.close(fig)
 
 
 def run(args) -> int:

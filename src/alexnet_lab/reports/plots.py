@@ -1,4 +1,4 @@
-"""Figures: the chapter's training curves and the confusion matrix (matplotlib, no display)."""
+"""Figures (matplotlib, files only): training curves, confusion matrix, run comparison, sweep, profile."""
 
 from __future__ import annotations
 
@@ -9,6 +9,16 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a screen
 import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, paths: Iterable[Path], suptitle: str = "") -> None:
+    """Lay out, write every path (format from its suffix) and free the figure."""
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    for path in paths:
+        fig.savefig(path)
+    plt.close(fig)
 
 
 def _series(rows: Sequence[dict], key: str) -> tuple[list, list]:
@@ -36,10 +46,7 @@ def plot_curves(runs: Iterable[tuple[str, Sequence[dict]]], paths: Iterable[Path
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    for path in paths:
-        fig.savefig(path)
-    plt.close(fig)
+    _save(fig, paths)
 
 
 def plot_confusion(confusion, class_names: Sequence[str], path: Path, title: str = "") -> None:
@@ -61,6 +68,65 @@ def plot_confusion(confusion, class_names: Sequence[str], path: Path, title: str
     fig.colorbar(im, ax=ax, fraction=0.046)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, [path])
+
+
+def plot_comparison(runs: list[tuple[str, list[dict]]], paths: list[Path], title: str = "") -> None:
+    """Two panels, one colour per run: training loss; train accuracy (dashed) and test accuracy (markers)."""
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, rows) in enumerate(runs):
+        color = colors[i % len(colors)]
+        for ax, key, style in ((ax_loss, "train_loss", "-"), (ax_acc, "train_acc", "--"), (ax_acc, "test_acc", "-")):
+            pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), style, color=color, marker="o" if key == "test_acc" else None, markersize=3,
+                        label=label if key != "train_acc" else None)
+    ax_loss.set_title("training loss", fontsize=9)
+    ax_acc.set_title("test accuracy (markers), train accuracy (dashed)", fontsize=9)
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+    ax_acc.legend(fontsize=7, loc="lower right")
+    _save(fig, paths, suptitle=title)
+
+
+def plot_sweep(results: list[dict], paths: list[Path], title: str) -> None:
+
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.0), dpi=110)
+    panels = [("test accuracy", "test_acc", 1), ("examples/s (training)", "examples_per_sec", 1),
+              ("peak memory (MiB)", "peak_memory_bytes", 2**20)]
+    for ax, (label, key, scale) in zip(axes, panels):
+        pts = [(r["batch_size"], r[key] / scale) for r in results if r["status"] == "ok" and r.get(key)]
+        if pts:
+            ax.plot(*zip(*pts), marker="o")
+        for r in results:
+            if r["status"] == "out_of_memory":
+                ax.axvline(r["batch_size"], color="tab:red", linestyle=":", label="out of memory")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_title(label, fontsize=9)
+        ax.grid(True, alpha=0.3)
+    _save(fig, paths, suptitle=title)
+
+
+def plot_profile(profile: dict, path: Path, title: str) -> None:
+    """Three bar panels per layer: share of training FLOPs, of activation bytes, of weight-side state."""
+
+    layers = profile["layers"]
+    labels = [f"{r['name']} {r['type']}" for r in layers]
+    panels = [("training FLOPs (fwd+bwd)", [r["forward_flops"] + r["backward_flops"] for r in layers]),
+              ("activations kept for backward", [r["activation_bytes"] for r in layers]),
+              ("weights + grads + optimizer", [r["state_bytes"] for r in layers])]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 0.22 * len(layers) + 1.6), dpi=110, sharey=True)
+    for ax, (name, values) in zip(axes, panels):
+        total = sum(values) or 1
+        ax.barh(range(len(layers)), [100 * v / total for v in values], color="tab:blue")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("% of total")
+        ax.grid(True, axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(layers)), labels, fontsize=7)
+    axes[0].invert_yaxis()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(fig, [path], suptitle=title)
