@@ -20,6 +20,15 @@ COMMANDS = ["chapter", "summary", "train", "evaluate", "predict", "bench",
             "profile", "sweep", "compare"]  # the last three: the chapter's exercises
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only when it has one (None means "the preset's value")."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alexnet-lab",
@@ -30,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         module = importlib.import_module(f"alexnet_lab.cli.{name}")
         cmd = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP,
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                             formatter_class=_HelpFormatter)
         module.add_arguments(cmd)
         cmd.set_defaults(run=module.run)
     return parser

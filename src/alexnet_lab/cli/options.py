@@ -47,7 +47,7 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 def add_training(parser: argparse.ArgumentParser) -> None:
     """Flags that override the chosen preset; unset flags keep the preset's value."""
     parser.add_argument("--preset", choices=preset_names(), default="d2l",
-                        help="named recipe; the flags below override it")
+                        help="named recipe; the flags below override it (default: d2l, the book's recipe)")
     add_model(parser, default=None)
     g = parser.add_argument_group("recipe (overrides the preset)")
     g.add_argument("--epochs", type=positive_float, help="epochs to train (fractions allowed)")
