@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import fakedata
 from fakedata import idx_bytes, make_dataset, write_idx  # noqa: F401  (re-exported for tests)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,12 +16,8 @@ REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
 @pytest.fixture
 def one_thread():
     """Tiny models on a shared CPU: one intra-op thread avoids OpenMP oversubscription stalls."""
-    import torch
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+    with fakedata.one_thread():
+        yield
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ The IDX encoder here is written from the format's description, independent of th
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import struct
 from pathlib import Path
@@ -51,3 +52,16 @@ def make_dataset(folder: Path, n_train: int = 256, n_test: int = 64, seed: int =
     for key, stem in STEMS.items():
         write_idx(folder / (f"{stem}.gz" if gz else stem), arrays[key], gz=gz)
     return folder
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny models on a shared CPU: one intra-op thread avoids OpenMP oversubscription stalls."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)

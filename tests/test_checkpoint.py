@@ -42,12 +42,8 @@ def test_a_training_checkpoint_is_self_describing(tmp_path):
     data = fakedata.make_dataset(tmp_path / "data", n_train=64, n_test=32)
     config = make_config("d2l", model="lenet", epochs=1, batch_size=32, momentum=0.9, device="cpu",
                          data_dir=str(data))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with fakedata.one_thread():
         fit(config, [RunWriter(tmp_path, config.to_dict())])
-    finally:
-        torch.set_num_threads(threads)
     payload = ckpt.load_checkpoint(tmp_path / "checkpoint.pt")
     ckpt.check_resumable(payload, tmp_path / "checkpoint.pt")
     assert payload["config"] == config.to_dict() and payload["model_name"] == "lenet"

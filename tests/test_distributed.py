@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import fakedata
 from alexnet_lab.data.loader import BatchLoader
 from alexnet_lab.engine import distributed
 from alexnet_lab.engine.checkpoint import load_checkpoint
@@ -134,12 +135,8 @@ def single_process_run(splits):
         def on_log(self, row):
             rows.append(row)
 
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures run before the autouse one_thread fixture
-    try:
+    with fakedata.one_thread():  # module fixtures run before the function-scoped one_thread fixture
         summary = fit(make_config("d2l", **RECIPE), [Rows()], splits=splits)
-    finally:
-        torch.set_num_threads(saved)
     return summary, rows
 
 

@@ -39,10 +39,8 @@ def offline_one_thread(monkeypatch):
 
     monkeypatch.setenv("ALEXNET_LAB_OFFLINE", "1")
     monkeypatch.setattr(run_dir, "plot_curves", lambda runs, paths, title: [Path(p).touch() for p in paths])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with fakedata.one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -473,12 +471,8 @@ def test_resize_too_small_names_the_smallest_size(data_dir, tmp_path, capsys):
 def lenet_checkpoint(data_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trained")
     config = make_config("d2l", model="lenet", epochs=1, batch_size=64, device="cpu", data_dir=str(data_dir))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with fakedata.one_thread():
         fit(config, [RunWriter(out, config.to_dict())])
-    finally:
-        torch.set_num_threads(threads)
     return out / "checkpoint.pt"
 
 
