@@ -138,11 +138,18 @@ def agree_to_stop(requested: bool, step: int, device: torch.device) -> bool:
     return bool(flag.item())  # the sync point, every STOP_CHECK_EVERY steps only
 
 
-def teardown(env: DistEnv) -> None:
+def teardown(env: DistEnv, *, together: bool = True) -> None:
+    """Leave the job. `together` (a normal finish): wait for every rank first, since a rank that
+    tears gloo down while rank 0 is still writing the run folder can abort in gloo's C++ threads
+    ("terminate called without an active exception"). After an error, leave without waiting."""
     if env.distributed:
         import torch.distributed as dist
         if dist.is_initialized():
-            dist.destroy_process_group()
+            try:
+                if together:
+                    dist.barrier()
+            finally:
+                dist.destroy_process_group()
 
 
 @contextmanager
@@ -151,8 +158,10 @@ def session(device: str = "auto"):
     env = init_from_env(device)
     try:
         yield env
-    finally:
-        teardown(env)
+    except BaseException:
+        teardown(env, together=False)
+        raise
+    teardown(env)
 
 
 def shared_outcome(env: DistEnv, fn, *, run_here: bool):
