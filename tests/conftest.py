@@ -13,6 +13,19 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` are skipped, with the reason shown, where no CUDA GPU is visible."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=f"needs a CUDA GPU: torch {torch.__version__} sees none "
+                                   "(torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models on a shared CPU: one intra-op thread avoids OpenMP oversubscription stalls."""

@@ -8,6 +8,7 @@ train_ch6's num_epochs), ALEXNET_LAB_D2L_FIGURE=path (where a terminal Animator 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ from torch import nn
 
 from alexnet_lab.data.loader import BatchLoader
 from alexnet_lab.engine.setup import init_weights, load_splits
+from alexnet_lab.engine.trainer import _backend_flags
 from alexnet_lab.errors import UserError
 
 ENV_LIMIT = "ALEXNET_LAB_D2L_LIMIT"
@@ -41,16 +43,26 @@ def _env_positive_int(name: str) -> int | None:
 
 # --- devices ---------------------------------------------------------------------------------
 
+def _apple_gpu() -> bool:
+    """An Apple-silicon GPU (MPS) is usable and there is no CUDA GPU to prefer."""
+    return torch.cuda.device_count() == 0 and torch.backends.mps.is_available()
+
+
 def try_gpu(i: int = 0) -> torch.device:
-    """GPU i if it exists, else the CPU (the book's function)."""
+    """GPU i if it exists, else the CPU (the book's function). Unlike the book's, an Apple-silicon
+    Mac without CUDA gets its GPU (`mps`, which is always number 0)."""
     if torch.cuda.device_count() >= i + 1:
         return torch.device(f"cuda:{i}")
+    if i == 0 and _apple_gpu():
+        return torch.device("mps")
     return torch.device("cpu")
 
 
 def try_all_gpus() -> list[torch.device]:
-    """Every GPU, or [cpu] when there is none."""
+    """Every GPU (CUDA, else the Apple GPU), or [cpu] when there is none."""
     devices = [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+    if not devices and _apple_gpu():
+        devices = [torch.device("mps")]
     return devices if devices else [torch.device("cpu")]
 
 
@@ -336,7 +348,11 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device):
     # The book logs every num_batches // 5 batches, which is a division by zero below 5 batches.
     log_every = max(1, num_batches // 5)
     bar = _progress_bar(num_epochs * num_batches, animator)
-    try:
+    # cudnn autotuning for the run's fixed shapes (the book leaves it off); restored afterwards.
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_backend_flags(torch.device(device), deterministic=False))
+        if bar is not None:
+            stack.callback(bar.close)
         for epoch in range(num_epochs):
             metric = Accumulator(3)
             net.train()
@@ -360,9 +376,6 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device):
                     timer.start()
             test_acc = evaluate_accuracy_gpu(net, test_iter)
             animator.add(epoch + 1, (None, None, test_acc))
-    finally:
-        if bar is not None:
-            bar.close()
     print(f"loss {train_l:.3f}, train acc {train_acc:.3f}, test acc {test_acc:.3f}")
     print(f"{metric[2] * num_epochs / timer.sum():.1f} examples/sec on {str(device)}")
 

@@ -35,7 +35,7 @@ def add_arguments(parser) -> None:
     n.add_argument("--compile", action=argparse.BooleanOptionalAction, default=defaults.compile)
     add_device(n)
     parser.add_argument("--peak-size", type=positive_int, default=defaults.peak_size,
-                        help="side of the matmuls that measure the peak FLOP/s")
+                        help="side of the matmuls that measure the peak FLOP/s (at least 8192 on a CUDA GPU)")
     add_data(parser)
     parser.add_argument("--limit-train", type=positive_int, default=None,
                         help="use the first N training examples")

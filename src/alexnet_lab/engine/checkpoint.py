@@ -48,7 +48,9 @@ def set_rng_state(state: dict) -> None:
                          np_s["has_gauss"], np_s["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # A run saved on a machine with more GPUs resumes here: restore the GPUs this machine has.
+        for index, gpu_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(gpu_state, index)
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:

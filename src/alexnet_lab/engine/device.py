@@ -1,4 +1,6 @@
-"""Device and numeric-precision choices: `resolve_device`, `resolve_precision`, `autocast`."""
+"""Device and numeric-precision choices: `resolve_device`, `resolve_precision`, `autocast`, and what
+each backend supports (CUDA, Apple's MPS, the CPU), checked before a run starts.
+"""
 
 from __future__ import annotations
 
@@ -35,17 +37,63 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
+def torch_version() -> tuple[int, int]:
+    """(major, minor) of the running torch, e.g. (2, 11)."""
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+# What Apple's MPS backend supports, by torch version (release notes; pytorch/pytorch#99272, #139386,
+# #142397): fp16 autocast from 2.5, GradScaler (needed by fp16 training) from 2.8, bf16 autocast
+# from 2.6 and only on macOS 14 or later, torch.compile (inductor's Metal backend) from 2.7.
+MPS_FP16_AUTOCAST, MPS_GRAD_SCALER, MPS_BF16_AUTOCAST, MPS_COMPILE = (2, 5), (2, 8), (2, 6), (2, 7)
+
+
+def mps_precisions() -> list[str]:
+    """The precisions this torch and macOS can train in on an Apple GPU."""
+    ok = ["fp32"]
+    if torch_version() >= MPS_FP16_AUTOCAST and torch_version() >= MPS_GRAD_SCALER:
+        ok.append("fp16")
+    if torch_version() >= MPS_BF16_AUTOCAST and torch.backends.mps.is_macos_or_newer(14, 0):
+        ok.append("bf16")
+    return ok
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
-    """auto -> bf16 where the hardware runs it fast, else fp32."""
+    """auto -> the fastest precision the hardware trains in well: bf16 on CPUs with native bf16 and on
+    GPUs with bf16 tensor cores (compute capability 8.0+), fp16 (with GradScaler) on older CUDA GPUs
+    and on Apple GPUs, else fp32. An explicit choice the device cannot run is a UserError."""
+    if device.type == "mps":
+        return _mps_precision(name)
     if name != "auto":
         if name == "fp16" and device.type == "cpu":
             raise UserError("--precision fp16 is not supported on the CPU; use bf16 or fp32.")
         return name
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # Without emulation: pre-Ampere GPUs (V100, T4) report bf16 as supported but emulate it slowly.
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     if device.type == "cpu":
         return "bf16" if cpu_has_fast_bf16() else "fp32"
     return "fp32"
+
+
+def _mps_precision(name: str) -> str:
+    supported = mps_precisions()
+    if name == "auto":  # half precision runs at twice fp32's rate on Apple GPUs
+        return "fp16" if "fp16" in supported else "fp32"
+    if name not in supported:
+        need = {"fp16": f"torch >= {'.'.join(map(str, MPS_GRAD_SCALER))} (fp16 autocast with GradScaler)",
+                "bf16": f"torch >= {'.'.join(map(str, MPS_BF16_AUTOCAST))} and macOS 14 or later"}[name]
+        raise UserError(f"--precision {name} on an Apple GPU (mps) needs {need}; this is torch "
+                        f"{torch.__version__}. Use --precision {' or '.join(supported)} (or auto).")
+    return name
+
+
+def check_compile(device: torch.device) -> None:
+    """Raise a UserError where --compile cannot work on `device` with this torch."""
+    if device.type == "mps" and torch_version() < MPS_COMPILE:
+        raise UserError(f"--compile on an Apple GPU (mps) needs torch >= {'.'.join(map(str, MPS_COMPILE))} "
+                        f"(inductor's Metal backend); this is torch {torch.__version__}. Drop --compile.")
 
 
 def autocast(precision: str, device: torch.device):

@@ -16,9 +16,9 @@ from torch import nn
 from alexnet_lab.engine import checkpoint as ckpt
 from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.engine.distributed import agree_to_stop, seed_per_rank
-from alexnet_lab.engine.device import autocast, resolve_device, resolve_precision, synchronize
-from alexnet_lab.engine.setup import (Splits, build_optimizer, build_scheduler, load_splits,
-                                      make_loaders, prepare_model)
+from alexnet_lab.engine.device import autocast, check_compile, resolve_device, resolve_precision, synchronize
+from alexnet_lab.engine.setup import (Splits, build_optimizer, build_scheduler, load_optimizer_state,
+                                      load_splits, make_loaders, prepare_model)
 from alexnet_lab.errors import UserError
 
 
@@ -93,9 +93,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "f
         with autocast(precision, device):
             logits = model(_to_input(images, channels_last))
         loss_sum += loss_fn(logits.float(), labels)
-        pred = logits.argmax(dim=1)
-        confusion += torch.bincount(labels * num_classes + pred,
-                                    minlength=num_classes * num_classes).view(num_classes, num_classes)
+        cell = labels * num_classes + logits.argmax(dim=1)  # row = true class, column = prediction
+        # index_add_, not bincount: CUDA's bincount reads its input's max back to the host (a sync per batch).
+        confusion.view(-1).index_add_(0, cell, torch.ones_like(cell))
     model.train(was_training)
     loss_sum = _all_reduce(loss_sum, world_size)
     confusion = _all_reduce(confusion, world_size).cpu()  # the sync point of evaluation
@@ -131,6 +131,8 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
     callbacks = callbacks or []
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
+    if config.compile:
+        check_compile(device)
     splits = splits or load_splits(config.data_dir, config.limit_train, config.limit_test)
     train_loader, test_loader = make_loaders(config, splits, device, rank, world_size)
     steps_per_epoch = len(train_loader)
@@ -145,7 +147,7 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
     if resume is not None:
         try:
             model.load_state_dict(resume["model_state"])
-            optimizer.load_state_dict(resume["optimizer_state"])
+            load_optimizer_state(optimizer, resume["optimizer_state"])
             scheduler.load_state_dict(resume["scheduler_state"])
             scaler.load_state_dict(resume["scaler_state"])
             state = RunState(**resume["run_state"])
