@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,9 @@ from alexnet_lab.cli import main
 from alexnet_lab.engine.checkpoint import load_checkpoint
 from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.device import autocast
-from alexnet_lab.engine.setup import Splits, build_optimizer, prepare_model
-from alexnet_lab.engine.trainer import Callback, _to_input, fit, train_step
+from alexnet_lab.data.loader import BatchLoader
+from alexnet_lab.engine.setup import Splits, build_optimizer, build_scheduler, prepare_model
+from alexnet_lab.engine.trainer import Callback, _to_input, evaluate, fit, train_step
 from alexnet_lab.models import build_model
 
 pytestmark = pytest.mark.cuda
@@ -108,6 +110,59 @@ def test_fit_agrees_between_cpu_and_cuda(strict_fp32):
     assert runs["cuda"]["device"].startswith("cuda")
     assert runs["cuda"]["train_loss"] == pytest.approx(runs["cpu"]["train_loss"], rel=1e-3)
     assert runs["cuda"]["test_acc"] == pytest.approx(runs["cpu"]["test_acc"], abs=2 / 256)
+
+
+# --- no host syncs in the hot loop ---------------------------------------------------------------
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_training_steps_and_batches_never_wait_for_the_gpu(precision):
+    """With CUDA's sync debug mode set to "error", any operation that makes the host wait for the GPU
+    (.item(), .cpu(), bool(tensor), bincount, a GradScaler that reads its inf flag) raises. Batches
+    (cut, augmented and resized on the device), the step (fused SGD, GradScaler for fp16) and the
+    schedule must run without one; only the epoch's permutation is copied up front."""
+    if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        pytest.skip("this GPU has no native bf16 (compute capability < 8.0)")
+    config = make_config("speedrun", device="cuda", precision=precision, augment=True)
+    splits = bar_splits(1024, 256)
+    loader = BatchLoader(splits.train_images, splits.train_labels, 64, shuffle=True, device=CUDA, augment=True)
+    model = prepare_model(config, CUDA)
+    optimizer = build_optimizer(config, model)
+    assert optimizer.param_groups[0]["fused"]
+    scheduler = build_scheduler(config, optimizer, total_steps=16)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    def step(images, labels):
+        out = train_step(model, loss_fn, optimizer, scaler, _to_input(images, True), labels, precision, CUDA)
+        scheduler.step()
+        return out
+
+    batches = loader.iterate(0)
+    step(*next(batches))  # warm-up: the permutation's upload, cudnn autotuning, lazy init
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sums = [step(*next(batches)) for _ in range(6)]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert all(torch.isfinite(loss) for loss, _ in sums)
+
+
+def test_evaluation_waits_for_the_gpu_once_not_per_batch():
+    model = prepare_model(make_config("speedrun", device="cuda"), CUDA)
+    splits = bar_splits(64, 2048)
+    loader = BatchLoader(splits.test_images, splits.test_labels, 256, shuffle=False, device=CUDA)
+    evaluate(model, loader, CUDA)  # warm-up
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = evaluate(model, loader, CUDA, "bf16", channels_last=False)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert result["examples"] == 2048
+    assert len(syncs) <= 3 < len(loader)  # the order's upload and the final read, not one per batch
 
 
 # --- half precision ---------------------------------------------------------------------------------

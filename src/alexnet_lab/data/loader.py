@@ -137,8 +137,8 @@ class BatchLoader:
             if hi == lo:  # an empty share of the last evaluation batch
                 continue
             idx = order[lo:hi]
-            x = self.images[idx]
-            y = self.labels[idx]
+            x = self.images.index_select(0, idx)  # a gather on the device: no host sync
+            y = self.labels.index_select(0, idx)
             if self.augment:
                 # Seeded per batch, so batch i draws the same augmentation whether or not the
                 # epoch was resumed at start_batch > 0 (bit-exact resume).
