@@ -35,7 +35,8 @@ D2L_MIN_EXAMPLES_PER_SEC, D2L_MAX_TRAINING_S, BENCH_MIN_RATIO = 30_000, 30.0, 5.
 # caps of the stages after it, so every stage gets at least its own cap within the budget.
 CAPS = {"env": 20, "cuda_tests": 110, "bench": 55, "d2l": 110, "fast": 45, "record": 45, "compile": 85}
 SMOKE_CAPS = {"env": 30, "cuda_tests": 60, "bench": 60, "d2l": 60, "fast": 60, "record": 60, "compile": 60}
-MIN_STAGE_S = 3  # a stage left with less than this is not started
+KILL_GRACE_S = 5  # a stage out of time gets SIGTERM this long before its end, then SIGKILL
+MIN_STAGE_S = KILL_GRACE_S + 2  # a stage left with less than this is not started
 
 ENV_PROBE = r"""
 import argparse, json, platform, torch
@@ -72,13 +73,14 @@ class Runner:
         (out / "logs").mkdir(parents=True, exist_ok=True)
 
     def allowance(self, stage: str) -> float:
+        """Seconds `stage` may take: what is left of the budget less the caps of the stages after it."""
         later = list(self.caps)[list(self.caps).index(stage) + 1:]
-        return min(self.deadline - time.monotonic() - sum(self.caps[s] for s in later),
-                   self.deadline - time.monotonic())
+        return self.deadline - time.monotonic() - sum(self.caps[s] for s in later)
 
     def run(self, name: str, cmd: list[str], timeout: float, extra_env: dict | None = None) -> dict:
-        """{rc, seconds, timed_out, stdout, log}; a timeout stops the whole process group (SIGTERM, then
-        SIGKILL after 10 s: a training run checkpoints on SIGTERM)."""
+        """{rc, seconds, timed_out, stdout, log}; `cmd` ends within `timeout` seconds: after
+        timeout - KILL_GRACE_S its whole process group gets SIGTERM (a training run checkpoints and
+        exits), and SIGKILL KILL_GRACE_S later."""
         stdout_path, log_path = self.out / "logs" / f"{name}.out", self.out / "logs" / f"{name}.log"
         record = {"command": " ".join(cmd), "log": str(log_path.relative_to(self.out))}
         if timeout < MIN_STAGE_S:
@@ -91,12 +93,12 @@ class Runner:
                                     env={**self.env, **(extra_env or {})}, start_new_session=True)
             timed_out = False
             try:
-                proc.wait(timeout=timeout)
+                proc.wait(timeout=timeout - KILL_GRACE_S)
             except subprocess.TimeoutExpired:
                 timed_out = True
                 os.killpg(proc.pid, signal.SIGTERM)
                 try:
-                    proc.wait(timeout=10)
+                    proc.wait(timeout=KILL_GRACE_S)
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
