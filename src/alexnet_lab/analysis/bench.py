@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from alexnet_lab.analysis.reference_pipeline import D2L_NUM_WORKERS, reference_loader, reference_step
 from alexnet_lab.data import BatchLoader
 from alexnet_lab.engine.config import make_config
-from alexnet_lab.engine.device import DTYPES, resolve_device, resolve_precision, synchronize
+from alexnet_lab.engine.device import DTYPES, check_compile, resolve_device, resolve_precision, synchronize
 from alexnet_lab.engine.setup import Splits, build_optimizer, check_input_size, init_weights, prepare_model
 from alexnet_lab.engine.trainer import _backend_flags, _to_input, train_step
 from alexnet_lab.errors import UserError
@@ -149,6 +149,8 @@ def bench_reference(cfg: BenchConfig, splits: Splits, device: torch.device, size
 def bench_project(cfg: BenchConfig, splits: Splits, device: torch.device, size: int) -> tuple[list[float], str]:
     """This project's pipeline: the `fast` preset's step with the chosen numerics, same model and batch."""
     precision = resolve_precision(cfg.precision, device)
+    if cfg.compile:
+        check_compile(device)
     config = make_config("fast", model=cfg.model, batch_size=cfg.batch_size, resize=size, precision=precision,
                          channels_last=cfg.channels_last, compile=cfg.compile, device=str(device),
                          seed=cfg.seed)

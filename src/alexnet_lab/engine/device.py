@@ -52,7 +52,7 @@ MPS_FP16_AUTOCAST, MPS_GRAD_SCALER, MPS_BF16_AUTOCAST, MPS_COMPILE = (2, 5), (2,
 def mps_precisions() -> list[str]:
     """The precisions this torch and macOS can train in on an Apple GPU."""
     ok = ["fp32"]
-    if torch_version() >= MPS_FP16_AUTOCAST and torch_version() >= MPS_GRAD_SCALER:
+    if torch_version() >= max(MPS_FP16_AUTOCAST, MPS_GRAD_SCALER):  # fp16 training needs both
         ok.append("fp16")
     if torch_version() >= MPS_BF16_AUTOCAST and torch.backends.mps.is_macos_or_newer(14, 0):
         ok.append("bf16")

@@ -51,8 +51,9 @@ def make_loaders(config: TrainConfig, splits: Splits, device: torch.device,
                         device=device, augment=config.augment, seed=config.seed, drop_last=False,
                         rank=rank, world_size=world_size)
     # even_shards=False: under DDP every test example is evaluated exactly once (ranks may differ by one).
-    test = BatchLoader(splits.test_images, splits.test_labels, max(per_rank, eval_batch_size(device)), shuffle=False,
-                       resize=size, device=device, rank=rank, world_size=world_size, even_shards=False)
+    test = BatchLoader(splits.test_images, splits.test_labels, max(per_rank, eval_batch_size(device)),
+                       shuffle=False, resize=size, device=device, rank=rank, world_size=world_size,
+                       even_shards=False)
     return train, test
 
 
