@@ -366,8 +366,10 @@ def main(argv=None) -> int:
     stages["env"], info = stage_env(runner, a)
     if "record" not in info.get("commands", []):
         runner.caps["record"] = 0  # nothing to run: its time goes to the stages before it
-    if not a.smoke and not info.get("cuda_available"):
-        report["error"] = f"no CUDA GPU visible to torch {info.get('torch')}: nothing to check (use --smoke on a CPU)"
+    if stages["env"]["status"] != "ok" or "torch" not in info:
+        report["error"] = "the environment probe failed (torch or alexnet_lab did not import): see logs/env.log"
+    elif not a.smoke and not info.get("cuda_available"):
+        report["error"] = f"no CUDA GPU visible to torch {info['torch']}: nothing to check (use --smoke on a CPU)"
     else:
         for name, fn in (("cuda_tests", stage_cuda_tests), ("bench", stage_bench), ("d2l", stage_d2l),
                          ("fast", stage_fast)):
