@@ -13,7 +13,7 @@ from alexnet_lab.analysis import sweep as sweep_mod
 from alexnet_lab.cli import main
 from alexnet_lab.data.loader import BatchLoader, augment_batch
 from alexnet_lab.engine.config import make_config
-from alexnet_lab.engine.setup import Splits
+from alexnet_lab.engine.builders import Splits
 from alexnet_lab.engine.trainer import fit
 from alexnet_lab.models import build_model, get_spec
 from alexnet_lab.reports.run_dir import RunWriter

@@ -20,7 +20,7 @@ from alexnet_lab.cli import main
 from alexnet_lab.data.loader import to_float_batch
 from alexnet_lab.engine.config import PRESETS, make_config
 from alexnet_lab.engine.device import autocast, resolve_precision
-from alexnet_lab.engine.setup import Splits, input_size, prepare_model
+from alexnet_lab.engine.builders import Splits, input_size, prepare_model
 from alexnet_lab.engine.trainer import Callback, _to_input, fit
 from alexnet_lab.models import build_model, get_spec, list_models
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from alexnet_lab.data.loader import BatchLoader
-from alexnet_lab.engine.setup import init_weights, load_splits
+from alexnet_lab.engine.builders import init_weights, load_splits
 from alexnet_lab.errors import UserError
 
 ENV_LIMIT = "ALEXNET_LAB_D2L_LIMIT"

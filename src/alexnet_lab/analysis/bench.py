@@ -24,7 +24,7 @@ from alexnet_lab.analysis.reference_pipeline import D2L_NUM_WORKERS, reference_l
 from alexnet_lab.data import BatchLoader
 from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.device import DTYPES, resolve_device, resolve_precision, synchronize
-from alexnet_lab.engine.setup import Splits, build_optimizer, check_input_size, init_weights, prepare_model
+from alexnet_lab.engine.builders import Splits, build_optimizer, check_input_size, init_weights, prepare_model
 from alexnet_lab.engine.trainer import _backend_flags, _to_input, train_step
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model, get_spec

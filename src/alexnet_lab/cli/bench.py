@@ -10,7 +10,7 @@ import json
 from alexnet_lab.analysis.bench import PIPELINES, BenchConfig, format_report, run_bench
 from alexnet_lab.cli.options import add_data, add_device, add_model, positive_int
 from alexnet_lab.engine.config import PRECISIONS
-from alexnet_lab.engine.setup import load_splits
+from alexnet_lab.engine.builders import load_splits
 
 NAME = "bench"
 HELP = "time the training step of the book's pipeline and of this project's (examples/s, FLOP/s)"

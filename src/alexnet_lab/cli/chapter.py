@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from alexnet_lab.analysis.summary import format_summary
+from alexnet_lab.analysis.shapes import format_shapes
 from alexnet_lab.cli.options import add_data, add_device, positive_float
 from alexnet_lab.cli.train import train_and_report
 from alexnet_lab.engine.config import make_config
@@ -33,7 +33,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     print("AlexNet layer shapes for one 1x224x224 image (the chapter's printout):")
-    print(format_summary(build_model("alexnet"), (1, 1, 224, 224)))
+    print(format_shapes(build_model("alexnet"), (1, 1, 224, 224)))
     print()
     device = resolve_device(args.device or "auto")
     config = make_config("d2l", device=str(device), data_dir=args.data_dir)

@@ -9,7 +9,7 @@ from alexnet_lab.cli.options import add_data, add_device, positive_int
 from alexnet_lab.data import CLASS_NAMES
 from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.engine.inference import load_trained
-from alexnet_lab.engine.setup import load_splits, make_loaders
+from alexnet_lab.engine.builders import load_splits, make_loaders
 from alexnet_lab.engine.trainer import evaluate
 from alexnet_lab.reports.plots import plot_confusion
 

@@ -11,7 +11,7 @@ from alexnet_lab.analysis.profile import OPTIMIZER_STATES, findings, measure_cop
 from alexnet_lab.cli.options import add_device, add_model, positive_int
 from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.device import resolve_device, resolve_precision
-from alexnet_lab.engine.setup import check_input_size
+from alexnet_lab.engine.builders import check_input_size
 from alexnet_lab.models import build_model, get_spec
 from alexnet_lab.reports.plots import plot_profile
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.engine.device import resolve_device, resolve_precision, synchronize
-from alexnet_lab.engine.setup import build_optimizer, input_size, prepare_model
+from alexnet_lab.engine.builders import build_optimizer, input_size, prepare_model
 from alexnet_lab.engine.trainer import _to_input, train_step
 
 

@@ -17,7 +17,7 @@ from alexnet_lab.engine import checkpoint as ckpt
 from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.engine.distributed import agree_to_stop, seed_per_rank
 from alexnet_lab.engine.device import autocast, resolve_device, resolve_precision, synchronize
-from alexnet_lab.engine.setup import (Splits, build_optimizer, build_scheduler, load_splits,
+from alexnet_lab.engine.builders import (Splits, build_optimizer, build_scheduler, load_splits,
                                       make_loaders, prepare_model)
 from alexnet_lab.errors import UserError
 

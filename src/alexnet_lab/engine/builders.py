@@ -1,4 +1,4 @@
-"""Building the pieces a run needs from its config: data loaders, model, optimizer, schedule.
+"""Builders: the pieces a run needs, made from its config (data splits and loaders, model, optimizer, schedule).
 
 Shared by `fit`, `evaluate`, `bench` and the d2l API so there is one way to do each.
 """
