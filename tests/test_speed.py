@@ -21,7 +21,8 @@ from alexnet_lab.data.loader import to_float_batch
 from alexnet_lab.engine.config import PRESETS, make_config
 from alexnet_lab.engine.device import autocast, resolve_precision
 from alexnet_lab.engine.builders import Splits, input_size, prepare_model
-from alexnet_lab.engine.trainer import Callback, _to_input, fit
+from alexnet_lab.engine.step import to_model_input
+from alexnet_lab.engine.trainer import Callback, fit
 from alexnet_lab.models import build_model, get_spec, list_models
 
 # bf16 keeps 8 significant bits (relative rounding 2^-9 per value); a few layers of it move the
@@ -76,7 +77,7 @@ def _logits(model_name, precision, channels_last, compile_, images):
     model = prepare_model(config, device).eval()  # same seed: same weights for every variant
     run = torch.compile(model) if compile_ else model
     with torch.no_grad(), autocast(resolve_precision(precision, device), device):
-        return run(_to_input(images, channels_last)).float()
+        return run(to_model_input(images, channels_last)).float()
 
 
 # Every precision x memory format without compile on two models; torch.compile (seconds per
@@ -255,3 +256,21 @@ def test_speednet_forward_and_gradients():
     assert logits.shape == (4, 10)
     logits.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_the_speed_estimate_times_the_step_fit_runs(monkeypatch, one_thread):
+    """One builder: the estimate's step has the config's loss (label smoothing), schedule and numerics."""
+    from alexnet_lab.engine import estimate, step as step_module
+
+    built = []
+
+    def recording_builder(*args, **kwargs):
+        built.append(step_module.build_training_step(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(estimate, "build_training_step", recording_builder)
+    config = make_config("speedrun", device="cpu", batch_size=4, precision="fp32")
+    assert estimate.seconds_per_step(config, steps=1, warmup=0) > 0
+    (step,) = built
+    assert step.loss_fn.label_smoothing == config.label_smoothing == 0.1
+    assert step.scheduler.last_epoch == 1 and step.optimizer.defaults["nesterov"]

@@ -23,9 +23,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from alexnet_lab.analysis.reference_pipeline import D2L_NUM_WORKERS, reference_loader, reference_step
 from alexnet_lab.data import BatchLoader
 from alexnet_lab.engine.config import make_config
-from alexnet_lab.engine.device import DTYPES, resolve_device, resolve_precision, synchronize
-from alexnet_lab.engine.builders import Splits, build_optimizer, check_input_size, init_weights, prepare_model
-from alexnet_lab.engine.trainer import _backend_flags, _to_input, train_step
+from alexnet_lab.engine.device import DTYPES, backend_flags, resolve_device, resolve_precision, synchronize
+from alexnet_lab.engine.builders import Splits, check_input_size, init_weights
+from alexnet_lab.engine.step import build_training_step
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model, get_spec
 
@@ -135,18 +135,10 @@ def bench_project(cfg: BenchConfig, splits: Splits, device: torch.device, size: 
     config = make_config("fast", model=cfg.model, batch_size=cfg.batch_size, resize=size, precision=precision,
                          channels_last=cfg.channels_last, compile=cfg.compile, device=str(device),
                          seed=cfg.seed)
-    model = prepare_model(config, device)
-    optimizer = build_optimizer(config, model)
-    step_model = torch.compile(model) if cfg.compile else model
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    step = build_training_step(config, total_steps=cfg.warmup + cfg.steps * cfg.repeats, device=device)
     loader = BatchLoader(splits.train_images, splits.train_labels, cfg.batch_size, shuffle=True,
                          resize=size, device=device, seed=cfg.seed)
-
-    def step(images, labels):
-        train_step(step_model, loss_fn, optimizer, scaler, _to_input(images, cfg.channels_last), labels,
-                   precision, device)  # no sync: results stay on the device
-
+    # no sync inside a window: the step's results stay on the device
     return _time_windows(step, _endless_project(loader), device, cfg.warmup, cfg.steps, cfg.repeats), precision
 
 
@@ -171,7 +163,7 @@ def run_bench(cfg: BenchConfig, splits: Splits, pipelines=PIPELINES) -> dict:
     flops = flops_per_example(cfg.model, size)
     result = {"config": asdict(cfg), "device": _device_name(device), "input_size": size,
               "flops_per_example": flops}
-    with _backend_flags(device, deterministic=False):
+    with backend_flags(device, deterministic=False):
         if "reference" in pipelines:
             result["reference"] = {"precision": "fp32", "memory_format": "NCHW", "workers": cfg.workers,
                                    **_pipeline_result(bench_reference(cfg, splits, device, size), cfg, flops)}

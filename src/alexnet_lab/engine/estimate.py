@@ -6,22 +6,19 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
+from alexnet_lab.engine.builders import input_size
 from alexnet_lab.engine.config import TrainConfig
-from alexnet_lab.engine.device import resolve_device, resolve_precision, synchronize
-from alexnet_lab.engine.builders import build_optimizer, input_size, prepare_model
-from alexnet_lab.engine.trainer import _to_input, train_step
+from alexnet_lab.engine.device import synchronize
+from alexnet_lab.engine.step import build_training_step
 
 
 def seconds_per_step(config: TrainConfig, steps: int = 2, warmup: int = 1) -> float:
-    """Median seconds of one training step of `config` on random data (after warm-up)."""
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
-    model = prepare_model(config, device)
-    optimizer = build_optimizer(config, model)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    loss_fn = nn.CrossEntropyLoss()
+    """Median seconds of one training step of `config` on random data (after warm-up).
+
+    The step is the one `fit` runs (same builder: numerics, optimizer, schedule, loss, compile)."""
+    step = build_training_step(config, total_steps=warmup + steps)
+    device = step.device
     size = input_size(config)
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(config.batch_size, 1, size, size, generator=gen).to(device)
@@ -30,8 +27,7 @@ def seconds_per_step(config: TrainConfig, steps: int = 2, warmup: int = 1) -> fl
     for i in range(warmup + steps):
         synchronize(device)
         start = time.perf_counter()
-        train_step(model, loss_fn, optimizer, scaler, _to_input(images, config.channels_last), labels,
-                   precision, device)
+        step(images, labels)
         synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)

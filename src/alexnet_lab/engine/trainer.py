@@ -1,4 +1,4 @@
-"""The training engine: `fit` runs a config end to end; `train_step` and `evaluate` are the math.
+"""The training engine: `fit` runs a config end to end; `evaluate` is the test pass (the step: engine.step).
 
 No printing here: progress, files and plots are callbacks supplied by the caller (the CLI).
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -16,9 +15,9 @@ from torch import nn
 from alexnet_lab.engine import checkpoint as ckpt
 from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.engine.distributed import agree_to_stop, seed_per_rank
-from alexnet_lab.engine.device import autocast, resolve_device, resolve_precision, synchronize
-from alexnet_lab.engine.builders import (Splits, build_optimizer, build_scheduler, load_splits,
-                                      make_loaders, prepare_model)
+from alexnet_lab.engine.device import autocast, backend_flags, resolve_device, synchronize
+from alexnet_lab.engine.builders import Splits, load_splits, make_loaders
+from alexnet_lab.engine.step import build_training_step, to_model_input
 from alexnet_lab.errors import UserError
 
 
@@ -62,24 +61,6 @@ class RunState:
     metrics: list = field(default_factory=list)
 
 
-def _to_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def train_step(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scaler,
-               images: torch.Tensor, labels: torch.Tensor, precision: str, device: torch.device):
-    """One SGD step; returns the (detached, on-device) summed loss and correct count."""
-    with autocast(precision, device):
-        logits = model(images)                       # (B, 10)
-        loss = loss_fn(logits, labels)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    n = labels.shape[0]
-    return loss.detach().float() * n, (logits.argmax(dim=1) == labels).sum()
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "fp32",
              channels_last: bool = False, num_classes: int = 10, world_size: int = 1) -> dict:
@@ -91,7 +72,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "f
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     for images, labels in loader:
         with autocast(precision, device):
-            logits = model(_to_input(images, channels_last))
+            logits = model(to_model_input(images, channels_last))
         loss_sum += loss_fn(logits.float(), labels)
         pred = logits.argmax(dim=1)
         confusion += torch.bincount(labels * num_classes + pred,
@@ -105,22 +86,6 @@ def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "f
             "correct": correct, "confusion": confusion}
 
 
-@contextmanager
-def _backend_flags(device: torch.device, deterministic: bool):
-    """cudnn autotuning / determinism only for the duration of training, restored after."""
-    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-             torch.are_deterministic_algorithms_enabled())
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
-    torch.backends.cudnn.deterministic = deterministic
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[:2]
-        torch.use_deterministic_algorithms(saved[2])
-
-
 def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits: Splits | None = None,
         resume: dict | None = None, rank: int = 0, world_size: int = 1, wrap_model=None) -> dict:
     """Train `config` to the end (or to its target accuracy) and return the summary dict.
@@ -130,24 +95,19 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
     """
     callbacks = callbacks or []
     device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
     splits = splits or load_splits(config.data_dir, config.limit_train, config.limit_test)
     train_loader, test_loader = make_loaders(config, splits, device, rank, world_size)
     steps_per_epoch = len(train_loader)
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
     num_epochs = math.ceil(total_steps / steps_per_epoch)
 
-    model = prepare_model(config, device)
-    optimizer = build_optimizer(config, model)
-    scheduler = build_scheduler(config, optimizer, total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    step = build_training_step(config, total_steps, device)
+    model, optimizer, scheduler, scaler = step.model, step.optimizer, step.scheduler, step.scaler
+    precision = step.precision
     state = RunState()
     if resume is not None:
         try:
-            model.load_state_dict(resume["model_state"])
-            optimizer.load_state_dict(resume["optimizer_state"])
-            scheduler.load_state_dict(resume["scheduler_state"])
-            scaler.load_state_dict(resume["scaler_state"])
+            step.load_state_dict(resume)
             state = RunState(**resume["run_state"])
             # Last, after model init consumed the seeded generator: dropout continues where it was.
             ckpt.set_rng_state(resume["rng"])
@@ -157,10 +117,8 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
                             "It was written for another model, recipe or version.") from None
     if world_size > 1:
         seed_per_rank(config.seed, rank, state.step)
-    step_model = wrap_model(model) if wrap_model else model
-    if config.compile:
-        step_model = torch.compile(step_model)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    if wrap_model is not None:
+        step.wrap(wrap_model)
     log_every = max(1, steps_per_epoch // config.log_points_per_epoch)
 
     sums = {}  # per-epoch running sums, on the device
@@ -198,7 +156,7 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
     tested = [r for r in state.metrics if "test_acc" in r]
     test_acc = tested[-1]["test_acc"] if tested else float("nan")
     wall_start = time.perf_counter() - state.wall_seconds
-    with _backend_flags(device, config.deterministic):
+    with backend_flags(device, config.deterministic):
         model.train()
         while state.step < total_steps and not reached:
             if state.batch >= steps_per_epoch:  # resumed at the end of an epoch under another world size
@@ -216,10 +174,7 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
                                            device=device)
             chunk_start = time.perf_counter()
             for images, labels in train_loader.iterate(state.batch):
-                batch_loss, batch_correct = train_step(step_model, loss_fn, optimizer, scaler,
-                                                       _to_input(images, config.channels_last), labels,
-                                                       precision, device)
-                scheduler.step()
+                batch_loss, batch_correct = step(images, labels)
                 sums["loss"] += batch_loss
                 sums["correct"] += batch_correct
                 n = labels.shape[0] * world_size
