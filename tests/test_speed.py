@@ -230,7 +230,7 @@ def test_bench_cli_times_both_pipelines(bar_data_dir, capsys):
 def test_bench_rejects_bad_settings():
     splits = _bar_splits(16, 8)
     with pytest.raises(UserError, match="larger than"):
-        run_bench(BenchConfig(model="lenet", batch_size=32, device="cpu"), splits)
+        run_bench(make_config("fast", model="lenet", batch_size=32, device="cpu"), BenchConfig(), splits)
     with pytest.raises(UserError, match="steps"):
         BenchConfig(steps=0)
 

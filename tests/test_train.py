@@ -80,6 +80,27 @@ def test_config_validation_and_presets():
         make_config("nope")
 
 
+def test_every_config_field_is_a_flag_of_train_and_sweep():
+    """Flags are generated from TrainConfig: a field added to the config is a flag at once."""
+    from dataclasses import fields
+
+    from alexnet_lab.cli import build_parser, train
+    from alexnet_lab.cli.options import training_overrides
+
+    settable = {f.name for f in fields(TrainConfig)} - {"preset"}  # --preset picks the named config
+    for command in ("train", "sweep"):
+        assert set(training_overrides(build_parser().parse_args([command]))) == settable
+    args = build_parser().parse_args(["train", "--preset", "fast", "--nesterov", "--no-channels-last",
+                                      "--warmup-frac", "0.3", "--init", "default", "--log-points-per-epoch",
+                                      "2", "--seed", "0", "--data-dir", "d"])
+    config = train.config_from_args(args)
+    assert (config.nesterov, config.channels_last, config.warmup_frac, config.init) == (True, False, 0.3, "default")
+    assert (config.log_points_per_epoch, config.seed, config.data_dir, config.lr) == (2, 0, "d", 0.02)
+    assert TrainConfig.resumable_fields() == ("epochs", "device", "checkpoint_every", "data_dir")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--log-points-per-epoch", "0"])
+
+
 def test_bad_flags_exit_cleanly(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--batch-size", "0"])
