@@ -274,3 +274,4 @@ def test_the_speed_estimate_times_the_step_fit_runs(monkeypatch, one_thread):
     (step,) = built
     assert step.loss_fn.label_smoothing == config.label_smoothing == 0.1
     assert step.scheduler.last_epoch == 1 and step.optimizer.defaults["nesterov"]
+    assert estimate.seconds_per_test_batch(config, steps=1, warmup=0) > 0  # a forward of 256 images

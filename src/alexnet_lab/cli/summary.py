@@ -2,7 +2,7 @@
 
 from alexnet_lab.analysis.shapes import format_shapes
 from alexnet_lab.cli.options import add_model, positive_int
-from alexnet_lab.models import build_model, get_spec
+from alexnet_lab.models import build_model, check_input_size, get_spec
 
 NAME = "summary"
 HELP = "print each layer's output shape for a probe input (the chapter's first printout)"
@@ -17,8 +17,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from alexnet_lab.engine.builders import check_input_size
-
     size = args.input_size or get_spec(args.model).input_size
     check_input_size(args.model, size)
     print(format_shapes(build_model(args.model), (args.batch_size, 1, size, size), detail=args.detail))

@@ -16,9 +16,10 @@ from alexnet_lab.cli.progress import ConsoleReporter, chapter_lines
 from alexnet_lab.engine import distributed
 from alexnet_lab.engine.checkpoint import check_resumable, load_checkpoint
 from alexnet_lab.engine.config import TrainConfig, make_config
-from alexnet_lab.engine.builders import Splits, check_input_size, input_size, load_splits
+from alexnet_lab.engine.builders import Splits, input_size, load_splits
 from alexnet_lab.engine.trainer import StopRequested, fit
 from alexnet_lab.errors import UserError
+from alexnet_lab.models import check_input_size
 from alexnet_lab.reports.run_dir import RunWriter, default_run_dir, prepare_run_dir
 
 NAME = "train"
