@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from alexnet_lab.cli import chapter, main
 from alexnet_lab.engine import estimate
 from alexnet_lab.engine.config import make_config
@@ -39,6 +41,7 @@ def test_evaluations_counts_what_fit_evaluates():
     assert estimate.evaluations(config.replace(epochs=1.5), 100) == 2
 
 
+@pytest.mark.slow  # real Fashion-MNIST, AlexNet at 224x224
 def test_make_run_job_end_to_end_on_cpu(tmp_path, monkeypatch, real_data, capsys):
     fake_timings(monkeypatch, lambda config: 1e9, 1.0)  # force the 10-step minimum
     out = tmp_path / "chapter"

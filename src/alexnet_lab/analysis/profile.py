@@ -184,9 +184,10 @@ def measure_copy_bandwidth(device: torch.device, nbytes: int = 256 * 2**20, repe
 
 
 def step_timing(model_name: str, batch: int, size: int, device_name: str | None, precision: str,
-                channels_last: bool, total: dict) -> dict:
+                channels_last: bool, total: dict, optimizer: str = "momentum") -> dict:
     """Measure a real training step of this probe and the device's copy bandwidth; compare them: the
-    bandwidth the step's least traffic (`total['step_bytes_moved']`) implies at the measured step time."""
+    bandwidth the step's least traffic (`total['step_bytes_moved']`) implies at the measured step time.
+    The timed step uses the `optimizer` the counts assume (plain SGD, or SGD with momentum 0.9)."""
     from alexnet_lab.engine.config import make_config
     from alexnet_lab.engine.device import resolve_device, resolve_precision
     from alexnet_lab.engine.estimate import seconds_per_step
@@ -194,12 +195,14 @@ def step_timing(model_name: str, batch: int, size: int, device_name: str | None,
     device = resolve_device(device_name or "auto")
     precision = resolve_precision(precision, device)
     config = make_config("d2l", model=model_name, batch_size=batch, resize=size, precision=precision,
-                         momentum=0.9, channels_last=channels_last, device=str(device))
+                         momentum=0.9 if OPTIMIZER_STATES[optimizer] else 0.0, channels_last=channels_last,
+                         device=str(device))
     step_s = seconds_per_step(config, steps=3, warmup=1)
     bandwidth = measure_copy_bandwidth(device)
     flops = total["forward_flops"] + total["backward_flops"]
     implied = total["step_bytes_moved"] / step_s
-    return {"device": str(device), "precision": precision, "channels_last": channels_last, "step_seconds": step_s,
+    return {"device": str(device), "precision": precision, "channels_last": channels_last,
+            "optimizer": optimizer, "momentum": config.momentum, "step_seconds": step_s,
             "examples_per_sec": batch / step_s,
             "achieved_flops_per_s": flops / step_s, "implied_bandwidth_bytes_per_s": implied,
             "measured_bandwidth_bytes_per_s": bandwidth, "bandwidth_fraction": implied / bandwidth,

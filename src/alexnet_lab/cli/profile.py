@@ -78,7 +78,7 @@ def run(args) -> int:
         print(line)
     if args.timing:
         profile["timing"] = tm = step_timing(args.model, args.batch_size, size, args.device, args.precision,
-                                             args.channels_last, t)
+                                        args.channels_last, t, args.optimizer)
         print(f"Measured on {tm['device']} ({tm['precision']}{', channels-last' if args.channels_last else ''}): "
               f"{tm['step_seconds'] * 1000:.1f} ms per training step ({tm['examples_per_sec']:.1f} examples/s) "
               f"= {tm['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s. Moving {fmt_bytes(t['step_bytes_moved'])} in that time "
