@@ -259,3 +259,24 @@ def test_the_speed_estimate_times_the_step_fit_runs(monkeypatch, one_thread):
     assert step.loss_fn.label_smoothing == config.label_smoothing == 0.1
     assert step.scheduler.last_epoch == 1 and step.optimizer.defaults["nesterov"]
     assert estimate.seconds_per_test_batch(config, steps=1, warmup=0) > 0  # a forward of 256 images
+
+
+def test_target_accuracy_evaluates_at_every_log_point(one_thread):
+    """What --target-accuracy's help says, and what the time estimate counts: a test evaluation at
+    every log point (every 10 // 5 = 2 steps and at each epoch's end), here 8 in 1.5 epochs."""
+    from alexnet_lab.engine import estimate
+
+    config = make_config("d2l", model="lenet", epochs=1.5, batch_size=10, lr=0.1, device="cpu",
+                         target_accuracy=0.99)
+    summary = fit(config, [rows := Rows()], splits=_bar_splits(100, 20, noisy_test=True))
+    assert not summary["reached_target"]
+    tested = [r["step"] for r in rows.rows if "test_acc" in r]
+    assert tested == [2, 4, 6, 8, 10, 12, 14, 15] and len(tested) == estimate.evaluations(config, 100)
+
+
+class Rows(Callback):
+    def __init__(self):
+        self.rows = []
+
+    def on_log(self, row):
+        self.rows.append(row)

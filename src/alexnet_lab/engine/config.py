@@ -59,8 +59,9 @@ class TrainConfig:
     log_points_per_epoch: int = setting(5, "points of the training curves per epoch (the chapter's figure "
                                            "has 5)", positive=True, group="data")
     target_accuracy: float | None = setting(
-        None, "evaluate the test set at every log point (--log-points-per-epoch times per epoch, and at "
-              "the end) instead of once per epoch, and stop at the first test accuracy >= this", group="data")
+        None, "evaluate the test set at every log point (every steps-per-epoch // --log-points-per-epoch "
+              "steps and at each epoch's end) instead of once per epoch; stop at the first test accuracy "
+              ">= this", group="data")
     checkpoint_every: int | None = setting(None, "also checkpoint every N steps", positive=True,
                                            resumable=True, group="data")
     data_dir: str | None = setting(
