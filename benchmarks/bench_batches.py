@@ -14,7 +14,8 @@ import sys
 import torch
 
 from alexnet_lab.analysis.bench import BenchConfig, format_report, run_bench
-from alexnet_lab.engine.setup import load_splits
+from alexnet_lab.engine.builders import load_splits
+from alexnet_lab.engine.config import make_config
 
 
 def _rates(result: dict, pipeline: str) -> dict:
@@ -42,12 +43,14 @@ def main(argv=None) -> int:
     batches = [int(b) for b in args.batches.split(",")]
     splits = load_splits(args.data_dir, args.limit_train, 1)
 
-    def config(batch: int, **kw) -> BenchConfig:
-        values = dict(model=args.model, batch_size=batch, warmup=args.warmup, steps=args.steps,
-                      repeats=args.repeats, workers=args.workers, device=args.device, peak_size=args.peak_size)
-        return BenchConfig(**{**values, **kw})
+    def bench(batch: int, pipelines=("reference", "project"), **timing) -> dict:
+        """`alexnet-lab bench` (the `fast` preset's step for the project) at `batch`."""
+        config = make_config("fast", model=args.model, batch_size=batch, device=args.device)
+        values = dict(warmup=args.warmup, steps=args.steps, repeats=args.repeats, workers=args.workers,
+                      peak_size=args.peak_size)
+        return run_bench(config, BenchConfig(**{**values, **timing}), splits, pipelines=pipelines)
 
-    first = run_bench(config(batches[0]), splits)
+    first = bench(batches[0])
     print(format_report(first), file=sys.stderr, flush=True)
     out = {"model": args.model, "device": first["device"], "input_size": first["input_size"],
            "flops_per_example": first["flops_per_example"], "peak_flops_per_sec": first["peak_flops_per_sec"],
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
            "project_by_batch": {str(batches[0]): _rates(first, "project")}}
     for batch in batches[1:]:
         try:
-            result = run_bench(config(batch), splits, pipelines=("project",))
+            result = bench(batch, pipelines=("project",))
         except torch.cuda.OutOfMemoryError:
             out["project_by_batch"][str(batch)] = {"error": "out of memory"}
             torch.cuda.empty_cache()
@@ -69,7 +72,7 @@ def main(argv=None) -> int:
     if fastest == batches[0]:
         out[f"batch_{fastest}"]["note"] = "the book's batch is also the project's fastest"
     else:
-        ref = run_bench(config(fastest, warmup=1, steps=args.ref_steps, repeats=2), splits, pipelines=("reference",))
+        ref = bench(fastest, pipelines=("reference",), warmup=1, steps=args.ref_steps, repeats=2)
         print(format_report(ref), file=sys.stderr, flush=True)
         out[f"batch_{fastest}"] = {"reference": _rates(ref, "reference"), "project": measured[fastest],
                                    "ratio": measured[fastest]["examples_per_sec"] / ref["reference"]["examples_per_sec"]}

@@ -13,19 +13,6 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` are skipped, with the reason shown, where no CUDA GPU is visible."""
-    import torch
-
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason=f"needs a CUDA GPU: torch {torch.__version__} sees none "
-                                   "(torch.cuda.is_available() is False)")
-    for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
-
-
 @pytest.fixture
 def one_thread():
     """Tiny models on a shared CPU: one intra-op thread avoids OpenMP oversubscription stalls."""
@@ -51,3 +38,25 @@ def chapter_text() -> str:
     if spec.exists():
         return spec.read_text(encoding="utf-8")
     return (REPO / "tests" / "data" / "alexnet-chapter.md").read_text(encoding="utf-8")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test on the real dataset carries the `slow` marker (for selecting; `make test` runs them);
+    tests marked `cuda` are skipped, with the reason shown, where no CUDA GPU is visible."""
+    _skip_cuda_tests_without_a_gpu(items)
+    unmarked = [item.nodeid for item in items
+                if "real_data" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError(f"tests on the real dataset without @pytest.mark.slow: {', '.join(unmarked)}")
+
+
+def _skip_cuda_tests_without_a_gpu(items) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=f"needs a CUDA GPU: torch {torch.__version__} sees none "
+                                   "(torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -27,8 +27,9 @@ from alexnet_lab.engine.checkpoint import load_checkpoint
 from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.device import autocast
 from alexnet_lab.data.loader import BatchLoader
-from alexnet_lab.engine.setup import Splits, build_optimizer, build_scheduler, prepare_model
-from alexnet_lab.engine.trainer import Callback, _to_input, evaluate, fit, train_step
+from alexnet_lab.engine.builders import Splits, build_optimizer, build_scheduler, prepare_model
+from alexnet_lab.engine.step import to_model_input, train_step
+from alexnet_lab.engine.trainer import Callback, evaluate, fit
 from alexnet_lab.models import build_model
 
 pytestmark = pytest.mark.cuda
@@ -133,7 +134,7 @@ def test_training_steps_and_batches_never_wait_for_the_gpu(precision):
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     def step(images, labels):
-        out = train_step(model, loss_fn, optimizer, scaler, _to_input(images, True), labels, precision, CUDA)
+        out = train_step(model, loss_fn, optimizer, scaler, to_model_input(images, True), labels, precision, CUDA)
         scheduler.step()
         return out
 
@@ -319,7 +320,7 @@ def test_compiled_model_predicts_like_eager(model_name, precision, channels_last
     if channels_last:
         model.to(memory_format=torch.channels_last)
     size = 224 if model_name == "alexnet" else 28
-    images = _to_input(torch.rand(32, 1, size, size, generator=torch.Generator().manual_seed(0)).to(CUDA),
+    images = to_model_input(torch.rand(32, 1, size, size, generator=torch.Generator().manual_seed(0)).to(CUDA),
                        channels_last)
     compiled = torch.compile(model)
     with torch.no_grad(), autocast(precision, CUDA):

@@ -12,7 +12,8 @@ from torch import nn
 from alexnet_lab import d2l
 from alexnet_lab.engine import checkpoint, device as dev
 from alexnet_lab.engine.config import make_config
-from alexnet_lab.engine.setup import build_optimizer, eval_batch_size, load_optimizer_state, sgd_implementation
+from alexnet_lab.engine.builders import (build_optimizer, evaluation_batch_size, load_optimizer_state,
+                                         sgd_implementation)
 from alexnet_lab.errors import UserError
 
 MPS, CPU, CUDA = torch.device("mps"), torch.device("cpu"), torch.device("cuda")
@@ -77,12 +78,12 @@ def test_older_torch_on_an_apple_gpu_falls_back_to_what_it_supports(apple_silico
     dev.check_compile(CUDA)
 
 
-def test_fit_refuses_compile_on_an_apple_gpu_before_training(apple_silicon, monkeypatch):
-    from alexnet_lab.engine.trainer import fit
+def test_the_training_step_refuses_compile_on_an_apple_gpu_before_building(apple_silicon, monkeypatch):
+    from alexnet_lab.engine.step import build_training_step
 
     _fake_versions(monkeypatch, (2, 6), macos14=True)
-    with pytest.raises(UserError, match="--compile"):  # before any data or model touches the device
-        fit(make_config("speedrun", device="auto", precision="fp32", compile=True))
+    with pytest.raises(UserError, match="--compile"):  # before the model touches the device
+        build_training_step(make_config("speedrun", device="auto", precision="fp32", compile=True))
 
 
 def test_auto_precision_on_cuda_is_bf16_only_where_it_is_native(monkeypatch):
@@ -96,7 +97,9 @@ def test_auto_precision_on_cuda_is_bf16_only_where_it_is_native(monkeypatch):
 def test_optimizer_kernel_follows_the_device():
     assert sgd_implementation(CUDA) == {"fused": True, "foreach": False}
     assert sgd_implementation(CPU) == {"fused": False, "foreach": True}
-    assert eval_batch_size(CUDA) > eval_batch_size(CPU)
+    d2l_recipe = make_config("d2l")
+    assert evaluation_batch_size(d2l_recipe, 1, CUDA) == 1024 and evaluation_batch_size(d2l_recipe, 1, CPU) == 256
+    assert evaluation_batch_size(d2l_recipe.replace(batch_size=4096), 2, CUDA) == 2048  # per process
     model = nn.Linear(4, 3)
     optimizer = build_optimizer(make_config("fast", device="cpu"), model)
     assert optimizer.param_groups[0]["foreach"] and not optimizer.param_groups[0]["fused"]
