@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from alexnet_lab.engine.config import DEVICES, PRECISIONS, SCHEDULES, preset_names
+from alexnet_lab.engine.config import DEVICES, PRECISIONS, SCHEDULES, TTA_MODES, preset_names
 from alexnet_lab.models import list_models
 
 
@@ -63,6 +63,9 @@ def add_training(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random shift, flip, brightness/contrast jitter on the device")
     g.add_argument("--seed", type=int, help="seed for init, data order and augmentation")
+    g.add_argument("--ema-decay", type=float,
+                   help="evaluate an exponential moving average of the weights with this decay (0: off)")
+    g.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation at every test evaluation")
     n = parser.add_argument_group("numerics")
     n.add_argument("--precision", choices=PRECISIONS, help="autocast precision (auto: bf16 where fast)")
     n.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -81,7 +84,7 @@ def add_training(parser: argparse.ArgumentParser) -> None:
 
 
 TRAINING_KEYS = ("model", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule",
-                 "label_smoothing", "resize", "augment", "seed", "precision", "channels_last", "compile",
+                 "label_smoothing", "resize", "augment", "seed", "ema_decay", "tta", "precision", "channels_last", "compile",
                  "deterministic", "device", "data_dir", "limit_train", "limit_test", "target_accuracy",
                  "checkpoint_every")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 
+from alexnet_lab.engine.tta import TTA_MODES
 from alexnet_lab.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -31,6 +32,8 @@ class TrainConfig:
     init: str = "xavier"          # xavier: d2l's xavier_uniform_ on Conv2d/Linear weights
     resize: int | None = None     # None: the model's own input size
     augment: bool = False
+    ema_decay: float = 0.0        # evaluate an exponential moving average of the weights (0: off)
+    tta: str = "none"             # test-time augmentation: none | flip | translate | flip-translate
     precision: str = "fp32"       # auto | fp32 | bf16 | fp16 (autocast)
     channels_last: bool = False
     compile: bool = False
@@ -64,6 +67,10 @@ class TrainConfig:
             bad(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}.")
         if self.schedule not in SCHEDULES:
             bad(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}.")
+        if not 0 <= self.ema_decay < 1:
+            bad(f"--ema-decay must be in [0, 1) (0 turns it off), got {self.ema_decay}.")
+        if self.tta not in TTA_MODES:
+            bad(f"--tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}.")
         if self.init not in INITS:
             bad(f"init must be one of {', '.join(INITS)}, got {self.init!r}.")
         if self.resize is not None and self.resize < 1:
@@ -114,6 +121,12 @@ PRESETS: dict[str, dict] = {
                  weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1,
                  init="default", augment=True, precision="auto", channels_last=True),
 }
+
+
+# The speed ladder: each preset's target test accuracy (full 10,000-image test set, mean over
+# seeds), as `alexnet-lab record` judges it. docs/RECORDS.md holds the measured times.
+RECORD_TARGETS: dict[str, float] = {"speedrun": 0.883, "speedrun-90": 0.90, "speedrun-92": 0.92,
+                                    "speedrun-94": 0.94, "speedrun-95": 0.95}
 
 
 def preset_names() -> list[str]:

@@ -16,6 +16,8 @@ from torch import nn
 from alexnet_lab.engine import checkpoint as ckpt
 from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.engine.distributed import agree_to_stop, seed_per_rank
+from alexnet_lab.engine.ema import WeightEMA
+from alexnet_lab.engine.tta import tta_logits
 from alexnet_lab.engine.device import autocast, resolve_device, resolve_precision, synchronize
 from alexnet_lab.engine.setup import (Splits, build_optimizer, build_scheduler, load_splits,
                                       make_loaders, prepare_model)
@@ -82,8 +84,12 @@ def train_step(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Opti
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "fp32",
-             channels_last: bool = False, num_classes: int = 10, world_size: int = 1) -> dict:
-    """Accuracy, mean loss and per-class counts over a loader (one sync at the end)."""
+             channels_last: bool = False, num_classes: int = 10, world_size: int = 1,
+             tta: str = "none") -> dict:
+    """Accuracy, mean loss and per-class counts over a loader (one sync at the end).
+
+    `tta` averages the logits over flipped/shifted views of each image (engine/tta.py).
+    """
     was_training = model.training
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
@@ -91,7 +97,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "f
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     for images, labels in loader:
         with autocast(precision, device):
-            logits = model(_to_input(images, channels_last))
+            logits = tta_logits(model, _to_input(images, channels_last), tta)
         loss_sum += loss_fn(logits.float(), labels)
         pred = logits.argmax(dim=1)
         confusion += torch.bincount(labels * num_classes + pred,
@@ -141,10 +147,14 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    ema = WeightEMA(model, config.ema_decay) if config.ema_decay else None
+    eval_model = ema.module if ema else model  # the weights every test evaluation uses
     state = RunState()
     if resume is not None:
         try:
             model.load_state_dict(resume["model_state"])
+            if ema:
+                ema.load_state_dict(resume["ema_state"])
             optimizer.load_state_dict(resume["optimizer_state"])
             scheduler.load_state_dict(resume["scheduler_state"])
             scaler.load_state_dict(resume["scaler_state"])
@@ -176,7 +186,8 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
                 "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
                 "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
                 "run_state": {**state.__dict__, "metrics": list(state.metrics)},
-                "rng": ckpt.rng_state(), "world_size": world_size}
+                "rng": ckpt.rng_state(), "world_size": world_size,
+                **({"ema_state": ema.state_dict()} if ema else {})}
 
     def save(is_best: bool = False) -> None:
         data = payload()
@@ -220,6 +231,8 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
                                                        _to_input(images, config.channels_last), labels,
                                                        precision, device)
                 scheduler.step()
+                if ema:
+                    ema.update(model)
                 sums["loss"] += batch_loss
                 sums["correct"] += batch_correct
                 n = labels.shape[0] * world_size
@@ -244,8 +257,8 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
                            "lr": scheduler.get_last_lr()[0]}
                     is_best = False
                     if config.target_accuracy is not None or end_of_epoch:
-                        test_acc = evaluate(model, test_loader, device, precision, config.channels_last,
-                                            world_size=world_size)["accuracy"]
+                        test_acc = evaluate(eval_model, test_loader, device, precision, config.channels_last,
+                                            world_size=world_size, tta=config.tta)["accuracy"]
                         row["test_acc"] = test_acc
                         is_best = test_acc > state.best_test_acc
                         state.best_test_acc = max(state.best_test_acc, test_acc)
