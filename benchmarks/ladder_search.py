@@ -14,7 +14,7 @@ import json
 
 from alexnet_lab.analysis.record import run_record
 from alexnet_lab.engine.config import make_config
-from alexnet_lab.engine.setup import load_splits
+from alexnet_lab.engine.builders import load_splits
 
 
 def parse_candidate(text: str) -> tuple[str, dict]:

@@ -14,7 +14,7 @@ from alexnet_lab.analysis.record import run_record, statistics_of, target_of
 from alexnet_lab.cli import main
 from alexnet_lab.engine.config import RECORD_TARGETS, make_config
 from alexnet_lab.engine.ema import WeightEMA
-from alexnet_lab.engine.setup import load_splits
+from alexnet_lab.engine.builders import load_splits
 from alexnet_lab.engine.trainer import evaluate, fit
 from alexnet_lab.engine.tta import shift, tta_logits, views
 
@@ -116,7 +116,7 @@ def test_ema_run_evaluates_and_resumes_the_average(tmp_path, tiny_data, one_thre
     payload = saved[-1]
     assert payload["ema_state"]["updates"] == summary["steps"]
     from alexnet_lab.engine.inference import evaluated_state
-    from alexnet_lab.engine.setup import make_loaders
+    from alexnet_lab.engine.builders import make_loaders
     from alexnet_lab.models import build_model
     model = build_model(config.model)
     model.load_state_dict(evaluated_state(payload))

@@ -16,7 +16,7 @@ from typing import Callable
 from alexnet_lab.analysis.machine import describe_machine
 from alexnet_lab.engine.config import RECORD_TARGETS, TrainConfig
 from alexnet_lab.engine.device import resolve_device
-from alexnet_lab.engine.setup import Splits, load_splits
+from alexnet_lab.engine.builders import Splits, load_splits
 from alexnet_lab.engine.trainer import fit
 from alexnet_lab.errors import UserError
 
