@@ -7,7 +7,7 @@ set -euo pipefail
 OUT=${1:-runs/records}
 SEEDS=${2:-5}
 shift $(( $# > 2 ? 2 : $# ))
-RUNGS=${*:-speedrun speedrun-90 speedrun-92 speedrun-94 speedrun-95}
+RUNGS=${*:-speedrun speedrun-90 speedrun-92 speedrun-94}
 PY=${PYTHON:-python}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"

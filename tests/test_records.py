@@ -149,6 +149,12 @@ def test_record_statistics_on_a_fake_clock():
     assert statistics_of(result["rows"])["min_time_s"] == 2.0
 
 
+def test_every_rung_is_a_preset():
+    from alexnet_lab.engine.config import PRESETS
+    assert set(RECORD_TARGETS) <= set(PRESETS)
+    assert list(RECORD_TARGETS.values()) == sorted(RECORD_TARGETS.values())
+
+
 def test_record_target_rules():
     assert target_of(make_config("speedrun")) == RECORD_TARGETS["speedrun"]
     assert target_of(make_config("best", target_accuracy=0.9)) == 0.9

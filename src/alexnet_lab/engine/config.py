@@ -152,6 +152,22 @@ PRESETS: dict[str, dict] = {
     "speedrun": dict(model="speednet", epochs=0.8, batch_size=256, lr=0.1, momentum=0.9, nesterov=True,
                      schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1, init="default",
                      precision="auto", channels_last=True, log_points_per_epoch=1),
+    # The speed ladder (docs/RECORDS.md; targets in RECORD_TARGETS). speedrun-90: speednet for 1.5
+    # epochs (0.906 mean over 2 seeds; 0.5 epochs gave 0.880, 0.8 epochs 0.892). Test-time
+    # augmentation did not pay for speednet (translate: 0.889 vs 0.892; flip: 0.77, untrained mirror).
+    "speedrun-90": dict(model="speednet", epochs=1.5, batch_size=256, lr=0.1, momentum=0.9, nesterov=True,
+                        schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1, init="default",
+                        precision="auto", channels_last=True, log_points_per_epoch=1),
+    # speedrun-92: fmnist-net for 2 epochs without augmentation (0.930 mean over 2 seeds).
+    "speedrun-92": dict(model="fmnist-net", epochs=2, batch_size=256, lr=0.2, momentum=0.9, nesterov=True,
+                        weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1,
+                        init="default", precision="auto", channels_last=True, log_points_per_epoch=1),
+    # speedrun-94: the `best` recipe (94.13% without TTA) with flip+translate test-time augmentation,
+    # which fits a model trained with flips.
+    "speedrun-94": dict(model="fmnist-net", epochs=10, batch_size=256, lr=0.2, momentum=0.9, nesterov=True,
+                        weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1,
+                        init="default", augment=True, tta="flip-translate", precision="auto",
+                        channels_last=True, log_points_per_epoch=1),
     # Exercise 2.2: fmnist-net's recipe for >= 94% test accuracy in under 15 minutes on a 2-core CPU.
     "best": dict(model="fmnist-net", epochs=10, batch_size=256, lr=0.2, momentum=0.9, nesterov=True,
                  weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1,
@@ -162,7 +178,7 @@ PRESETS: dict[str, dict] = {
 # The speed ladder: each preset's target test accuracy (full 10,000-image test set, mean over
 # seeds), as `alexnet-lab record` judges it. docs/RECORDS.md holds the measured times.
 RECORD_TARGETS: dict[str, float] = {"speedrun": 0.883, "speedrun-90": 0.90, "speedrun-92": 0.92,
-                                    "speedrun-94": 0.94, "speedrun-95": 0.95}
+                                    "speedrun-94": 0.94}
 
 
 def preset_names() -> list[str]:
