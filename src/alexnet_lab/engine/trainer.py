@@ -171,12 +171,12 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
         # Never overwrite the last good checkpoint with a diverged model (one sync, at saves only).
         finite = torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()
         if not (math.isfinite(state.epoch_loss_sum) and bool(finite)):
-            raise _diverged(state.step, steps_per_epoch, config.lr)
+            raise _diverged(state.step, steps_per_epoch, config)
         return {"model_name": config.model, "config": config.to_dict(),
                 "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
                 "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
                 "run_state": {**state.__dict__, "metrics": list(state.metrics)},
-                "rng": ckpt.rng_state(), "world_size": world_size}
+                "rng": ckpt.rng_state(), "world_size": world_size, "data_fingerprint": splits.fingerprint}
 
     def save(is_best: bool = False) -> None:
         data = payload()
@@ -238,7 +238,7 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
                     now = time.perf_counter()
                     state.step_seconds += now - chunk_start
                     if not math.isfinite(train_loss):
-                        raise _diverged(state.step, steps_per_epoch, config.lr)
+                        raise _diverged(state.step, steps_per_epoch, config)
                     row = {"epoch": epoch + state.batch / steps_per_epoch, "step": state.step,
                            "examples": state.examples, "train_loss": train_loss, "train_acc": train_acc,
                            "lr": scheduler.get_last_lr()[0]}
@@ -296,11 +296,18 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
     return summary
 
 
-def _diverged(step: int, steps_per_epoch: int, lr: float) -> TrainingDiverged:
+def _diverged(step: int, steps_per_epoch: int, config: TrainConfig) -> TrainingDiverged:
     epoch = (step - 1) // steps_per_epoch + 1
+    decay = config.lr * config.weight_decay  # SGD's decay multiplies the weights by (1 - lr * wd) a step
+    if decay > 1:
+        cause = (f"The weight decay ({config.weight_decay:g}) is too high for the learning rate ({config.lr:g}): "
+                 f"each step multiplies the weights by 1 - lr x weight decay = {1 - decay:g}, so they "
+                 "oscillate and grow without bound: lower --weight-decay.")
+    else:
+        cause = (f"The learning rate ({config.lr:g}) is probably too high for this model and recipe: lower --lr"
+                 + (f" (or --weight-decay, {config.weight_decay:g})." if config.weight_decay else "."))
     return TrainingDiverged(
-        f"The training loss became non-finite (NaN or inf) by step {step} (epoch {epoch}). "
-        f"The learning rate ({lr}) is probably too high for this model and recipe: lower --lr. "
+        f"The training loss became non-finite (NaN or inf) by step {step} (epoch {epoch}). {cause} "
         "Checkpoints already written were kept: a diverged state is never saved.")
 
 
