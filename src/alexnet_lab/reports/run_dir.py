@@ -86,9 +86,9 @@ def claim_run_dir(path: str | os.PathLike, *, resume: bool = False, flag: str = 
     """`with claim_run_dir(out) as out:` creates the run folder (or checks it is writable), locks it
     for the life of the block and checks that it is this run's own: a new run needs a new or empty
     folder; a resumed one its own folder. Temp files of a save cut short by a hard kill are removed."""
-    path = Path(path)
-    if not str(path).strip():
+    if not str(path).strip():  # before Path(): Path("") is "."
         raise UserError(f"{flag} is empty. Pass a folder name, or leave --out out for runs/<timestamp>-<model>.")
+    path = Path(path)
     lock = RunDirLock(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -119,9 +119,9 @@ def _check_new_run_dir(path: Path) -> None:
 
 def make_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     """Create a folder for a command's output files; a path that cannot be one is a UserError."""
-    path = Path(path)
-    if not str(path).strip():
+    if not str(path).strip():  # before Path(): Path("") is "."
         raise UserError(f"{flag} is empty. Pass a folder name.")
+    path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
