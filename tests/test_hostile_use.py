@@ -110,12 +110,15 @@ def test_out_refuses_a_non_empty_folder_without_a_checkpoint(data_dir, tmp_path,
 
 def test_resume_on_different_data_is_refused_unless_allowed(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(train_args(data_dir, out)) == 0
+    assert main(train_args(data_dir, out, "--schedule", "onecycle")) == 0
     fingerprint = load_checkpoint(out / "checkpoint.pt")["data_fingerprint"]
     assert fingerprint["train"]["examples"] == 64 and fingerprint["test"]["examples"] == 32
-    copy = tmp_path / "copy"  # the same files elsewhere: allowed
+    copy = tmp_path / "copy"  # the same files elsewhere: allowed, as are --device and --checkpoint-every
     shutil.copytree(data_dir, copy)
-    assert main(["train", "--resume", str(out), "--epochs", "2", "--data-dir", str(copy)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--data-dir", str(copy), "--device", "cpu",
+                 "--checkpoint-every", "1"]) == 0
+    assert "Note: the onecycle learning-rate schedule now spans 2 epochs" in capsys.readouterr().out
     smaller = fakedata.make_dataset(tmp_path / "smaller", n_train=32, n_test=32)
     assert main(["train", "--resume", str(out), "--epochs", "3", "--data-dir", str(smaller)]) == 2
     err = last_line(capsys)
@@ -363,6 +366,41 @@ def test_ctrl_c_after_the_last_step_does_not_exit_0(data_dir, tmp_path, monkeypa
                                             f"had finished, and its results and final checkpoint are in {out}/.")
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
     assert load_checkpoint(out / "checkpoint.pt")["run_state"]["step"] == 2
+
+
+def test_the_second_signal_restores_the_default_handlers():
+    """So that a third Ctrl-C ends the process on the spot."""
+    from alexnet_lab.cli.interrupt import GracefulInterrupt, ImmediateExit
+
+    before = signal.getsignal(signal.SIGINT)
+    with GracefulInterrupt(stream=open(os.devnull, "w")) as interrupt:
+        interrupt._handle(signal.SIGINT, None)
+        assert interrupt.should_stop() and signal.getsignal(signal.SIGINT) == interrupt._handle
+        with pytest.raises(ImmediateExit):
+            interrupt._handle(signal.SIGINT, None)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL == signal.getsignal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGINT) == before
+
+
+def test_ctrl_c_while_loading_data_exits_130(data_dir, tmp_path, monkeypatch, capsys):
+    import alexnet_lab.cli.train as train_cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_cli, "load_splits", interrupted)
+    assert main(train_args(data_dir, tmp_path / "r")) == 130
+    assert capsys.readouterr().err == "alexnet-lab train: interrupted.\n"
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_removes_temp_files_of_a_killed_save(data_dir, tmp_path):
+    out = tmp_path / "r"
+    assert main(train_args(data_dir, out)) == 0
+    torn = out / ".checkpoint.pt.k1ll3d.tmp"  # what a SIGKILL in the middle of a save leaves
+    torn.write_bytes(b"PK\x03\x04 torn")
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
+    assert not torn.exists() and load_checkpoint(out / "checkpoint.pt")["run_state"]["step"] == 4
 
 
 # --- 14. --out "", resume advice, a folder as --checkpoint ------------------------------------------

@@ -561,3 +561,25 @@ def test_full_disk_while_downloading(tmp_path, monkeypatch, capsys):
     assert f"error: Writing '{target / 'train-images-idx3-ubyte.gz'}' failed while downloading it: No space " \
            "left on device. The partial file was removed" in err
     assert list(target.iterdir()) == [] and not (tmp_path / "run").exists()
+
+
+def test_best_pt_is_written_at_each_new_best_with_a_target(data_dir, tmp_path):
+    """With --target-accuracy every log point evaluates, and each new best test accuracy is saved."""
+    saves = []
+
+    class Saves(Callback):
+        def on_checkpoint(self, payload, is_best):
+            saves.append((payload["run_state"]["step"], is_best))
+
+    config = config_for(data_dir, epochs=1, target_accuracy=1.0, augment=False)  # 1.0: never reached
+    run_fit(config, tmp_path / "r", [Saves()])
+    tested = [r for r in read_metrics(tmp_path / "r") if "test_acc" in r]
+    assert len(tested) == 6  # every 3rd of 16 steps, and the epoch end
+    best, expected = -1.0, []
+    for row in tested:
+        if row["test_acc"] > best:
+            best = row["test_acc"]
+            expected.append((row["step"], True))
+    assert [s for s in saves if s[1]] == expected
+    assert saves[-1][0] == 16  # and the epoch end, best or not
+    assert load_checkpoint(tmp_path / "r" / "best.pt")["run_state"]["step"] == expected[-1][0]

@@ -113,7 +113,8 @@ def _unpickler_reason(exc: pickle.UnpicklingError) -> tuple[str, bool]:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     for line in lines:
         if "GLOBAL" in line.upper() and not line.startswith(_TORCH_ADVICE):
-            return line.split("WeightsUnpickler error:")[-1].strip().rstrip("."), True
+            # the fact only: torch goes on to suggest allow-listing the global, which must not be done
+            return line.split("WeightsUnpickler error:")[-1].strip().split(". ")[0].rstrip("."), True
     for marker in ("Unsupported operand", "WeightsUnpickler error:"):
         for line in lines:
             if marker in line:
