@@ -157,7 +157,7 @@ def test_the_fingerprint_sees_one_changed_pixel(tmp_path):
     (["--weight-decay", "-1"], "--weight-decay must be in [0, 10000], got -1"),
     (["--weight-decay", "nan"], "--weight-decay must be a finite number, got nan"),
     (["--seed", "99999999999999999999"], "--seed must be in [0, 4294967295], got 99999999999999999999"),
-    (["--resize", "99999999999999999999"], "--resize must be in [1, 4096], got 99999999999999999999"),
+    (["--resize", "5000"], "--resize must be in [1, 4096], got 5000"),
     (["--momentum", "1"], "--momentum must be in [0, 1), got 1"),
 ])
 def test_out_of_range_numbers_are_refused(data_dir, tmp_path, capsys, flags, message):
@@ -166,6 +166,19 @@ def test_out_of_range_numbers_are_refused(data_dir, tmp_path, capsys, flags, mes
     err = capsys.readouterr().err
     assert err == f"alexnet-lab train: error: Invalid configuration: {message}.\n"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--resize", "99999999999999999999"],
+    ["summary", "--model", "lenet", "--input-size", "99999999999999999999"],
+    ["profile", "--model", "lenet", "--batch-size", "99999999999999999999"],
+])
+def test_sizes_beyond_int32_are_refused_by_the_parser(tmp_path, capsys, argv):
+    """They used to reach torch and end in a C++ traceback."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert "must be at most 2147483647, got 99999999999999999999" in capsys.readouterr().err
 
 
 def test_resume_with_infinite_epochs_is_refused(data_dir, tmp_path, capsys):

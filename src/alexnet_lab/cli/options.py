@@ -8,6 +8,9 @@ from alexnet_lab.engine.config import DEVICES, PRECISIONS, SCHEDULES, preset_nam
 from alexnet_lab.models import list_models
 
 
+MAX_INT = 2**31 - 1
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -15,6 +18,8 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value > MAX_INT:  # sizes and counts beyond int32 only overflow inside torch (a C++ traceback)
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_INT}, got {value}")
     return value
 
 
