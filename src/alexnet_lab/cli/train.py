@@ -12,13 +12,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from alexnet_lab.cli.interrupt import GracefulInterrupt, ImmediateExit, Interrupted
-from alexnet_lab.cli.options import add_training, training_overrides
+from alexnet_lab.cli.options import add_training, flag_name, training_overrides
 from alexnet_lab.cli.progress import ConsoleReporter, chapter_lines
 from alexnet_lab.engine import distributed
 from alexnet_lab.engine.checkpoint import check_resumable, check_same_data, load_checkpoint
 from alexnet_lab.engine.config import TrainConfig, make_config
+from alexnet_lab.engine.builders import Splits, load_splits
 from alexnet_lab.engine.preflight import preflight
-from alexnet_lab.engine.setup import Splits, load_splits
 from alexnet_lab.engine.trainer import StopRequested, fit
 from alexnet_lab.errors import UserError
 from alexnet_lab.reports.run_dir import RunWriter, claim_run_dir, default_run_dir
@@ -26,21 +26,23 @@ from alexnet_lab.reports.run_dir import RunWriter, claim_run_dir, default_run_di
 NAME = "train"
 HELP = "train a model (default: the chapter's AlexNet with the book's d2l recipe)"
 
-# Flags that may be given with --resume. Everything else is the run's recipe and data order, which
-# a resumed run must keep to continue the same run. --epochs may only grow (to extend a run).
-RESUMABLE_FLAGS = ("epochs", "device", "data_dir", "checkpoint_every")
 RESUME_ADVICE = ("--resume reads only the run's checkpoint.pt: to continue from its best.pt instead, copy "
                  "best.pt over checkpoint.pt (the steps after it are trained again), or start a new run with --out.")
 
 
+def _resumable_flags() -> str:
+    """The flags that may be given with --resume (fields declared `resumable`). Everything else is the
+    run's recipe and data order, which a resumed run keeps. --epochs may only grow (to extend a run)."""
+    return ", ".join(flag_name(name) for name in TrainConfig.resumable_fields())
+
+
 def add_arguments(parser) -> None:
     add_training(parser)
-    parser.set_defaults(preset=None)  # None = not given (d2l), so --resume can refuse a given --preset
     parser.add_argument("--out", default=None, help="run folder (default: runs/<timestamp>-<model>)")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                         help="continue the run in RUN_DIR from its checkpoint.pt with the config saved "
-                             "there; only --epochs (to extend), --device, --data-dir and "
-                             "--checkpoint-every may be given with it")
+                             f"there; only {_resumable_flags()} may be given with it (--epochs only to "
+                             "extend the run)")
     parser.add_argument("--allow-data-change", action="store_true",
                         help="with --resume: continue even though the data differ from those the run "
                              "started with (their fingerprint is saved in the checkpoint)")
@@ -114,13 +116,12 @@ def resume_config(args, saved: TrainConfig) -> TrainConfig:
     given = {key: value for key, value in training_overrides(args).items() if value is not None}
     if args.preset is not None:
         given["preset"] = args.preset
-    fixed = sorted(set(given) - set(RESUMABLE_FLAGS))
+    fixed = sorted(set(given) - set(TrainConfig.resumable_fields()))
     if fixed:
-        flags = ", ".join("--" + key.replace("_", "-") for key in fixed)
+        flags = ", ".join(flag_name(key) for key in fixed)
         raise UserError(f"{flags} cannot change when resuming: a resumed run keeps the recipe and data "
-                        f"order saved in its checkpoint. With --resume only "
-                        f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE_FLAGS)} may be given; "
-                        "to change the recipe start a new run with --out.")
+                        f"order saved in its checkpoint. With --resume only {_resumable_flags()} may be "
+                        "given; to change the recipe start a new run with --out.")
     if given.get("epochs", saved.epochs) < saved.epochs:
         raise UserError(f"--epochs {given['epochs']:g} is less than the run's {saved.epochs:g}: on resume "
                         "--epochs may only grow (to extend a run).")

@@ -9,11 +9,11 @@ import os
 import torch
 from torch import nn
 
+from alexnet_lab.engine.builders import input_size
 from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.engine.device import resolve_device, resolve_precision
-from alexnet_lab.engine.setup import check_input_size, input_size
 from alexnet_lab.errors import UserError
-from alexnet_lab.models import build_model
+from alexnet_lab.models import build_model, check_input_size
 
 OPTIMIZER_COPIES = 3  # fp32 weights + gradients + SGD momentum buffer, per parameter (an upper count)
 
