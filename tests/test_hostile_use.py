@@ -76,7 +76,8 @@ def test_a_locked_run_folder_is_refused_naming_the_holder(data_dir, tmp_path, ca
         holder.release()
 
 
-def test_a_stale_lock_of_a_dead_process_does_not_block(data_dir, tmp_path):
+def test_a_stale_lock_of_a_dead_process_does_not_block(data_dir, tmp_path, capsys):
+    """Another process (plain Python, no torch) holds the folder's lock, then dies by SIGKILL."""
     LOCK_NAME = ".lock"  # noqa: N806  (reports/run_dir.py's lock file)
     out = tmp_path / "run"
     out.mkdir()
@@ -85,6 +86,8 @@ def test_a_stale_lock_of_a_dead_process_does_not_block(data_dir, tmp_path):
                              "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"
                              "print('locked', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
     assert proc.stdout.readline() == b"locked\n"
+    assert main(train_args(data_dir, out)) == 2  # held by a live process
+    assert f"is in use by another alexnet-lab process (PID {proc.pid})" in last_line(capsys)
     proc.kill()  # SIGKILL: no clean-up; the lock file stays, holding a dead PID
     proc.wait()
     assert (out / LOCK_NAME).read_text() == str(proc.pid)
