@@ -6,6 +6,7 @@ Unknown keys and impossible values raise `UserError`; nothing is silently correc
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 
 from alexnet_lab.engine.tta import TTA_MODES
@@ -16,6 +17,28 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("constant", "onecycle", "cosine")
 INITS = ("xavier", "default")
+
+# Sane ranges of the numeric fields: (type, low, high, which ends are excluded). A value outside is a
+# typo, not a recipe; the bounds keep every derived number (steps, seeds, tensor sizes) representable.
+# Memory is checked against the machine separately (engine/preflight.py).
+RANGES = {
+    "epochs": (float, 0, 100_000, "low"),     # 100,000 epochs of Fashion-MNIST: 47 M steps at batch 128
+    "batch_size": (int, 1, 2**24, ""),
+    "lr": (float, 0, 1e4, "low"),              # an SGD learning rate above 1e4 only diverges
+    "momentum": (float, 0, 1, "high"),
+    "weight_decay": (float, 0, 1e4, ""),
+    "warmup_frac": (float, 0, 1, ""),
+    "label_smoothing": (float, 0, 1, "high"),
+    "ema_decay": (float, 0, 1, "high"),        # 0 turns the average off
+    "resize": (int, 1, 4096, ""),
+    "seed": (int, 0, 2**32 - 1, ""),           # numpy's seed range; data-order seeds derive from it
+    "limit_train": (int, 1, 2**40, ""),
+    "limit_test": (int, 1, 2**40, ""),
+    "log_points_per_epoch": (int, 1, 10_000, ""),
+    "target_accuracy": (float, 0, 1, "low"),
+    "checkpoint_every": (int, 1, 2**40, ""),
+}
+OPTIONAL = ("resize", "limit_train", "limit_test", "target_accuracy", "checkpoint_every")  # None allowed
 
 
 def setting(default, help: str, *, choices=None, positive: bool = False, resumable: bool = False,
@@ -75,40 +98,7 @@ class TrainConfig:
     preset: str = "custom"        # the preset this config started from (not a flag: --preset picks it)
 
     def __post_init__(self):
-        def bad(msg):
-            raise UserError(f"Invalid configuration: {msg}")
-        if self.epochs <= 0:
-            bad(f"--epochs must be positive, got {self.epochs}.")
-        if not 0 <= self.ema_decay < 1:
-            bad(f"--ema-decay must be in [0, 1) (0 turns it off), got {self.ema_decay}.")
-        if self.tta not in TTA_MODES:
-            bad(f"--tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}.")
-        if self.batch_size < 1:
-            bad(f"--batch-size must be at least 1, got {self.batch_size}.")
-        if not self.lr > 0:
-            bad(f"--lr must be positive, got {self.lr}.")
-        if not 0 <= self.momentum < 1:
-            bad(f"momentum must be in [0, 1), got {self.momentum}.")
-        if not 0 <= self.label_smoothing < 1:
-            bad(f"label smoothing must be in [0, 1), got {self.label_smoothing}.")
-        if self.precision not in PRECISIONS:
-            bad(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
-        if self.device not in DEVICES and not self.device.startswith(("cuda:", "mps:")):
-            bad(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}.")
-        if self.schedule not in SCHEDULES:
-            bad(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}.")
-        if self.init not in INITS:
-            bad(f"init must be one of {', '.join(INITS)}, got {self.init!r}.")
-        if self.resize is not None and self.resize < 1:
-            bad(f"--resize must be positive, got {self.resize}.")
-        for name in ("limit_train", "limit_test", "checkpoint_every"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                bad(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
-        if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
-            bad(f"--target-accuracy must be in (0, 1], got {self.target_accuracy}.")
-        if self.log_points_per_epoch < 1:
-            bad("log_points_per_epoch must be at least 1.")
+        check_config(self)
 
     @classmethod
     def flag_fields(cls) -> list[dataclasses.Field]:
@@ -133,6 +123,46 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_number(name: str, value) -> None:
+    """Raise a UserError unless `value` is a finite number of the field's type inside RANGES[name]."""
+    kind, low, high, open_ends = RANGES[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise UserError(f"Invalid configuration: {_flag(name)} must be "
+                        f"{'a whole number' if kind is int else 'a number'}, got {value!r}.")
+    if not math.isfinite(value):
+        raise UserError(f"Invalid configuration: {_flag(name)} must be a finite number, got {value}.")
+    below = value <= low if "low" in open_ends else value < low
+    above = value >= high if "high" in open_ends else value > high
+    if below or above:
+        show = lambda x: str(x) if isinstance(x, int) else f"{x:g}"  # noqa: E731
+        span = f"{'(' if 'low' in open_ends else '['}{show(low)}, {show(high)}{')' if 'high' in open_ends else ']'}"
+        raise UserError(f"Invalid configuration: {_flag(name)} must be in {span}, got {show(value)}.")
+
+
+def check_config(config: TrainConfig) -> None:
+    """Every numeric field finite and in its sane range; every choice one of its choices."""
+    def bad(msg):
+        raise UserError(f"Invalid configuration: {msg}")
+    for name in RANGES:
+        value = getattr(config, name)
+        if value is not None or name not in OPTIONAL:
+            check_number(name, value)
+    if config.precision not in PRECISIONS:
+        bad(f"--precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}.")
+    if config.device not in DEVICES and not config.device.startswith(("cuda:", "mps:")):
+        bad(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {config.device!r}.")
+    if config.schedule not in SCHEDULES:
+        bad(f"schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}.")
+    if config.init not in INITS:
+        bad(f"init must be one of {', '.join(INITS)}, got {config.init!r}.")
+    if config.tta not in TTA_MODES:
+        bad(f"--tta must be one of {', '.join(TTA_MODES)}, got {config.tta!r}.")
 
 
 # Presets: named overrides of the defaults. `d2l` is the book's train_ch6 recipe unchanged.

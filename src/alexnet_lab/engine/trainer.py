@@ -143,6 +143,7 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
     """
     device = resolve_device(config.device)
     splits = splits or load_splits(config.data_dir, config.limit_train, config.limit_test)
+    splits.fingerprint  # noqa: B018  (hashed once, here, outside the timed steps; saved with every checkpoint)
     train_loader, test_loader = make_loaders(config, splits, device, rank, world_size)
     steps_per_epoch = len(train_loader)
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
@@ -232,7 +233,7 @@ def log_point(run: Run, state: RunState, end_of_epoch: bool) -> None:
     train_loss, train_acc = epoch_means(run, state)
     state.step_seconds += time.perf_counter() - state.chunk_start
     if not math.isfinite(train_loss):
-        raise _diverged(state.step, run.steps_per_epoch, run.config.lr)
+        raise _diverged(state.step, run.steps_per_epoch, run.config)
     row = {"epoch": state.epoch + state.batch / run.steps_per_epoch, "step": state.step,
            "examples": state.examples, "train_loss": train_loss, "train_acc": train_acc,
            "lr": run.step.scheduler.get_last_lr()[0]}
@@ -278,9 +279,10 @@ def save(run: Run, state: RunState, is_best: bool = False) -> dict:
     state.epoch_loss_sum, state.epoch_correct = float(totals[0]), float(totals[1])
     finite = torch.stack([p.detach().isfinite().all() for p in run.step.model.parameters()]).all()
     if not (math.isfinite(state.epoch_loss_sum) and bool(finite)):  # one sync, at saves only
-        raise _diverged(state.step, run.steps_per_epoch, run.config.lr)
+        raise _diverged(state.step, run.steps_per_epoch, run.config)
     payload = {"model_name": run.config.model, "config": run.config.to_dict(), **run.step.state_dict(),
-               "run_state": state.saved(), "rng": ckpt.rng_state(), "world_size": run.world_size}
+               "run_state": state.saved(), "rng": ckpt.rng_state(), "world_size": run.world_size,
+               "data_fingerprint": run.splits.fingerprint}
     run.emit("on_checkpoint", payload, is_best)
     return payload
 
@@ -317,11 +319,18 @@ def summarize(run: Run, state: RunState) -> dict:
     }
 
 
-def _diverged(step: int, steps_per_epoch: int, lr: float) -> TrainingDiverged:
+def _diverged(step: int, steps_per_epoch: int, config: TrainConfig) -> TrainingDiverged:
     epoch = (step - 1) // steps_per_epoch + 1
+    decay = config.lr * config.weight_decay  # SGD's decay multiplies the weights by (1 - lr * wd) a step
+    if decay > 1:
+        cause = (f"The weight decay ({config.weight_decay:g}) is too high for the learning rate ({config.lr:g}): "
+                 f"each step multiplies the weights by 1 - lr x weight decay = {1 - decay:g}, so they "
+                 "oscillate and grow without bound: lower --weight-decay.")
+    else:
+        cause = (f"The learning rate ({config.lr:g}) is probably too high for this model and recipe: lower --lr"
+                 + (f" (or --weight-decay, {config.weight_decay:g})." if config.weight_decay else "."))
     return TrainingDiverged(
-        f"The training loss became non-finite (NaN or inf) by step {step} (epoch {epoch}). "
-        f"The learning rate ({lr}) is probably too high for this model and recipe: lower --lr. "
+        f"The training loss became non-finite (NaN or inf) by step {step} (epoch {epoch}). {cause} "
         "Checkpoints already written were kept: a diverged state is never saved.")
 
 
