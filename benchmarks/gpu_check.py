@@ -33,7 +33,7 @@ D2L_MIN_EXAMPLES_PER_SEC, D2L_MAX_TRAINING_S, BENCH_MIN_RATIO = 30_000, 30.0, 5.
 
 # Seconds each stage may take. A stage may also use what earlier stages left unused, but never the
 # caps of the stages after it, so every stage gets at least its own cap within the budget.
-CAPS = {"env": 20, "cuda_tests": 110, "bench": 55, "d2l": 110, "fast": 45, "record": 45, "compile": 85}
+CAPS = {"env": 20, "cuda_tests": 100, "bench": 50, "d2l": 110, "fast": 40, "record": 80, "compile": 70}
 SMOKE_CAPS = {"env": 30, "cuda_tests": 60, "bench": 60, "d2l": 60, "fast": 60, "record": 60, "compile": 60}
 KILL_GRACE_S = 5  # a stage out of time gets SIGTERM this long before its end, then SIGKILL
 MIN_STAGE_S = KILL_GRACE_S + 2  # a stage left with less than this is not started
