@@ -24,7 +24,8 @@ from alexnet_lab.analysis.reference_pipeline import D2L_NUM_WORKERS, reference_l
 from alexnet_lab.data import BatchLoader
 from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.device import DTYPES, resolve_device, resolve_precision, synchronize
-from alexnet_lab.engine.setup import Splits, build_optimizer, check_input_size, init_weights, prepare_model
+from alexnet_lab.engine.setup import (Splits, build_optimizer, check_input_size, init_weights, model_options,
+                                      prepare_model)
 from alexnet_lab.engine.trainer import _backend_flags, _to_input, train_step
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model, get_spec
@@ -135,7 +136,7 @@ def bench_project(cfg: BenchConfig, splits: Splits, device: torch.device, size: 
     config = make_config("fast", model=cfg.model, batch_size=cfg.batch_size, resize=size, precision=precision,
                          channels_last=cfg.channels_last, compile=cfg.compile, device=str(device),
                          seed=cfg.seed)
-    model = prepare_model(config, device)
+    model = prepare_model(config, device, **model_options(splits))
     optimizer = build_optimizer(config, model)
     step_model = torch.compile(model) if cfg.compile else model
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)

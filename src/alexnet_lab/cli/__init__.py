@@ -16,7 +16,7 @@ from alexnet_lab.cli.interrupt import Interrupted
 from alexnet_lab.errors import UserError
 
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
-COMMANDS = ["chapter", "summary", "train", "evaluate", "predict", "bench",
+COMMANDS = ["chapter", "summary", "train", "evaluate", "predict", "export", "bench",
             "profile", "sweep", "compare"]  # the last three: the chapter's exercises
 
 

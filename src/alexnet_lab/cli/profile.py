@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 from alexnet_lab.analysis.profile import OPTIMIZER_STATES, findings, measure_copy_bandwidth, profile_model
-from alexnet_lab.cli.options import add_device, add_model, positive_int
+from alexnet_lab.cli.options import add_adaptation, add_device, add_model, model_for_args, positive_int
 from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.device import resolve_device, resolve_precision
 from alexnet_lab.engine.setup import check_input_size
-from alexnet_lab.models import build_model, get_spec
+from alexnet_lab.models import get_spec
 from alexnet_lab.reports.plots import plot_profile
 
 NAME = "profile"
@@ -32,6 +32,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
                         help="precision of the timed training step (counts are always fp32)")
     parser.add_argument("--channels-last", action="store_true", help="time the step in NHWC memory format")
+    add_adaptation(parser)
     add_device(parser)
     parser.add_argument("--plot", default=None,
                         help="bar chart PNG (default: runs/profile-<model>-<size>-b<batch>.png)")
@@ -66,14 +67,14 @@ def format_table(profile: dict) -> str:
 
 
 def timing(model_name: str, batch: int, size: int, device_name: str | None, precision: str,
-           channels_last: bool, total: dict) -> dict:
+           channels_last: bool, total: dict, channels: int | None = None) -> dict:
     """Measure a real training step of this probe and the device's copy bandwidth; compare them."""
     from alexnet_lab.engine.estimate import seconds_per_step
 
     device = resolve_device(device_name or "auto")
     precision = resolve_precision(precision, device)
     config = make_config("d2l", model=model_name, batch_size=batch, resize=size, precision=precision,
-                         momentum=0.9, channels_last=channels_last, device=str(device))
+                         momentum=0.9, channels_last=channels_last, device=str(device), channels=channels)
     step_s = seconds_per_step(config, steps=3, warmup=1)
     bandwidth = measure_copy_bandwidth(device)
     flops = total["forward_flops"] + total["backward_flops"]
@@ -88,8 +89,9 @@ def timing(model_name: str, batch: int, size: int, device_name: str | None, prec
 def run(args) -> int:
     size = args.input_size or get_spec(args.model).input_size
     check_input_size(args.model, size)
-    shape = (args.batch_size, 1, size, size)
-    profile = profile_model(build_model(args.model), shape, args.optimizer)
+    model, channels = model_for_args(args)
+    shape = (args.batch_size, channels, size, size)
+    profile = profile_model(model, shape, args.optimizer)
     profile["model"] = args.model
     print(f"{args.model}: one training step on input {list(shape)}; FLOPs as torch.utils.flop_counter counts "
           f"them (multiply-add = 2, conv/matmul only); bytes in fp32; optimizer: {args.optimizer}.")
@@ -101,7 +103,7 @@ def run(args) -> int:
         print(line)
     if args.timing:
         profile["timing"] = tm = timing(args.model, args.batch_size, size, args.device, args.precision,
-                                             args.channels_last, t)
+                                             args.channels_last, t, channels)
         print(f"Measured on {tm['device']} ({tm['precision']}{', channels-last' if args.channels_last else ''}): "
               f"{tm['step_seconds'] * 1000:.1f} ms per training step ({tm['examples_per_sec']:.1f} examples/s) "
               f"= {tm['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s. Moving {fmt_bytes(t['step_bytes_moved'])} in that time "

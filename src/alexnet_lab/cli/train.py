@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from alexnet_lab.cli.progress import ConsoleReporter, chapter_lines
 from alexnet_lab.engine import distributed
 from alexnet_lab.engine.checkpoint import check_resumable, load_checkpoint
 from alexnet_lab.engine.config import TrainConfig, make_config
-from alexnet_lab.engine.setup import Splits, check_input_size, input_size, load_splits
+from alexnet_lab.engine.setup import Splits, check_input_size, input_size, splits_for
 from alexnet_lab.engine.trainer import StopRequested, fit
 from alexnet_lab.errors import UserError
 from alexnet_lab.reports.run_dir import RunWriter, default_run_dir, prepare_run_dir
@@ -96,7 +97,11 @@ def train_and_report(config: TrainConfig, out: Path | None, *, splits: Splits | 
 
 def _load_splits(config: TrainConfig, env: distributed.DistEnv) -> Splits:
     """The data, loaded by one process per machine at a time (at most one download)."""
-    return distributed.in_turn(env, lambda: load_splits(config.data_dir, config.limit_train, config.limit_test))
+    splits = distributed.in_turn(env, lambda: splits_for(config))
+    if env.is_main:
+        for note in splits.notes:  # e.g. the unreadable image files that were skipped, listed once
+            print(note, file=sys.stderr)
+    return splits
 
 
 def resume_config(args, saved: TrainConfig) -> TrainConfig:

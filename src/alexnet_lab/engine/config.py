@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 
+from alexnet_lab.data.sources import check_data_spec
 from alexnet_lab.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -43,6 +44,10 @@ class TrainConfig:
     target_accuracy: float | None = None  # stop at the first test evaluation >= this
     checkpoint_every: int | None = None   # also checkpoint every N steps
     data_dir: str | None = None
+    data: str = "fashion-mnist"     # fashion-mnist | imagefolder:DIR (DIR/<class>/<image>, or train/ and val/)
+    channels: int | None = None     # input channels: 1 or 3 (None: the data's; image folders: 3 unless all gray)
+    val_fraction: float = 0.2       # image folders without train/val folders: stratified validation share
+    strict: bool = False            # image folders: refuse unreadable files instead of skipping them
     preset: str = "custom"
 
     def __post_init__(self):
@@ -76,6 +81,11 @@ class TrainConfig:
             bad(f"--target-accuracy must be in (0, 1], got {self.target_accuracy}.")
         if self.log_points_per_epoch < 1:
             bad("log_points_per_epoch must be at least 1.")
+        check_data_spec(self.data)
+        if self.channels not in (None, 1, 3):
+            bad(f"--channels must be 1 or 3, got {self.channels}.")
+        if not 0 < self.val_fraction < 1:
+            bad(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

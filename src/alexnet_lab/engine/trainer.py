@@ -17,8 +17,8 @@ from alexnet_lab.engine import checkpoint as ckpt
 from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.engine.distributed import agree_to_stop, seed_per_rank
 from alexnet_lab.engine.device import autocast, resolve_device, resolve_precision, synchronize
-from alexnet_lab.engine.setup import (Splits, build_optimizer, build_scheduler, load_splits,
-                                      make_loaders, prepare_model)
+from alexnet_lab.engine.setup import (Splits, build_optimizer, build_scheduler, make_loaders,
+                                      model_options, prepare_model, splits_for)
 from alexnet_lab.errors import UserError
 
 
@@ -131,13 +131,13 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
     callbacks = callbacks or []
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    splits = splits or load_splits(config.data_dir, config.limit_train, config.limit_test)
+    splits = splits or splits_for(config)
     train_loader, test_loader = make_loaders(config, splits, device, rank, world_size)
     steps_per_epoch = len(train_loader)
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
     num_epochs = math.ceil(total_steps / steps_per_epoch)
 
-    model = prepare_model(config, device)
+    model = prepare_model(config, device, **model_options(splits))
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -173,6 +173,7 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
         if not (math.isfinite(state.epoch_loss_sum) and bool(finite)):
             raise _diverged(state.step, steps_per_epoch, config.lr)
         return {"model_name": config.model, "config": config.to_dict(),
+                "model_kwargs": model_options(splits), "class_names": list(splits.class_names),
                 "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
                 "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
                 "run_state": {**state.__dict__, "metrics": list(state.metrics)},
@@ -245,7 +246,7 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
                     is_best = False
                     if config.target_accuracy is not None or end_of_epoch:
                         test_acc = evaluate(model, test_loader, device, precision, config.channels_last,
-                                            world_size=world_size)["accuracy"]
+                                            len(splits.class_names), world_size)["accuracy"]
                         row["test_acc"] = test_acc
                         is_best = test_acc > state.best_test_acc
                         state.best_test_acc = max(state.best_test_acc, test_acc)
