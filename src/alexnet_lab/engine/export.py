@@ -108,7 +108,9 @@ class ModelFile:
     def _load_torchscript(self) -> None:
         extra = {f"{METADATA_KEY}.json": ""}
         try:
-            self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra).eval()
+            with warnings.catch_warnings():  # TorchScript is deprecated in favour of torch.export
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra).eval()
         except Exception as exc:  # noqa: BLE001 - torch.jit raises RuntimeError and others on foreign files
             raise UserError(f"'{self.path}' is not a readable TorchScript model ({str(exc).splitlines()[0]}). "
                             "Pass a .onnx or a TorchScript .pt file written by alexnet-lab export.") from None
