@@ -161,3 +161,29 @@ def test_cache_is_reused_and_invalidated_when_a_file_changes(tmp_path, monkeypat
     third = load_image_folder(root, 24)
     assert third.cache_file != first.cache_file and len(decoded) == 18  # decoded again, all of it
     assert load_image_folder(root, 32).cache_file not in (first.cache_file, third.cache_file)  # size is in the key
+
+
+def test_resume_on_an_image_folder_continues_the_same_run(tmp_path, monkeypatch, one_thread):
+    """A resumed run re-reads the folder (here from the memory-mapped cache) into the same split."""
+    monkeypatch.setenv(imagefolder.ENV_MEMORY_LIMIT, "0")
+    root = make_shapes(tmp_path / "s", per_class=10, classes=THREE)
+    common = ["--data", f"imagefolder:{root}", "--model", "speednet", "--batch-size", "8", "--lr", "0.05",
+              "--momentum", "0.9", "--augment", "--deterministic", "--device", "cpu"]
+    assert main(["train", *common, "--epochs", "1", "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", "--resume", str(tmp_path / "a"), "--epochs", "2"]) == 0
+    assert main(["train", *common, "--epochs", "2", "--out", str(tmp_path / "b")]) == 0
+    a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=True) for r in ("a", "b"))
+    assert a["class_names"] == b["class_names"] == list(THREE)
+    for key, value in a["model_state"].items():
+        assert torch.equal(value, b["model_state"][key]), key
+
+
+def test_one_data_path_for_both_sources(tiny_data):
+    """Fashion-MNIST through the same source: gray (N, 28, 28), or the gray channel repeated for --channels 3."""
+    gray = load_source("fashion-mnist", data_dir=str(tiny_data))
+    rgb = load_source("fashion-mnist", data_dir=str(tiny_data), channels=3)
+    assert gray.train_images.shape == (64, 28, 28) and rgb.train_images.shape == (64, 3, 28, 28)
+    assert all(torch.equal(rgb.test_images[:, c], gray.test_images) for c in range(3))
+    assert gray.class_names[0] == "t-shirt" and len(gray.class_names) == 10
+    with pytest.raises(UserError, match="--data must be 'fashion-mnist' or 'imagefolder:DIR'"):
+        load_source("imagefolder:")
