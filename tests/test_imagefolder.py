@@ -160,6 +160,7 @@ def test_cache_is_reused_and_invalidated_when_a_file_changes(tmp_path, monkeypat
     Image.new("RGB", (33, 33), (255, 0, 0)).save(changed)
     third = load_image_folder(root, 24)
     assert third.cache_file != first.cache_file and len(decoded) == 18  # decoded again, all of it
+    assert not first.cache_file.exists() and third.cache_file.exists()  # the stale version is removed
     assert load_image_folder(root, 32).cache_file not in (first.cache_file, third.cache_file)  # size is in the key
 
 

@@ -265,13 +265,27 @@ def load_image_folder(root: str | os.PathLike, size: int, channels: int | None =
                                      layout, skipped)
         order = np.concatenate([train, val])
         meta = {"format": CACHE_FORMAT, "root": str(root), "shape": [len(order), *raw.shape[1:]],
-                "n_train": len(train), "labels": labels[order].tolist(), "skipped": skipped}
+                "n_train": len(train), "labels": labels[order].tolist(), "skipped": skipped,
+                "options": [size, channels, val_fraction if not has_layout else None, seed]}
+        _remove_stale(cache_file, meta)
         array = _reorder_into_cache(cache_file, raw, order, meta)
     finally:
         if raw_path is not None:
             raw_path.unlink(missing_ok=True)
     return ImageFolderSplits(array[:len(train)], labels[train], array[len(train):], labels[val], names,
                              resolved, layout, skipped, cache_file)
+
+
+def _remove_stale(cache_file: Path, meta: dict) -> None:
+    """Delete the caches of earlier versions of the same folder read the same way (files changed since)."""
+    for other in cache_file.parent.glob("*.json"):
+        try:
+            old = json.loads(other.read_text())
+        except (OSError, ValueError):
+            continue
+        if old.get("root") == meta["root"] and old.get("options") == meta["options"]:
+            other.with_suffix(".npy").unlink(missing_ok=True)
+            other.unlink(missing_ok=True)
 
 
 def _check_classes(root: Path, names, labels, good, in_val) -> None:
