@@ -56,7 +56,8 @@ def _atomic_path(out: Path):
 def export_model(model: nn.Module, meta: dict, fmt: str, out: str | os.PathLike) -> Path:
     """Write `model` (eval mode, CPU, fp32) as `fmt` with `meta`; the batch dimension stays free.
 
-    ONNX uses torch.onnx's current exporter (torch.export + onnxscript, `dynamo=True`), opset 20.
+    ONNX uses torch.onnx's current exporter (torch.export + onnxscript, `dynamo=True`) at its default
+    opset (20 with torch 2.13).
     """
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
