@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import math
 import sys
 from pathlib import Path
 
-from alexnet_lab.cli.options import add_data, add_data_source, add_device, positive_int
+from alexnet_lab.cli.options import add_config_flag, add_data, add_data_source, add_device
+from alexnet_lab.engine.builders import make_loaders, splits_for
 from alexnet_lab.engine.checkpoint import class_names
 from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.engine.inference import load_trained
-from alexnet_lab.engine.setup import make_loaders, splits_for
 from alexnet_lab.engine.trainer import evaluate
 from alexnet_lab.errors import UserError
 from alexnet_lab.reports.plots import plot_confusion
+from alexnet_lab.reports.run_dir import make_output_dir, write_json
 
 NAME = "evaluate"
 HELP = "evaluate a checkpoint on its test data (Fashion-MNIST's test set, or the image folder's validation split)"
@@ -24,7 +25,7 @@ def add_arguments(parser) -> None:
     add_data(parser)
     add_data_source(parser)
     add_device(parser)
-    parser.add_argument("--limit-test", type=positive_int, default=None, help="first N test examples")
+    add_config_flag(parser, "limit_test")
     parser.add_argument("--out", default=None, help="folder for confusion.png (default: the checkpoint's)")
 
 
@@ -55,13 +56,13 @@ def run(args) -> int:
         acc = int(confusion[i, i]) / total if total else float("nan")
         per_class[name] = acc
         print(f"{name:<{width}} {acc:>8.4f} {total:>6}")
-    out = Path(args.out or Path(args.checkpoint).parent)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(args.out if args.out is not None else Path(args.checkpoint).parent)
     plot_confusion(confusion.numpy(), names, out / "confusion.png",
                    f"{config.model}: test acc {result['accuracy']:.4f}")
-    (out / "evaluation.json").write_text(json.dumps(
-        {"checkpoint": str(args.checkpoint), "test_acc": result["accuracy"], "test_loss": result["loss"],
-         "examples": result["examples"], "per_class_acc": per_class,
-         "confusion": confusion.tolist()}, indent=2) + "\n")
+    # JSON has no NaN: a class with no test example gets null.
+    per_class = {name: (acc if math.isfinite(acc) else None) for name, acc in per_class.items()}
+    write_json(out / "evaluation.json",
+               {"checkpoint": str(args.checkpoint), "test_acc": result["accuracy"], "test_loss": result["loss"],
+                "examples": result["examples"], "per_class_acc": per_class, "confusion": confusion.tolist()})
     print(f"Confusion matrix: {out / 'confusion.png'}; numbers: {out / 'evaluation.json'}")
     return 0

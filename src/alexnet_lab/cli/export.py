@@ -10,7 +10,7 @@ import torch
 from alexnet_lab.cli.options import positive_int
 from alexnet_lab.engine.export import FORMATS, ModelFile, compare_outputs, export_model
 from alexnet_lab.engine.inference import load_trained, metadata
-from alexnet_lab.engine.setup import splits_for
+from alexnet_lab.engine.builders import splits_for
 from alexnet_lab.data import to_float_batch
 from alexnet_lab.errors import UserError
 

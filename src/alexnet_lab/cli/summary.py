@@ -1,8 +1,8 @@
 """`alexnet-lab summary`: every layer's output shape, as the chapter prints it."""
 
-from alexnet_lab.analysis.summary import format_summary
+from alexnet_lab.analysis.shapes import format_shapes
 from alexnet_lab.cli.options import add_adaptation, add_model, model_for_args, positive_int
-from alexnet_lab.models import get_spec
+from alexnet_lab.models import check_input_size, get_spec
 
 NAME = "summary"
 HELP = "print each layer's output shape for a probe input (the chapter's first printout)"
@@ -18,10 +18,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from alexnet_lab.engine.setup import check_input_size
-
     size = args.input_size or get_spec(args.model).input_size
     check_input_size(args.model, size)
     model, channels = model_for_args(args)
-    print(format_summary(model, (args.batch_size, channels, size, size), detail=args.detail))
+    print(format_shapes(model, (args.batch_size, channels, size, size), detail=args.detail))
     return 0

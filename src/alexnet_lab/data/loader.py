@@ -12,6 +12,10 @@ import torch.nn.functional as F
 from alexnet_lab.data import augment_2012
 from alexnet_lab.errors import UserError
 
+# Derived generator seeds are taken modulo 2**63 (manual_seed takes at most 64 bits); the seeds
+# of small --seed values are below it, so the modulus changes nothing for them.
+SEED_MODULUS = 2**63
+
 
 def to_float_batch(images_u8: torch.Tensor, resize: int | None, center_crop: bool = False) -> torch.Tensor:
     """(B, H, W) or (B, C, H, W) uint8 -> (B, C, S, S) float32 in [0, 1] (ToTensor semantics, no
@@ -138,7 +142,7 @@ class BatchLoader:
     def _order(self) -> torch.Tensor:
         n = len(self.images)
         if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % SEED_MODULUS)
             return torch.randperm(n, generator=gen)
         return torch.arange(n)
 
@@ -156,7 +160,8 @@ class BatchLoader:
             if self.augment:
                 # Seeded per batch, so batch i draws the same augmentation whether or not the
                 # epoch was resumed at start_batch > 0 (bit-exact resume).
-                aug_gen.manual_seed(((self.seed * 100_003 + self.epoch) * 100_003 + i) * 64 + self.rank)
+                aug_gen.manual_seed((((self.seed * 100_003 + self.epoch) * 100_003 + i) * 64 + self.rank)
+                                    % SEED_MODULUS)
                 if self.augmentation == "alexnet-2012":
                     x = augment_2012.augment_2012(to_float_batch(x, None), *self.color_pca, aug_gen)
                 else:

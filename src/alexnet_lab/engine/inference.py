@@ -9,11 +9,17 @@ from alexnet_lab.data import to_float_batch
 from alexnet_lab.data.images import load_image, load_image_28
 from alexnet_lab.engine.checkpoint import check_model_state, class_names, load_checkpoint, model_kwargs
 from alexnet_lab.engine.config import TrainConfig
-from alexnet_lab.engine.setup import input_size, stored_size, uses_2012_crops
+from alexnet_lab.engine.builders import input_size, stored_size, uses_2012_crops
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model
 
 METADATA_FORMAT = "alexnet-lab-model/1"
+
+
+def evaluated_state(payload: dict) -> dict:
+    """The weights the run's test evaluations used: the EMA of the weights when it kept one."""
+    ema = payload.get("ema_state")
+    return ema["module"] if ema else payload["model_state"]
 
 
 def load_trained(path, device: torch.device) -> tuple[nn.Module, TrainConfig, dict]:
@@ -23,7 +29,7 @@ def load_trained(path, device: torch.device) -> tuple[nn.Module, TrainConfig, di
     config = TrainConfig.from_dict(payload["config"])
     model = build_model(payload["model_name"], **model_kwargs(payload))
     try:
-        model.load_state_dict(payload["model_state"], strict=True)
+        model.load_state_dict(evaluated_state(payload), strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise UserError(f"Checkpoint '{path}' does not match model '{payload['model_name']}' "

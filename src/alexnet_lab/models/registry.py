@@ -1,4 +1,5 @@
-"""The model registry: `register_model`, `build_model`, `list_models`, `get_spec`.
+"""The model registry: `register_model`, `build_model`, `list_models`, `get_spec`, and the input
+sizes each model accepts (`valid_input_sizes`, `check_input_size`).
 
 The CLI's choices and the test-suite's parametrisation both come from here.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
 from alexnet_lab.errors import UserError
@@ -20,7 +22,7 @@ class ModelSpec:
     input_size: int  # side of the square input the model is designed for
     description: str
     in_channels: int = 1        # the input channels it is built with unless told otherwise
-    augmentation: str = "shift"  # what --augment does for it (see data.augment)
+    augmentation: str = "shift"  # what --augment does for it: "shift" or "alexnet-2012" (data.augment_2012)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -63,3 +65,32 @@ def build_model(name: str, **kwargs) -> nn.Module:
             raise
         raise UserError(f"Model '{name}' does not take {str(exc).split('argument')[-1].strip()} "
                         "as an option.") from None
+
+
+def valid_input_sizes(model_name: str, sizes=range(8, 513)) -> list[int]:
+    """Input sides the model accepts, found by shape propagation on the meta device (no compute)."""
+    with torch.device("meta"):
+        model = build_model(model_name)
+    model.eval()  # BatchNorm in training mode rejects a batch of one sample per channel
+    channels = get_spec(model_name).in_channels
+    ok = []
+    for s in sizes:
+        try:
+            model(torch.empty(1, channels, s, s, device="meta"))
+            ok.append(s)
+        except RuntimeError:
+            pass
+    return ok
+
+
+def check_input_size(model_name: str, size: int) -> None:
+    """Raise a UserError naming the sizes that work if `model_name` cannot take size x size input."""
+    if valid_input_sizes(model_name, [size]):
+        return
+    valid = valid_input_sizes(model_name)
+    if not valid:
+        raise UserError(f"Input size {size} (--resize / --input-size) does not fit model '{model_name}', and no size from 8 to 512 does.")
+    contiguous = valid[-1] - valid[0] + 1 == len(valid)
+    span = f"{valid[0]}..{valid[-1]}" if contiguous else ", ".join(map(str, valid[:8])) + ("..." if len(valid) > 8 else "")
+    raise UserError(f"Input size {size} (--resize / --input-size) does not fit model '{model_name}' (sizes that work: {span}). "
+                    f"The smallest size that works is {valid[0]}.")

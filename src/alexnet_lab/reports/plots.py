@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -12,13 +14,34 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _save(fig, paths: Iterable[Path], suptitle: str = "") -> None:
-    """Lay out, write every path (format from its suffix) and free the figure."""
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
-    for path in paths:
-        fig.savefig(path)
-    plt.close(fig)
+    """Lay out, write every path (format from its suffix) atomically and free the figure."""
+    try:
+        if suptitle:
+            fig.suptitle(suptitle, fontsize=10)
+        fig.tight_layout()
+        for path in paths:
+            save_atomically(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+def save_atomically(fig, path: Path) -> None:
+    """Write a temp file beside `path`, then rename it over `path`: a full disk or a kill leaves the
+    previous figure (or none), never a torn one. An OSError names `path`."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format=path.suffix.lstrip(".") or None)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _series(rows: Sequence[dict], key: str) -> tuple[list, list]:
@@ -128,5 +151,4 @@ def plot_profile(profile: dict, path: Path, title: str) -> None:
         ax.grid(True, axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(layers)), labels, fontsize=7)
     axes[0].invert_yaxis()
-    path.parent.mkdir(parents=True, exist_ok=True)
     _save(fig, [path], suptitle=title)
