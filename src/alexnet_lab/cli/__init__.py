@@ -17,7 +17,8 @@ from alexnet_lab.errors import UserError
 
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
 COMMANDS = ["chapter", "summary", "train", "evaluate", "predict", "bench",
-            "profile", "sweep", "compare"]  # the last three: the chapter's exercises
+            "profile", "sweep", "compare",  # these three: the chapter's exercises
+            "report", "visualize"]
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -10,7 +10,7 @@ import math
 
 from alexnet_lab.analysis.summary import format_summary
 from alexnet_lab.cli.options import add_data, add_device, positive_float
-from alexnet_lab.cli.train import train_and_report
+from alexnet_lab.cli.train import add_output, train_and_report
 from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.engine.estimate import seconds_per_step
@@ -29,6 +29,7 @@ def add_arguments(parser) -> None:
     add_device(parser)
     add_data(parser)
     parser.add_argument("--out", default=None, help="run folder (default: runs/<timestamp>-alexnet)")
+    add_output(parser)
 
 
 def run(args) -> int:
@@ -45,7 +46,7 @@ def run(args) -> int:
         print(f"Running the book's full recipe on {device}: about {step:.3f} s per step x {steps:,} steps "
               f"≈ {step * steps / 60:.1f} min of training (plus evaluation).")
     out = prepare_run_dir(args.out or default_run_dir(config.model))
-    train_and_report(config, out)
+    train_and_report(config, out, progress=args.progress, report=args.report)
     return 0
 
 

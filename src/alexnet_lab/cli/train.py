@@ -12,13 +12,14 @@ from pathlib import Path
 
 from alexnet_lab.cli.interrupt import GracefulInterrupt, ImmediateExit, Interrupted
 from alexnet_lab.cli.options import add_training, training_overrides
-from alexnet_lab.cli.progress import ConsoleReporter, chapter_lines
+from alexnet_lab.cli.progress import ConsoleReporter, add_progress, chapter_lines
 from alexnet_lab.engine import distributed
 from alexnet_lab.engine.checkpoint import check_resumable, load_checkpoint
 from alexnet_lab.engine.config import TrainConfig, make_config
 from alexnet_lab.engine.setup import Splits, check_input_size, input_size, load_splits
 from alexnet_lab.engine.trainer import StopRequested, fit
 from alexnet_lab.errors import UserError
+from alexnet_lab.reports.report import build_report
 from alexnet_lab.reports.run_dir import RunWriter, default_run_dir, prepare_run_dir
 
 NAME = "train"
@@ -37,6 +38,14 @@ def add_arguments(parser) -> None:
                         help="continue the run in RUN_DIR from its checkpoint.pt with the config saved "
                              "there; only --epochs (to extend), --device, --data-dir and "
                              "--checkpoint-every may be given with it")
+    add_output(parser)
+
+
+def add_output(parser) -> None:
+    """What a run shows while it trains and leaves at the end (shared with `chapter`)."""
+    add_progress(parser)
+    parser.add_argument("--no-report", dest="report", action="store_false",
+                        help="do not write report.html into the run folder at the end")
 
 
 def config_from_args(args) -> TrainConfig:
@@ -48,7 +57,8 @@ def resume_hint(out: Path) -> str:
 
 
 def train_and_report(config: TrainConfig, out: Path | None, *, splits: Splits | None = None,
-                     resume: dict | None = None, env: distributed.DistEnv = distributed.DistEnv()) -> dict:
+                     resume: dict | None = None, env: distributed.DistEnv = distributed.DistEnv(),
+                     progress: str = "auto", report: bool = True) -> dict:
     """Train `config` into run folder `out`, showing progress; return the summary.
 
     The first Ctrl-C/SIGTERM stops at the next step boundary with a checkpoint, the second at
@@ -66,7 +76,7 @@ def train_and_report(config: TrainConfig, out: Path | None, *, splits: Splits | 
             raise SystemExit(interrupt.exit_code or 130) from None  # rank 0 says how to resume
     rows = resume["run_state"]["metrics"] if resume is not None else None
     writer = RunWriter(out, config.to_dict(), rows=rows)
-    reporter = ConsoleReporter(config, out)
+    reporter = ConsoleReporter(config, out, mode=progress)
     # The full recipe, as saved in config.json: a preset is just a named config.
     print(f"Config ({config.preset}): " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()
                                                     if k not in ("preset", "data_dir")), flush=True)
@@ -90,8 +100,20 @@ def train_and_report(config: TrainConfig, out: Path | None, *, splits: Splits | 
     print(f"wall-clock {time.perf_counter() - started:.1f} s"
           + (f"; reached test acc {config.target_accuracy} in {summary['time_to_target_s']:.1f} s"
              if summary.get("time_to_target_s") is not None else ""))
-    print(f"Results in {out}/: summary.json, metrics.jsonl, curves.svg, curves.png, checkpoint.pt")
+    print(f"Results in {out}/: summary.json, metrics.jsonl, curves.svg, curves.png, checkpoint.pt", flush=True)
+    if report:
+        write_report(out, summary["device"], config.data_dir)
     return summary
+
+
+def write_report(out: Path, device: str, data_dir: str | None) -> None:
+    """The run's report.html, named on the last line; a problem with it never fails the finished run."""
+    try:
+        path = build_report([out], device=device, data_dir=data_dir)
+    except (UserError, OSError) as exc:
+        print(f"Report not written ({exc}); try: alexnet-lab report {shlex.quote(str(out))}")
+        return
+    print(f"Report: {path}   (open it in a browser; every figure is inside the file)")
 
 
 def _load_splits(config: TrainConfig, env: distributed.DistEnv) -> Splits:
@@ -158,7 +180,8 @@ def resume_run(args, env: distributed.DistEnv) -> int:
     if config.epochs != saved.epochs and config.schedule != "constant":
         print(f"Note: the {config.schedule} learning-rate schedule now spans {config.epochs:g} epochs, so the "
               f"learning rate continues from where a {config.epochs:g}-epoch schedule is at step {step}.")
-    train_and_report(config, out, splits=splits, resume=payload, env=env)
+    train_and_report(config, out, splits=splits, resume=payload, env=env, progress=args.progress,
+                     report=args.report)
     return 0
 
 
@@ -175,7 +198,7 @@ def run(args) -> int:
             splits = _load_splits(config, env)
             out = distributed.shared_outcome(  # a bad --out stops every rank, reported once
                 env, lambda: prepare_run_dir(args.out or default_run_dir(config.model)), run_here=env.is_main)
-            train_and_report(config, out, splits=splits, env=env)
+            train_and_report(config, out, splits=splits, env=env, progress=args.progress, report=args.report)
             return 0
     except UserError:
         if distributed.launched_rank() != 0:  # the ranks share config and data: rank 0 reports it

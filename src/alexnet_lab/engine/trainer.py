@@ -186,7 +186,8 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
     info = {"device": str(device), "precision": precision, "steps_per_epoch": steps_per_epoch,
             "total_steps": total_steps, "num_epochs": num_epochs, "train_examples": len(splits.train_images),
             "test_examples": len(splits.test_images), "data_source": splits.source,
-            "input_size": train_loader.resize, "start_step": state.step, "world_size": world_size,
+            "input_size": train_loader.resize, "start_step": state.step, "start_examples": state.examples,
+            "world_size": world_size,
             "params": sum(p.numel() for p in model.parameters())}
     for cb in callbacks:
         cb.on_train_start(info)

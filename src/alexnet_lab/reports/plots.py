@@ -130,3 +130,61 @@ def plot_profile(profile: dict, path: Path, title: str) -> None:
     axes[0].invert_yaxis()
     path.parent.mkdir(parents=True, exist_ok=True)
     _save(fig, [path], suptitle=title)
+
+
+def _grid(count: int, ncols: int) -> tuple[int, int]:
+    ncols = max(1, min(ncols, count))
+    return -(-count // ncols), ncols
+
+
+def plot_filters(filters, paths: Iterable[Path], title: str = "") -> None:
+    """First-layer filters (K, k, k), one grey tile each, each scaled to its own min..max."""
+    count = len(filters)
+    nrows, ncols = _grid(count, 12)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(0.62 * ncols, 0.62 * nrows + 0.5), dpi=110, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < count:
+            w = filters[i]
+            ax.imshow((w - w.min()) / max(float(w.max() - w.min()), 1e-12), cmap="gray", vmin=0, vmax=1)
+    _save(fig, paths, suptitle=title)
+
+
+def plot_feature_maps(image, layers: Sequence[dict], paths: Iterable[Path], channels: int = 8,
+                      title: str = "") -> None:
+    """One row per convolution: the input image, then its `channels` strongest output channels.
+
+    `layers`: dicts with name, index, shape and `maps` (C, H, W); `channels` picks per layer (the
+    caller's order, e.g. strongest first) come from each dict's `channels` list when present."""
+    fig, axes = plt.subplots(len(layers), channels + 1, figsize=(1.05 * (channels + 1), 1.15 * len(layers) + 0.4),
+                             dpi=110, squeeze=False)
+    for row, layer in zip(axes, layers):
+        row[0].imshow(image, cmap="gray")
+        row[0].set_title("input" if layer is layers[0] else "", fontsize=7)
+        picks = layer.get("channels") or list(range(min(channels, layer["maps"].shape[0])))
+        for j, ax in enumerate(row[1:]):
+            if j < len(picks):
+                ax.imshow(layer["maps"][picks[j]], cmap="viridis")
+                ax.set_title(f"ch {picks[j]}", fontsize=6)
+        c, h, w = layer["shape"]
+        row[1].set_ylabel(f"conv {layer['index']}\n{c}x{h}x{w}", fontsize=7)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+    _save(fig, paths, suptitle=title)
+
+
+def plot_image_grid(images, captions: Sequence[str], paths: Iterable[Path], ncols: int = 8, title: str = "",
+                    colors: Sequence[str] | None = None) -> None:
+    """Small grey images (N, H, W) with a caption under each (e.g. 'pred shirt 97%\\ntrue t-shirt')."""
+    count = max(len(images), 1)
+    nrows, ncols = _grid(count, ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.25 * ncols, 1.55 * nrows + 0.3), dpi=110, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < len(images) and images[i] is not None:  # None: an empty cell (e.g. a short row)
+            ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+            ax.set_title(captions[i], fontsize=6.5, color=colors[i] if colors else "black")
+    _save(fig, paths, suptitle=title)

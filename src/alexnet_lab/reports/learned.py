@@ -1,0 +1,134 @@
+"""The report's model sections: per-class accuracy, confusion, confused pairs, confident mistakes,
+first-layer filters and feature maps, drawn from a run's checkpoint and its test images.
+
+Every section that cannot be built (no checkpoint yet, no data) becomes a sentence saying why.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Callable
+
+import matplotlib
+
+import torch
+
+from alexnet_lab.analysis.features import (feature_maps, first_layer_filters, predict_probabilities,
+                                           prediction_summary, strongest_channels)
+from alexnet_lab.data import CLASS_NAMES
+from alexnet_lab.engine.device import resolve_device, resolve_precision
+from alexnet_lab.engine.inference import load_trained
+from alexnet_lab.engine.setup import input_size, load_splits
+from alexnet_lab.errors import UserError
+from alexnet_lab.reports.plots import plot_confusion, plot_feature_maps, plot_filters, plot_image_grid
+
+MISTAKES_SHOWN = 24
+PAIR_EXAMPLES = 6
+
+
+def figure_uri(draw: Callable[[io.BytesIO], None], fmt: str = "png") -> str:
+    """Run `draw(target)` (a plots.py function writing to `target`) into memory; return a data: URI.
+
+    No file and no network: the report embeds every figure, so it opens anywhere offline."""
+    buffer = io.BytesIO()
+    with matplotlib.rc_context({"savefig.format": fmt}):
+        draw(buffer)
+    mime = "image/svg+xml" if fmt == "svg" else "image/png"
+    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+def pick_checkpoint(run_dir: Path) -> Path | None:
+    """best.pt (the best test accuracy so far), else checkpoint.pt (the latest state), else None."""
+    for name in ("best.pt", "checkpoint.pt"):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    return None
+
+
+def _class(i: int) -> str:
+    return CLASS_NAMES[i] if i < len(CLASS_NAMES) else str(i)
+
+
+def learned_sections(run_dir: Path, *, device: str = "auto", data_dir: str | None = None) -> dict:
+    """Context for the model sections of one run: figures as data URIs, tables as rows, notes."""
+    path = pick_checkpoint(run_dir)
+    if path is None:
+        return {"note": "No checkpoint yet (the run stopped before its first one), so there is no trained "
+                        "model to look at: no per-class accuracy, mistakes, filters or feature maps."}
+    torch_device = resolve_device(device)
+    try:
+        model, config, payload = load_trained(path, torch_device)
+    except UserError as exc:
+        return {"note": f"The model sections are missing: {exc}"}
+    state = payload.get("run_state", {})
+    best = state.get("best_test_acc")
+    ctx = {"checkpoint": path.name, "checkpoint_step": state.get("step"),
+           "checkpoint_test_acc": best if best is not None and best >= 0 else None,
+           "versions": payload.get("versions", {})}
+    filters = first_layer_filters(model)
+    title = f"{len(filters)} first-layer filters of {config.model}, {filters.shape[-1]}x{filters.shape[-1]}"
+    ctx["filters"] = {"uri": figure_uri(lambda t: plot_filters(filters.numpy(), [t], title=title)),
+                      "count": len(filters), "size": filters.shape[-1]}
+    try:
+        splits = load_splits(data_dir or config.data_dir, 1, config.limit_test)
+    except UserError as exc:
+        ctx["data_note"] = (f"The test images could not be loaded, so the sections that need them (per-class "
+                            f"accuracy, confusion, mistakes, feature maps) are missing: {exc}")
+        return ctx
+    size = input_size(config)
+    precision = resolve_precision(config.precision, torch_device)
+    probs = predict_probabilities(model, splits.test_images, size, torch_device, precision,
+                                  config.channels_last and torch_device.type != "mps")
+    result = prediction_summary(probs, splits.test_labels, probs.shape[1])
+    ctx.update(_prediction_context(result, splits, config.model))
+    ctx["feature_maps"] = _feature_map_context(model, splits, size, result)
+    return ctx
+
+
+def _caption(result: dict, labels, index: int) -> str:
+    return (f"pred {_class(int(result['predicted'][index]))} {float(result['confidence'][index]):.0%}\n"
+            f"true {_class(int(labels[index]))}")
+
+
+def _prediction_context(result: dict, splits, model_name: str) -> dict:
+    images, labels = splits.test_images.cpu().numpy(), splits.test_labels.cpu()
+    per_class = [{"name": _class(i), "acc": acc, "count": count}
+                 for i, (acc, count) in enumerate(zip(result["per_class_acc"], result["class_counts"]))]
+    ctx = {"test": {"examples": result["examples"], "correct": result["correct"], "accuracy": result["accuracy"]},
+           "per_class": per_class,
+           "confusion_uri": figure_uri(lambda t: plot_confusion(
+               result["confusion"], CLASS_NAMES[:len(result["confusion"])], t,
+               title=f"{model_name}: {result['examples']:,} test images"))}
+    predicted = result["predicted"]
+    pairs, grid, captions = [], [], []
+    for row, (true, pred, count) in enumerate(result["confused_pairs"]):
+        picks = ((labels == true) & (predicted == pred)).nonzero().flatten()[:PAIR_EXAMPLES].tolist()
+        pairs.append({"row": row + 1, "true": _class(true), "pred": _class(pred), "count": count,
+                      "of": result["class_counts"][true]})
+        grid += [images[i] for i in picks] + [None] * (PAIR_EXAMPLES - len(picks))
+        captions += [_caption(result, labels, i) for i in picks] + [""] * (PAIR_EXAMPLES - len(picks))
+    ctx["pairs"] = pairs
+    if pairs:
+        ctx["pairs_uri"] = figure_uri(lambda t: plot_image_grid(grid, captions, [t], ncols=PAIR_EXAMPLES))
+    mistakes = result["mistakes"][:MISTAKES_SHOWN]
+    ctx["mistakes"] = {"shown": len(mistakes), "total": len(result["mistakes"])}
+    if mistakes:
+        ctx["mistakes"]["uri"] = figure_uri(lambda t: plot_image_grid(
+            [images[i] for i in mistakes], [_caption(result, labels, i) for i in mistakes], [t], ncols=8))
+    return ctx
+
+
+def _feature_map_context(model, splits, size: int, result: dict, index: int = 0) -> dict:
+    layers = feature_maps(model, splits.test_images[index], size)
+    for layer in layers:
+        layer["channels"] = strongest_channels(layer["maps"], 8)
+    label = _class(int(splits.test_labels[index]))
+    pred = _class(int(result["predicted"][index]))
+    return {"index": index, "label": label, "pred": pred, "layers": [
+                {"index": layer["index"], "name": layer["name"], "shape": "x".join(map(str, layer["shape"]))}
+                for layer in layers],
+            "uri": figure_uri(lambda t: plot_feature_maps(
+                splits.test_images[index].cpu().numpy(), layers, [t],
+                title=f"test image {index} ({label}; predicted {pred}) through each convolution"))}
