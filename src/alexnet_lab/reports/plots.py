@@ -132,59 +132,82 @@ def plot_profile(profile: dict, path: Path, title: str) -> None:
     _save(fig, [path], suptitle=title)
 
 
-def _grid(count: int, ncols: int) -> tuple[int, int]:
-    ncols = max(1, min(ncols, count))
-    return -(-count // ncols), ncols
+
+def _mosaic(tiles, ncols: int, pad: int = 2, fill: float = float("nan")):
+    """Equal-sized 2-D tiles (None: empty) laid out in rows on one array, `pad` pixels apart.
+
+    One image on one axes draws far faster than an axes per tile (a 96-filter grid: ~0.1 s, not ~2 s)."""
+    import numpy as np
+
+    shaped = next(np.asarray(t) for t in tiles if t is not None)
+    h, w = shaped.shape
+    nrows = -(-len(tiles) // ncols)
+    canvas = np.full((nrows * (h + pad) - pad, ncols * (w + pad) - pad), fill, dtype=np.float32)
+    for i, tile in enumerate(tiles):
+        if tile is not None:
+            r, c = divmod(i, ncols)
+            canvas[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = tile
+    return canvas, (h, w), nrows
+
+
+def _unit(x):
+    """Scaled to 0..1 by its own range (a constant tile becomes 0)."""
+    x = x.astype("float32")
+    return (x - x.min()) / max(float(x.max() - x.min()), 1e-12)
+
+
+def _image_axes(fig, ax, canvas, cmap: str, **kwargs) -> None:
+    cm = plt.get_cmap(cmap).with_extremes(bad="white")  # NaN: the padding between tiles
+    ax.imshow(canvas, cmap=cm, interpolation="nearest", **kwargs)
+    ax.set_axis_off()
 
 
 def plot_filters(filters, paths: Iterable[Path], title: str = "") -> None:
     """First-layer filters (K, k, k), one grey tile each, each scaled to its own min..max."""
-    count = len(filters)
-    nrows, ncols = _grid(count, 12)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(0.62 * ncols, 0.62 * nrows + 0.5), dpi=110, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i < count:
-            w = filters[i]
-            ax.imshow((w - w.min()) / max(float(w.max() - w.min()), 1e-12), cmap="gray", vmin=0, vmax=1)
+    ncols = min(len(filters), 16)
+    canvas, _, nrows = _mosaic([_unit(w) for w in filters], ncols, pad=max(1, filters.shape[-1] // 6))
+    fig, ax = plt.subplots(figsize=(0.5 * ncols + 0.2, 0.5 * nrows + 0.45), dpi=110)
+    _image_axes(fig, ax, canvas, "gray", vmin=0, vmax=1)
     _save(fig, paths, suptitle=title)
 
 
 def plot_feature_maps(image, layers: Sequence[dict], paths: Iterable[Path], channels: int = 8,
                       title: str = "") -> None:
-    """One row per convolution: the input image, then its `channels` strongest output channels.
-
-    `layers`: dicts with name, index, shape and `maps` (C, H, W); `channels` picks per layer (the
-    caller's order, e.g. strongest first) come from each dict's `channels` list when present."""
-    fig, axes = plt.subplots(len(layers), channels + 1, figsize=(1.05 * (channels + 1), 1.15 * len(layers) + 0.4),
-                             dpi=110, squeeze=False)
-    for row, layer in zip(axes, layers):
-        row[0].imshow(image, cmap="gray")
-        row[0].set_title("input" if layer is layers[0] else "", fontsize=7)
-        picks = layer.get("channels") or list(range(min(channels, layer["maps"].shape[0])))
-        for j, ax in enumerate(row[1:]):
-            if j < len(picks):
-                ax.imshow(layer["maps"][picks[j]], cmap="viridis")
-                ax.set_title(f"ch {picks[j]}", fontsize=6)
+    """The input image, then one row per convolution: `channels` of its output maps, each scaled to
+    its own range. `layers`: dicts with index, shape and `maps` (C, H, W); a dict's `channels` list
+    picks which maps (e.g. the strongest first), else the first ones."""
+    fig, axes = plt.subplots(len(layers), 2, figsize=(1.05 * (channels + 1.4), 1.05 * len(layers) + 0.4),
+                             dpi=110, squeeze=False, gridspec_kw={"width_ratios": [1, channels]})
+    for k, (left, right) in enumerate(axes):
+        left.set_axis_off()
+        if k == 0:
+            left.imshow(image, cmap="gray")
+            left.set_title("input", fontsize=8)
+        layer = layers[k]
+        picks = (layer.get("channels") or list(range(layer["maps"].shape[0])))[:channels]
+        maps = layer["maps"].numpy() if hasattr(layer["maps"], "numpy") else layer["maps"]
+        canvas, _, _ = _mosaic([_unit(maps[c]) for c in picks], channels, pad=max(1, maps.shape[-1] // 14))
+        _image_axes(fig, right, canvas, "viridis", vmin=0, vmax=1)
         c, h, w = layer["shape"]
-        row[1].set_ylabel(f"conv {layer['index']}\n{c}x{h}x{w}", fontsize=7)
-        for ax in row:
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
+        right.set_title(f"conv {layer['index']}: {c}x{h}x{w}, channels {', '.join(map(str, picks))}",
+                        fontsize=7, loc="left")
     _save(fig, paths, suptitle=title)
 
 
 def plot_image_grid(images, captions: Sequence[str], paths: Iterable[Path], ncols: int = 8, title: str = "",
                     colors: Sequence[str] | None = None) -> None:
-    """Small grey images (N, H, W) with a caption under each (e.g. 'pred shirt 97%\\ntrue t-shirt')."""
-    count = max(len(images), 1)
-    nrows, ncols = _grid(count, ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.25 * ncols, 1.55 * nrows + 0.3), dpi=110, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i < len(images) and images[i] is not None:  # None: an empty cell (e.g. a short row)
-            ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
-            ax.set_title(captions[i], fontsize=6.5, color=colors[i] if colors else "black")
+    """Small grey images (N, H, W) on one canvas, a caption under each (e.g. 'pred shirt 97%\ntrue
+    t-shirt'); None entries are empty cells (e.g. the end of a short row); at least one image."""
+    images = list(images)
+    ncols = max(1, min(ncols, len(images)))
+    pad = 14  # pixels between tiles: room for two caption lines
+    canvas, (h, w), nrows = _mosaic(images, ncols, pad=pad)
+    fig, ax = plt.subplots(figsize=(1.15 * ncols, 1.3 * nrows + 0.3), dpi=110)
+    _image_axes(fig, ax, canvas, "gray", vmin=0, vmax=255)
+    for i, caption in enumerate(captions[:len(images)]):
+        if images[i] is not None and caption:
+            r, c = divmod(i, ncols)
+            ax.text(c * (w + pad) + w / 2, r * (h + pad) + h + 0.5, caption, ha="center", va="top",
+                    fontsize=6, color=colors[i] if colors else "black", linespacing=1.0)
+    ax.set_ylim(nrows * (h + pad), -0.5)  # keep the last row's captions inside the figure
     _save(fig, paths, suptitle=title)
