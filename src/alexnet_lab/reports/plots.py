@@ -1,4 +1,5 @@
-"""Figures (matplotlib, files only): training curves, confusion matrix, run comparison, sweep, profile."""
+"""Figures (matplotlib, files only): training curves, confusion matrix, run comparison, sweep, profile,
+learned filters, feature maps and image grids (the run report's)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,23 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; never needs a screen
-import matplotlib.pyplot as plt  # noqa: E402
+
+def _subplots(*args, figsize, dpi, **kwargs):
+    """A figure without pyplot: files only, no window, and no backend chosen or changed (so importing
+    this module leaves a notebook's inline plots, e.g. d2l's Animator, as they are)."""
+    fig = Figure(figsize=figsize, dpi=dpi)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def _save(fig, paths: Iterable[Path], suptitle: str = "") -> None:
-    """Lay out, write every path (format from its suffix) and free the figure."""
+    """Lay out and write every path (format from its suffix, else savefig.format)."""
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     for path in paths:
         fig.savefig(path)
-    plt.close(fig)
 
 
 def _series(rows: Sequence[dict], key: str) -> tuple[list, list]:
@@ -28,9 +33,9 @@ def _series(rows: Sequence[dict], key: str) -> tuple[list, list]:
 
 def plot_curves(runs: Iterable[tuple[str, Sequence[dict]]], paths: Iterable[Path], title: str = "") -> None:
     """train loss, train acc, test acc against epoch, like d2l's Animator (one style per run)."""
-    fig, ax = plt.subplots(figsize=(4.5, 3.3), dpi=120)
+    fig, ax = _subplots(figsize=(4.5, 3.3), dpi=120)
     styles = [("-", "--", "-."), (":", ":", ":")]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     runs = list(runs)
     for i, (label, rows) in enumerate(runs):
         prefix = f"{label}: " if len(runs) > 1 else ""
@@ -55,7 +60,7 @@ def plot_confusion(confusion, class_names: Sequence[str], path: Path, title: str
 
     counts = np.asarray(confusion, dtype=np.int64)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5), dpi=120)
+    fig, ax = _subplots(figsize=(6.5, 5.5), dpi=120)
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
@@ -74,8 +79,8 @@ def plot_confusion(confusion, class_names: Sequence[str], path: Path, title: str
 def plot_comparison(runs: list[tuple[str, list[dict]]], paths: list[Path], title: str = "") -> None:
     """Two panels, one colour per run: training loss; train accuracy (dashed) and test accuracy (markers)."""
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, (ax_loss, ax_acc) = _subplots(1, 2, figsize=(9, 3.4), dpi=110)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, rows) in enumerate(runs):
         color = colors[i % len(colors)]
         for ax, key, style in ((ax_loss, "train_loss", "-"), (ax_acc, "train_acc", "--"), (ax_acc, "test_acc", "-")):
@@ -94,7 +99,7 @@ def plot_comparison(runs: list[tuple[str, list[dict]]], paths: list[Path], title
 
 def plot_sweep(results: list[dict], paths: list[Path], title: str) -> None:
 
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.0), dpi=110)
+    fig, axes = _subplots(1, 3, figsize=(10, 3.0), dpi=110)
     panels = [("test accuracy", "test_acc", 1), ("examples/s (training)", "examples_per_sec", 1),
               ("peak memory (MiB)", "peak_memory_bytes", 2**20)]
     for ax, (label, key, scale) in zip(axes, panels):
@@ -119,7 +124,7 @@ def plot_profile(profile: dict, path: Path, title: str) -> None:
     panels = [("training FLOPs (fwd+bwd)", [r["forward_flops"] + r["backward_flops"] for r in layers]),
               ("activations kept for backward", [r["activation_bytes"] for r in layers]),
               ("weights + grads + optimizer", [r["state_bytes"] for r in layers])]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 0.22 * len(layers) + 1.6), dpi=110, sharey=True)
+    fig, axes = _subplots(1, 3, figsize=(11, 0.22 * len(layers) + 1.6), dpi=110, sharey=True)
     for ax, (name, values) in zip(axes, panels):
         total = sum(values) or 1
         ax.barh(range(len(layers)), [100 * v / total for v in values], color="tab:blue")
@@ -157,7 +162,7 @@ def _unit(x):
 
 
 def _image_axes(fig, ax, canvas, cmap: str, **kwargs) -> None:
-    cm = plt.get_cmap(cmap).with_extremes(bad="white")  # NaN: the padding between tiles
+    cm = matplotlib.colormaps[cmap].with_extremes(bad="white")  # NaN: the padding between tiles
     ax.imshow(canvas, cmap=cm, interpolation="nearest", **kwargs)
     ax.set_axis_off()
 
@@ -166,7 +171,7 @@ def plot_filters(filters, paths: Iterable[Path], title: str = "") -> None:
     """First-layer filters (K, k, k), one grey tile each, each scaled to its own min..max."""
     ncols = min(len(filters), 16)
     canvas, _, nrows = _mosaic([_unit(w) for w in filters], ncols, pad=max(1, filters.shape[-1] // 6))
-    fig, ax = plt.subplots(figsize=(0.5 * ncols + 0.2, 0.5 * nrows + 0.45), dpi=110)
+    fig, ax = _subplots(figsize=(0.5 * ncols + 0.2, 0.5 * nrows + 0.45), dpi=110)
     _image_axes(fig, ax, canvas, "gray", vmin=0, vmax=1)
     _save(fig, paths, suptitle=title)
 
@@ -176,7 +181,7 @@ def plot_feature_maps(image, layers: Sequence[dict], paths: Iterable[Path], chan
     """The input image, then one row per convolution: `channels` of its output maps, each scaled to
     its own range. `layers`: dicts with index, shape and `maps` (C, H, W); a dict's `channels` list
     picks which maps (e.g. the strongest first), else the first ones."""
-    fig, axes = plt.subplots(len(layers), 2, figsize=(1.05 * (channels + 1.4), 1.05 * len(layers) + 0.4),
+    fig, axes = _subplots(len(layers), 2, figsize=(1.05 * (channels + 1.4), 1.05 * len(layers) + 0.4),
                              dpi=110, squeeze=False, gridspec_kw={"width_ratios": [1, channels]})
     for k, (left, right) in enumerate(axes):
         left.set_axis_off()
@@ -202,7 +207,7 @@ def plot_image_grid(images, captions: Sequence[str], paths: Iterable[Path], ncol
     ncols = max(1, min(ncols, len(images)))
     pad = 14  # pixels between tiles: room for two caption lines
     canvas, (h, w), nrows = _mosaic(images, ncols, pad=pad)
-    fig, ax = plt.subplots(figsize=(1.15 * ncols, 1.3 * nrows + 0.3), dpi=110)
+    fig, ax = _subplots(figsize=(1.15 * ncols, 1.3 * nrows + 0.3), dpi=110)
     _image_axes(fig, ax, canvas, "gray", vmin=0, vmax=255)
     for i, caption in enumerate(captions[:len(images)]):
         if images[i] is not None and caption:
