@@ -46,7 +46,7 @@ browser:
 
 # The chapter as a notebook in JupyterLab (not needed for run/test): its own pinned requirements.
 notebook: $(STAMP) $(VENV)/.notebook-installed
-	$(VENV)/bin/jupyter lab notebooks/alexnet.ipynb
+	$(VENV)/bin/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) notebooks/alexnet.ipynb
 
 $(VENV)/.notebook-installed: requirements-notebook.lock
 	$(PY) -m pip install --quiet -r requirements-notebook.lock

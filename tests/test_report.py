@@ -98,7 +98,8 @@ def test_report_without_the_data_still_shows_the_filters(tiny_run, tmp_path, mon
 def test_d2l_report_sets_the_books_numbers_beside_the_run(tmp_path):
     run = tmp_path / "d2l"
     run.mkdir()
-    config = {**make_config("d2l").to_dict(), "resolved": {"device": "cuda:0", "total_steps": 4690}}
+    config = {**make_config("d2l", limit_train=512).to_dict(),
+              "resolved": {"device": "cuda:0", "total_steps": 4690, "train_examples": 512, "start_step": 90}}
     (run / "config.json").write_text(json.dumps(config))
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 0.2, "step": 94, "examples": 12032,
                                                    "train_loss": 2.30, "train_acc": 0.1}) + "\n")
@@ -107,7 +108,8 @@ def test_d2l_report_sets_the_books_numbers_beside_the_run(tmp_path):
                            page))
     assert rows["train loss"] == "0.331" and rows["train acc"] == "0.878" and rows["test acc"] == "0.883"
     assert rows["examples/sec"] == "3,941.8" and "V100" in page
-    assert "94 of 4,690 steps logged" in page
+    assert "94 of 4,690 steps logged" in page and "Resumed at step 90" in page
+    assert "Trained on the first 512 of the 60,000 training images (--limit-train 512)." in page
 
 
 def test_report_compares_several_runs(tiny_run, tmp_path):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import statistics
 import time
-import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -121,18 +120,14 @@ def bench_reference(cfg: BenchConfig, splits: Splits, device: torch.device, size
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)  # d2l: plain SGD, default options
     loss_fn = nn.CrossEntropyLoss()
-    with warnings.catch_warnings():
-        # torch warns when the workers outnumber the CPUs; the book's 4 are kept on purpose, and
-        # format_report says so once instead of torch's warning at every epoch.
-        warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
-        loader = reference_loader(splits.train_images.numpy(), splits.train_labels.numpy(), cfg.batch_size,
-                                  size, device, num_workers=cfg.workers, seed=cfg.seed)
-        batches = _endless_reference(loader)
-        try:
-            return _time_windows(lambda x, y: reference_step(model, loss_fn, optimizer, x, y, device),
-                                 batches, device, cfg.warmup, cfg.steps, cfg.repeats)
-        finally:
-            batches.close()  # drops the DataLoader iterator: its worker processes exit
+    loader = reference_loader(splits.train_images.numpy(), splits.train_labels.numpy(), cfg.batch_size,
+                              size, device, num_workers=cfg.workers, seed=cfg.seed)
+    batches = _endless_reference(loader)
+    try:
+        return _time_windows(lambda x, y: reference_step(model, loss_fn, optimizer, x, y, device),
+                             batches, device, cfg.warmup, cfg.steps, cfg.repeats)
+    finally:
+        batches.close()  # drops the DataLoader iterator: its worker processes exit
 
 
 def bench_project(cfg: BenchConfig, splits: Splits, device: torch.device, size: int) -> tuple[list[float], str]:

@@ -86,7 +86,8 @@ def train_and_report(config: TrainConfig, out: Path | None, *, splits: Splits | 
             summary = fit(config, [writer, reporter, interrupt], **fit_kwargs)
     except StopRequested as stop:
         raise Interrupted(f"Interrupted at step {stop.payload['run_state']['step']}; checkpoint saved in "
-                          f"{out / 'checkpoint.pt'}; resume with: {resume_hint(out)}",
+                          f"{out / 'checkpoint.pt'}; resume with: {resume_hint(out)} (the run so far: "
+                          f"alexnet-lab report {shlex.quote(str(out))})",
                           interrupt.exit_code) from None
     except ImmediateExit as stop:
         saved = (f"the last checkpoint ({out / 'checkpoint.pt'}) is intact; resume with: {resume_hint(out)}"

@@ -55,12 +55,11 @@ def run_status(run: dict, path: Path) -> list[str]:
     if resolved.get("start_step"):
         notes.append(f"Resumed at step {resolved['start_step']:,} (config.json records the last start).")
     train_n, test_n = resolved.get("train_examples"), resolved.get("test_examples")
-    if config.get("limit_train") or (train_n and train_n < FULL_TRAIN):
-        notes.append(f"Trained on the first {train_n or config['limit_train']:,} of the {FULL_TRAIN:,} "
-                     "training images (--limit-train).")
-    if config.get("limit_test") or (test_n and test_n < FULL_TEST):
-        notes.append(f"Tested on the first {test_n or config['limit_test']:,} of the {FULL_TEST:,} test "
-                     "images (--limit-test).")
+    for verb, noun, n, full, flag in (("Trained", "training", train_n, FULL_TRAIN, "limit_train"),
+                                      ("Tested", "test", test_n, FULL_TEST, "limit_test")):
+        if config.get(flag) or (n and n < full):
+            how = f"--{flag.replace('_', '-')} {config[flag]}" if config.get(flag) else "a smaller data set"
+            notes.append(f"{verb} on the first {n or config[flag]:,} of the {full:,} {noun} images ({how}).")
     return notes
 
 
