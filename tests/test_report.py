@@ -65,6 +65,7 @@ def test_train_writes_a_self_contained_report_and_names_it_last(tiny_run, capsys
     best = torch.load(out / "best.pt", weights_only=True)["run_state"]["best_test_acc"]
     assert f"<b>{best:.4f}</b>" in page
     assert "the book" not in page  # LeNet: the book printed no numbers to set beside
+    assert f"<td>torch_threads</td><td>{json.loads((out / 'config.json').read_text())['resolved']['environment']['torch_threads']}" in page
 
 
 def test_report_of_an_interrupted_run_says_what_is_missing(tiny_run, tmp_path):

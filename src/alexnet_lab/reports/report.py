@@ -89,8 +89,9 @@ def results_rows(run: dict) -> list[dict]:
 def run_context(path: Path, *, device: str, data_dir: str | None, with_model: bool = True) -> dict:
     run = read_run(path)
     config = {k: v for k, v in run["config"].items() if k not in ("resolved", "environment")}
-    resolved = run["config"].get("resolved", {})
-    ctx = {"name": path.name, "path": str(path), "config": config, "resolved": resolved,
+    resolved = dict(run["config"].get("resolved", {}))
+    machine = resolved.pop("environment", {})
+    ctx = {"name": path.name, "path": str(path), "config": config, "resolved": resolved, "machine": machine,
            "status": run_status(run, path), "results": results_rows(run), "summary": run["summary"],
            "book": BOOK_D2L if _is_book_recipe(config) else None, "metrics_count": len(run["metrics"])}
     if run["metrics"]:
