@@ -264,3 +264,18 @@ def test_report_renders_in_headless_chromium(browser, tiny_run, tmp_path):
         assert im.size == (1100, 1800)
         pixels = np.asarray(im.convert("RGB"))
     assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100  # not blank
+
+
+def test_a_failing_report_does_not_fail_the_finished_run(tiny_run, tmp_path, monkeypatch, capsys):
+    _, data = tiny_run
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr("alexnet_lab.cli.train.build_report", broken)
+    run = tmp_path / "run"
+    assert main(["train", "--model", "lenet", "--epochs", "0.5", "--batch-size", "16", "--data-dir", str(data),
+                 "--out", str(run), "--progress", "none"]) == 0
+    assert (run / "summary.json").is_file()
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"Report not written (RuntimeError: CUDA out of memory); try: alexnet-lab report {run}")

@@ -111,8 +111,8 @@ def write_report(out: Path, device: str, data_dir: str | None) -> None:
     """The run's report.html, named on the last line; a problem with it never fails the finished run."""
     try:
         path = build_report([out], device=device, data_dir=data_dir)
-    except (UserError, OSError) as exc:
-        print(f"Report not written ({exc}); try: alexnet-lab report {shlex.quote(str(out))}")
+    except (UserError, OSError, RuntimeError) as exc:  # RuntimeError: e.g. out of GPU memory while evaluating
+        print(f"Report not written ({type(exc).__name__}: {exc}); try: alexnet-lab report {shlex.quote(str(out))}")
         return
     print(f"Report: {path}   (open it in a browser; every figure is inside the file)")
 
