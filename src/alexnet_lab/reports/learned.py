@@ -13,8 +13,6 @@ from typing import Callable
 
 import matplotlib
 
-import torch
-
 from alexnet_lab.analysis.features import (feature_maps, first_layer_filters, predict_probabilities,
                                            prediction_summary, strongest_channels)
 from alexnet_lab.data import CLASS_NAMES
