@@ -38,3 +38,11 @@ def chapter_text() -> str:
     if spec.exists():
         return spec.read_text(encoding="utf-8")
     return (REPO / "tests" / "data" / "alexnet-chapter.md").read_text(encoding="utf-8")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test on the real dataset carries the `slow` marker (for selecting; `make test` runs them)."""
+    unmarked = [item.nodeid for item in items
+                if "real_data" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError(f"tests on the real dataset without @pytest.mark.slow: {', '.join(unmarked)}")

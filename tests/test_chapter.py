@@ -1,22 +1,49 @@
 import json
 
+import pytest
+
 from alexnet_lab.cli import chapter, main
+from alexnet_lab.engine import estimate
 from alexnet_lab.engine.config import make_config
 
 
-def test_cpu_budget_fits_the_budget(monkeypatch, capsys):
-    monkeypatch.setattr(chapter, "seconds_per_step", lambda config, steps=2: 1.5 if config.precision == "fp32" else 0.5)
-    config = chapter.cpu_budget_config(make_config("d2l", device="cpu"), budget_minutes=2)
+def fake_timings(monkeypatch, step_s, test_batch_s):
+    """Measured timings replaced: `step_s(config)` seconds a training step, `test_batch_s` a test batch."""
+    monkeypatch.setattr(estimate, "seconds_per_step", lambda config, steps=2: step_s(config))
+    monkeypatch.setattr(estimate, "seconds_per_test_batch", lambda config: test_batch_s)
+    monkeypatch.setattr(chapter, "seconds_per_step", lambda config, steps=2: step_s(config))
+
+
+def test_cpu_budget_fits_the_budget(monkeypatch):
+    fake_timings(monkeypatch, lambda config: 1.5 if config.precision == "fp32" else 0.5, 3.0)
+    full = make_config("d2l", device="cpu")
+    plan = estimate.plan_budget(full, 120, train_examples=60000, test_examples=10000)
+    config = plan.config
     assert config.model == "alexnet" and config.resize is None  # the chapter's net at 224x224
     assert config.limit_train == 240 * 128  # 120 s / 0.5 s per step, 128 images a step
-    out = capsys.readouterr().out
-    assert "alexnet-lab train --preset d2l" in out and "Estimated time: 2.0 min" in out
-    assert "would take about 2.0 h" in out  # 469 steps x 10 epochs x (3 x 0.5 s) = 7035 s
     assert config.preset == "fast-cpu-budget" and config.momentum == 0.9 and config.epochs == 1
+    # one evaluation (the epoch's end) of 2,000 test images in batches of 256: 8 x 3 s
+    assert config.limit_test == 2000 and plan.eval_seconds == 24.0
+    out = chapter.describe_budget(plan, full, 60000, 2)
+    assert "alexnet-lab train --preset d2l" in out and "Estimated time: 2.0 min" in out
+    assert "plus ~0.4 min of evaluation" in out
+    assert "would take about 2.0 h" in out  # 469 steps x 10 epochs x 1.5 s = 7035 s
+    small = estimate.plan_budget(full, 1e6, train_examples=1000, test_examples=500)  # all the data fits
+    assert (small.config.limit_train, small.config.limit_test) == (1000, 500)
 
 
+def test_evaluations_counts_what_fit_evaluates():
+    config = make_config("d2l", epochs=2, batch_size=10)  # 10 steps per epoch on 100 images
+    assert estimate.evaluations(config, 100) == 2  # one per epoch end
+    assert estimate.evaluations(config.replace(target_accuracy=0.9), 100) == 10  # every 2nd step
+    # 1.5 epochs with a target: 5 points in epoch 1; batches 2 and 4 and the last step in epoch 2
+    assert estimate.evaluations(config.replace(epochs=1.5, target_accuracy=0.9), 100) == 8
+    assert estimate.evaluations(config.replace(epochs=1.5), 100) == 2
+
+
+@pytest.mark.slow  # real Fashion-MNIST, AlexNet at 224x224
 def test_make_run_job_end_to_end_on_cpu(tmp_path, monkeypatch, real_data, capsys):
-    monkeypatch.setattr(chapter, "seconds_per_step", lambda config, steps=2: 1e9)  # force the 10-step minimum
+    fake_timings(monkeypatch, lambda config: 1e9, 1.0)  # force the 10-step minimum
     out = tmp_path / "chapter"
     assert main(["chapter", "--device", "cpu", "--out", str(out)]) == 0
     printed = capsys.readouterr().out

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from alexnet_lab import d2l
-from alexnet_lab.engine.setup import load_splits
+from alexnet_lab.engine.builders import load_splits
 from alexnet_lab.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

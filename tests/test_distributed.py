@@ -15,7 +15,7 @@ from alexnet_lab.data.loader import BatchLoader
 from alexnet_lab.engine import distributed
 from alexnet_lab.engine.checkpoint import load_checkpoint
 from alexnet_lab.engine.config import make_config
-from alexnet_lab.engine.setup import load_splits, prepare_model
+from alexnet_lab.engine.builders import load_splits, prepare_model
 from alexnet_lab.engine.trainer import Callback, evaluate, fit
 from alexnet_lab.errors import UserError
 

@@ -40,6 +40,7 @@ def test_count_mismatch_and_label_range(tmp_path):
         load_fashion_mnist(folder)
 
 
+@pytest.mark.slow  # real Fashion-MNIST
 def test_real_fashion_mnist(real_data):
     ds = load_fashion_mnist(real_data)
     assert ds.train_images.shape == (60000, 28, 28) and ds.test_images.shape == (10000, 28, 28)

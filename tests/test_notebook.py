@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from conftest import chapter_text
@@ -28,6 +29,7 @@ def code_cell(nb, marker: str):
     return matches[0]
 
 
+@pytest.mark.slow  # the chapter's AlexNet on 64 real images, in a Jupyter kernel
 def test_notebook_runs_the_chapter_on_a_real_kernel(tmp_path, real_data, monkeypatch):
     for key, value in {"ALEXNET_LAB_D2L_LIMIT": "64", "ALEXNET_LAB_D2L_EPOCHS": "1", "OMP_NUM_THREADS": "1",
                        "ALEXNET_LAB_OFFLINE": "1", "ALEXNET_LAB_DATA": str(real_data)}.items():

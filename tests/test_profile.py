@@ -118,7 +118,7 @@ def test_cli_json_last_line(tmp_path, capsys):
 
 
 def test_cli_timing_and_batch_size(tmp_path, capsys):
-    assert main(["profile", "--model", "lenet", "--batch-size", "8", "--device", "cpu",
+    assert main(["profile", "--model", "lenet", "--batch-size", "8", "--device", "cpu", "--optimizer", "sgd",
                  "--plot", str(tmp_path / "p.png"), "--json"]) == 0
     out = capsys.readouterr().out
     data = json.loads(out.strip().splitlines()[-1])
@@ -128,6 +128,7 @@ def test_cli_timing_and_batch_size(tmp_path, capsys):
     assert timing["step_seconds"] > 0 and timing["measured_bandwidth_bytes_per_s"] > 1e8
     assert timing["implied_bandwidth_bytes_per_s"] == pytest.approx(data["total"]["step_bytes_moved"] / timing["step_seconds"])
     assert "GB/s" in out
+    assert data["optimizer"] == timing["optimizer"] == "sgd" and timing["momentum"] == 0.0  # timed what was counted
 
 
 def test_cli_rejects_input_size_that_does_not_fit(capsys):

@@ -310,11 +310,11 @@ class PoisonAt(Callback):
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
-    import alexnet_lab.engine.trainer as trainer
+    import alexnet_lab.engine.step as step
 
     models = []
-    real_prepare = trainer.prepare_model
-    monkeypatch.setattr(trainer, "prepare_model", lambda *a: models.append(real_prepare(*a)) or models[-1])
+    real_prepare = step.prepare_model
+    monkeypatch.setattr(step, "prepare_model", lambda *a: models.append(real_prepare(*a)) or models[-1])
     out = tmp_path / "r"
     # Step 20 is no log point (those are every 3rd batch of an epoch), so the NaN weights are
     # first seen by the --checkpoint-every save at step 20, which must refuse to write them.

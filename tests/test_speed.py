@@ -4,15 +4,14 @@ or above the target, `bench` times both pipelines, and the fast/speedrun presets
 
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import fakedata
 from alexnet_lab import UserError
 from alexnet_lab.analysis.bench import BenchConfig, flops_per_example, matmul_peak, run_bench
 from alexnet_lab.analysis.reference_pipeline import PILFashionMNIST, reference_loader, to_tensor
@@ -20,20 +19,16 @@ from alexnet_lab.cli import main
 from alexnet_lab.data.loader import to_float_batch
 from alexnet_lab.engine.config import PRESETS, make_config
 from alexnet_lab.engine.device import autocast, resolve_precision
-from alexnet_lab.engine.setup import Splits, input_size, prepare_model
-from alexnet_lab.engine.trainer import Callback, _to_input, fit
-from alexnet_lab.models import build_model, get_spec, list_models
+from alexnet_lab.engine.builders import Splits, input_size, prepare_model
+from alexnet_lab.engine.step import to_model_input
+from alexnet_lab.engine.trainer import Callback, fit
+from alexnet_lab.models import get_spec, list_models
 
 # bf16 keeps 8 significant bits (relative rounding 2^-9 per value); a few layers of it move the
 # logits of these small models by well under 3% of their range. Where fp32's top-2 margin is larger
 # than twice that, the predicted class must not change.
 BF16_LOGIT_TOL = 0.03
 FP32_LOGIT_TOL = 1e-4
-
-
-def _idx(array: np.ndarray) -> bytes:
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
 
 
 def _bar_images(labels: np.ndarray, rng) -> np.ndarray:
@@ -47,13 +42,11 @@ def _bar_images(labels: np.ndarray, rng) -> np.ndarray:
 def bar_data_dir(tmp_path):
     """A Fashion-MNIST-shaped folder (IDX .gz files) whose labels are visible in the pixels."""
     rng = np.random.default_rng(0)
-    folder = tmp_path / "fmnist"
-    folder.mkdir()
-    for split, n in (("train", 256), ("t10k", 64)):
+    arrays = {}
+    for split, n in (("train", 256), ("test", 64)):
         labels = rng.integers(0, 10, n).astype(np.uint8)
-        (folder / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(_bar_images(labels, rng))))
-        (folder / f"{split}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(labels)))
-    return folder
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = _bar_images(labels, rng), labels
+    return fakedata.make_dataset(tmp_path / "fmnist", **arrays)
 
 
 def _bar_splits(n_train: int, n_test: int, noisy_test: bool = False) -> Splits:
@@ -76,7 +69,7 @@ def _logits(model_name, precision, channels_last, compile_, images):
     model = prepare_model(config, device).eval()  # same seed: same weights for every variant
     run = torch.compile(model) if compile_ else model
     with torch.no_grad(), autocast(resolve_precision(precision, device), device):
-        return run(_to_input(images, channels_last)).float()
+        return run(to_model_input(images, channels_last)).float()
 
 
 # Every precision x memory format without compile on two models; torch.compile (seconds per
@@ -229,7 +222,7 @@ def test_bench_cli_times_both_pipelines(bar_data_dir, capsys):
 def test_bench_rejects_bad_settings():
     splits = _bar_splits(16, 8)
     with pytest.raises(UserError, match="larger than"):
-        run_bench(BenchConfig(model="lenet", batch_size=32, device="cpu"), splits)
+        run_bench(make_config("fast", model="lenet", batch_size=32, device="cpu"), BenchConfig(), splits)
     with pytest.raises(UserError, match="steps"):
         BenchConfig(steps=0)
 
@@ -249,9 +242,41 @@ def test_speedrun_preset_uses_a_registered_model():
     assert set(PRESETS) >= {"d2l", "fast", "speedrun"}
 
 
-def test_speednet_forward_and_gradients():
-    model = build_model("speednet")
-    logits = model(torch.rand(4, 1, 28, 28))
-    assert logits.shape == (4, 10)
-    logits.sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+def test_the_speed_estimate_times_the_step_fit_runs(monkeypatch, one_thread):
+    """One builder: the estimate's step has the config's loss (label smoothing), schedule and numerics."""
+    from alexnet_lab.engine import estimate, step as step_module
+
+    built = []
+
+    def recording_builder(*args, **kwargs):
+        built.append(step_module.build_training_step(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(estimate, "build_training_step", recording_builder)
+    config = make_config("speedrun", device="cpu", batch_size=4, precision="fp32")
+    assert estimate.seconds_per_step(config, steps=1, warmup=0) > 0
+    (step,) = built
+    assert step.loss_fn.label_smoothing == config.label_smoothing == 0.1
+    assert step.scheduler.last_epoch == 1 and step.optimizer.defaults["nesterov"]
+    assert estimate.seconds_per_test_batch(config, steps=1, warmup=0) > 0  # a forward of 256 images
+
+
+def test_target_accuracy_evaluates_at_every_log_point(one_thread):
+    """What --target-accuracy's help says, and what the time estimate counts: a test evaluation at
+    every log point (every 10 // 5 = 2 steps and at each epoch's end), here 8 in 1.5 epochs."""
+    from alexnet_lab.engine import estimate
+
+    config = make_config("d2l", model="lenet", epochs=1.5, batch_size=10, lr=0.1, device="cpu",
+                         target_accuracy=0.99)
+    summary = fit(config, [rows := Rows()], splits=_bar_splits(100, 20, noisy_test=True))
+    assert not summary["reached_target"]
+    tested = [r["step"] for r in rows.rows if "test_acc" in r]
+    assert tested == [2, 4, 6, 8, 10, 12, 14, 15] and len(tested) == estimate.evaluations(config, 100)
+
+
+class Rows(Callback):
+    def __init__(self):
+        self.rows = []
+
+    def on_log(self, row):
+        self.rows.append(row)

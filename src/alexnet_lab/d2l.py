@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from alexnet_lab.data.loader import BatchLoader
-from alexnet_lab.engine.setup import init_weights, load_splits
+from alexnet_lab.engine.builders import init_weights, load_splits
+from alexnet_lab.engine.step import book_step, correct_count
 from alexnet_lab.errors import UserError
 
 ENV_LIMIT = "ALEXNET_LAB_D2L_LIMIT"
@@ -139,16 +140,9 @@ class Accumulator:
         return float(self.data[idx])
 
 
-def _correct(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Number of correct predictions as a tensor on y's device (no sync)."""
-    if y_hat.dim() > 1 and y_hat.shape[1] > 1:
-        y_hat = y_hat.argmax(dim=1)
-    return (y_hat.type(y.dtype) == y).type(y.dtype).sum()
-
-
 def accuracy(y_hat: torch.Tensor, y: torch.Tensor) -> float:
     """Compute the number of correct predictions (the book's function: a count, as a float)."""
-    return float(_correct(y_hat, y))
+    return float(correct_count(y_hat, y))
 
 
 def evaluate_accuracy_gpu(net, data_iter, device=None) -> float:
@@ -167,7 +161,7 @@ def evaluate_accuracy_gpu(net, data_iter, device=None) -> float:
             else:
                 X = X.to(device)
             y = y.to(device)
-            metric.add(_correct(net(X), y), y.numel())
+            metric.add(correct_count(net(X), y), y.numel())
     return metric[0] / metric[1]
 
 
@@ -344,14 +338,8 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device):
             net.train()
             timer.start()  # timed: batches (cut and resized on the device) and steps, not plots or tests
             for i, (X, y) in enumerate(train_iter):
-                optimizer.zero_grad()
-                X, y = X.to(device), y.to(device)
-                y_hat = net(X)
-                l = loss(y_hat, y)
-                l.backward()
-                optimizer.step()
-                with torch.no_grad():
-                    metric.add(l * X.shape[0], _correct(y_hat, y), X.shape[0])
+                loss_sum, correct = book_step(net, loss, optimizer, X, y, device)
+                metric.add(loss_sum, correct, y.shape[0])
                 if bar is not None:
                     bar.update(1)
                 if (i + 1) % log_every == 0 or i == num_batches - 1:

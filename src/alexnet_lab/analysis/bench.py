@@ -23,35 +23,29 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from alexnet_lab.analysis.reference_pipeline import D2L_NUM_WORKERS, reference_loader, reference_step
 from alexnet_lab.data import BatchLoader
-from alexnet_lab.engine.config import make_config
-from alexnet_lab.engine.device import DTYPES, resolve_device, resolve_precision, synchronize
-from alexnet_lab.engine.setup import Splits, build_optimizer, check_input_size, init_weights, prepare_model
-from alexnet_lab.engine.trainer import _backend_flags, _to_input, train_step
+from alexnet_lab.engine.config import PRESETS, TrainConfig
+from alexnet_lab.engine.device import DTYPES, backend_flags, resolve_device, resolve_precision, synchronize
+from alexnet_lab.engine.builders import Splits, init_weights, input_size
+from alexnet_lab.engine.step import build_training_step
 from alexnet_lab.errors import UserError
-from alexnet_lab.models import build_model, get_spec
+from alexnet_lab.models import build_model, check_input_size
 
 PIPELINES = ("reference", "project")
+D2L_LR = PRESETS["d2l"]["lr"]  # the reference step's; its cost does not depend on it
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    model: str = "alexnet"
-    batch_size: int = 128
-    resize: int | None = None     # None: the model's own input size
+    """How to time; what to time is a TrainConfig (the project pipeline's recipe and numerics; the
+    reference pipeline takes its model, batch size, input size, seed and device)."""
     warmup: int = 3               # untimed steps before the first window
     steps: int = 5                # steps per timed window
     repeats: int = 3              # timed windows per pipeline
     workers: int = D2L_NUM_WORKERS  # reference DataLoader worker processes
-    precision: str = "auto"       # project pipeline only; the reference is fp32 like the book
-    channels_last: bool = True    # project pipeline only
-    compile: bool = False         # project pipeline only
-    device: str = "auto"
-    lr: float = 0.01              # d2l's; the optimizer's cost does not depend on it
-    seed: int = 0
     peak_size: int = 2048         # side of the square matmuls that measure peak FLOP/s
 
     def __post_init__(self):
-        for name in ("batch_size", "steps", "repeats", "peak_size"):
+        for name in ("steps", "repeats", "peak_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"bench: --{name.replace('_', '-')} must be at least 1.")
         if self.warmup < 0 or self.workers < 0:
@@ -112,79 +106,71 @@ def _endless_project(loader: BatchLoader):
         epoch += 1
 
 
-def bench_reference(cfg: BenchConfig, splits: Splits, device: torch.device, size: int) -> list[float]:
+def bench_reference(config: TrainConfig, bench: BenchConfig, splits: Splits, device: torch.device,
+                    size: int) -> list[float]:
     """The book's pipeline: PIL per-image resize in worker processes, fp32 NCHW, a sync per step."""
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model)
     init_weights(model)  # d2l's xavier init
     model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)  # d2l: plain SGD, default options
+    optimizer = torch.optim.SGD(model.parameters(), lr=D2L_LR)  # d2l: plain SGD, default options
     loss_fn = nn.CrossEntropyLoss()
-    loader = reference_loader(splits.train_images.numpy(), splits.train_labels.numpy(), cfg.batch_size,
-                              size, device, num_workers=cfg.workers, seed=cfg.seed)
+    loader = reference_loader(splits.train_images.numpy(), splits.train_labels.numpy(), config.batch_size,
+                              size, device, num_workers=bench.workers, seed=config.seed)
     batches = _endless_reference(loader)
     try:
         return _time_windows(lambda x, y: reference_step(model, loss_fn, optimizer, x, y, device),
-                             batches, device, cfg.warmup, cfg.steps, cfg.repeats)
+                             batches, device, bench.warmup, bench.steps, bench.repeats)
     finally:
         batches.close()  # drops the DataLoader iterator: its worker processes exit
 
 
-def bench_project(cfg: BenchConfig, splits: Splits, device: torch.device, size: int) -> tuple[list[float], str]:
-    """This project's pipeline: the `fast` preset's step with the chosen numerics, same model and batch."""
-    precision = resolve_precision(cfg.precision, device)
-    config = make_config("fast", model=cfg.model, batch_size=cfg.batch_size, resize=size, precision=precision,
-                         channels_last=cfg.channels_last, compile=cfg.compile, device=str(device),
-                         seed=cfg.seed)
-    model = prepare_model(config, device)
-    optimizer = build_optimizer(config, model)
-    step_model = torch.compile(model) if cfg.compile else model
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    loader = BatchLoader(splits.train_images, splits.train_labels, cfg.batch_size, shuffle=True,
-                         resize=size, device=device, seed=cfg.seed)
-
-    def step(images, labels):
-        train_step(step_model, loss_fn, optimizer, scaler, _to_input(images, cfg.channels_last), labels,
-                   precision, device)  # no sync: results stay on the device
-
-    return _time_windows(step, _endless_project(loader), device, cfg.warmup, cfg.steps, cfg.repeats), precision
+def bench_project(config: TrainConfig, bench: BenchConfig, splits: Splits, device: torch.device,
+                  size: int) -> tuple[list[float], str]:
+    """This project's pipeline: `config`'s training step (as `fit` builds it), same model and batch."""
+    step = build_training_step(config, total_steps=bench.warmup + bench.steps * bench.repeats, device=device)
+    loader = BatchLoader(splits.train_images, splits.train_labels, config.batch_size, shuffle=True,
+                         resize=size, device=device, seed=config.seed)
+    # no sync inside a window: the step's results stay on the device
+    windows = _time_windows(step, _endless_project(loader), device, bench.warmup, bench.steps, bench.repeats)
+    return windows, step.precision
 
 
-def _pipeline_result(windows: list[float], cfg: BenchConfig, flops: int) -> dict:
-    rates = [cfg.batch_size * cfg.steps / s for s in windows]
+def _pipeline_result(windows: list[float], batch_size: int, steps: int, flops: int) -> dict:
+    rates = [batch_size * steps / s for s in windows]
     median = statistics.median(rates)
     return {"examples_per_sec": median, "examples_per_sec_windows": rates,
-            "step_ms": 1000 * cfg.batch_size / median, "flops_per_sec": flops * median}
+            "step_ms": 1000 * batch_size / median, "flops_per_sec": flops * median}
 
 
-def run_bench(cfg: BenchConfig, splits: Splits, pipelines=PIPELINES) -> dict:
+def run_bench(config: TrainConfig, bench: BenchConfig, splits: Splits, pipelines=PIPELINES) -> dict:
     """Time the pipelines in this process (one after the other) and return all numbers as a dict."""
     unknown = set(pipelines) - set(PIPELINES)
     if unknown:
         raise UserError(f"bench: unknown pipeline(s) {', '.join(sorted(unknown))}; choose from {', '.join(PIPELINES)}.")
-    device = resolve_device(cfg.device)
-    size = cfg.resize or get_spec(cfg.model).input_size
-    check_input_size(cfg.model, size)
-    if len(splits.train_images) < cfg.batch_size:
-        raise UserError(f"bench: --batch-size {cfg.batch_size} is larger than the {len(splits.train_images)} "
+    device = resolve_device(config.device)
+    size = input_size(config)
+    check_input_size(config.model, size)
+    if len(splits.train_images) < config.batch_size:
+        raise UserError(f"bench: --batch-size {config.batch_size} is larger than the {len(splits.train_images)} "
                         "training examples available.")
-    flops = flops_per_example(cfg.model, size)
-    result = {"config": asdict(cfg), "device": _device_name(device), "input_size": size,
-              "flops_per_example": flops}
-    with _backend_flags(device, deterministic=False):
+    flops = flops_per_example(config.model, size)
+    result = {"config": {**config.to_dict(), **asdict(bench)}, "device": _device_name(device),
+              "input_size": size, "flops_per_example": flops}
+    timing = (config.batch_size, bench.steps, flops)
+    with backend_flags(device, deterministic=False):
         if "reference" in pipelines:
-            result["reference"] = {"precision": "fp32", "memory_format": "NCHW", "workers": cfg.workers,
+            result["reference"] = {"precision": "fp32", "memory_format": "NCHW", "workers": bench.workers,
                                    "cpus": usable_cpus(),
-                                   **_pipeline_result(bench_reference(cfg, splits, device, size), cfg, flops)}
+                                   **_pipeline_result(bench_reference(config, bench, splits, device, size), *timing)}
         if "project" in pipelines:
-            windows, precision = bench_project(cfg, splits, device, size)
+            windows, precision = bench_project(config, bench, splits, device, size)
             result["project"] = {"precision": precision,
-                                 "memory_format": "NHWC" if cfg.channels_last else "NCHW",
-                                 "compile": cfg.compile, **_pipeline_result(windows, cfg, flops)}
-    peaks = {"fp32": matmul_peak(device, "fp32", cfg.peak_size)}
+                                 "memory_format": "NHWC" if config.channels_last else "NCHW",
+                                 "compile": config.compile, **_pipeline_result(windows, *timing)}
+    peaks = {"fp32": matmul_peak(device, "fp32", bench.peak_size)}
     if device.type == "cuda" or (device.type == "cpu" and resolve_precision("auto", device) == "bf16"):
-        peaks["bf16"] = matmul_peak(device, "bf16", cfg.peak_size)
+        peaks["bf16"] = matmul_peak(device, "bf16", bench.peak_size)
     result["peak_flops_per_sec"] = peaks
     for name in PIPELINES:
         if name in result:

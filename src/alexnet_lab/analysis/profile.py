@@ -34,21 +34,9 @@ def forward_flops(layer: nn.Module, in_shape: torch.Size, out_shape: torch.Size)
     return 0
 
 
-def profile_model(model: nn.Module, input_shape: tuple[int, ...], optimizer: str = "momentum") -> dict:
-    """Per-layer costs of one fp32 training step (forward + backward) on a random probe batch, on the CPU.
-
-    backward_flops: grad of the weights (as many FLOPs as the forward) plus grad of the input
-    (as many again) unless the layer's input needs no gradient (the first layer's image).
-    activation_bytes: bytes of the tensors autograd saves for the backward during this layer's
-    forward, measured with saved_tensors_hooks; each storage counted once (at the first layer that
-    saves it); parameters and buffers excluded. state_bytes: weights + gradients + optimizer buffers
-    (fp32). bytes_moved: the least traffic a step needs, each tensor read or written once:
-    forward reads input and weights and writes the output; backward reads the output's gradient,
-    the saved input and the weights, writes the input's gradient (if needed) and the weights' gradient.
-    """
-    states = OPTIMIZER_STATES[optimizer]
-    model = model.to("cpu", torch.float32).train()
-    layers = leaf_layers(model)
+def trace_layers(model: nn.Module, layers: list[tuple[str, nn.Module]], input_shape: tuple[int, ...]) -> dict:
+    """Run one forward on a random probe; per leaf layer: input/output shapes, whether its input needs
+    a gradient, and the bytes of the activations autograd saves during its forward."""
     model_state = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     seen_storages: set[int] = set()
     rows: dict[str, dict] = {}
@@ -83,26 +71,45 @@ def profile_model(model: nn.Module, input_shape: tuple[int, ...], optimizer: str
     finally:
         for h in handles:
             h.remove()
+    return rows
 
-    out = []
-    for name, layer in layers:
-        if name not in rows:
-            continue  # a leaf the forward never called
-        r = rows[name]
-        params = sum(p.numel() for p in layer.parameters(recurse=False))
-        fwd = forward_flops(layer, r["in_shape"], r["out_shape"])
-        bwd = fwd * (2 if r["input_needs_grad"] else 1)
-        in_bytes, out_bytes, w_bytes = 4 * math.prod(r["in_shape"]), 4 * math.prod(r["out_shape"]), 4 * params
-        moved = (in_bytes + w_bytes + out_bytes                       # forward
-                 + out_bytes + in_bytes + w_bytes + w_bytes           # backward: dy, x, w in; dw out
-                 + (in_bytes if r["input_needs_grad"] else 0))        # backward: dx out
-        out.append({
-            "name": name, "type": type(layer).__name__, "output_shape": list(r["out_shape"]),
-            "params": params, "forward_flops": fwd, "backward_flops": bwd,
-            "activation_bytes": r["activation_bytes"], "weight_bytes": w_bytes, "grad_bytes": w_bytes,
-            "optimizer_bytes": states * w_bytes, "state_bytes": (2 + states) * w_bytes,
-            "bytes_moved": moved, "intensity": (fwd + bwd) / moved,
-        })
+
+def layer_costs(name: str, layer: nn.Module, r: dict, states: int) -> dict:
+    """One layer's row of the profile from its traced shapes (see `profile_model` for definitions)."""
+    params = sum(p.numel() for p in layer.parameters(recurse=False))
+    fwd = forward_flops(layer, r["in_shape"], r["out_shape"])
+    bwd = fwd * (2 if r["input_needs_grad"] else 1)
+    in_bytes, out_bytes, w_bytes = 4 * math.prod(r["in_shape"]), 4 * math.prod(r["out_shape"]), 4 * params
+    moved = (in_bytes + w_bytes + out_bytes                       # forward
+             + out_bytes + in_bytes + w_bytes + w_bytes           # backward: dy, x, w in; dw out
+             + (in_bytes if r["input_needs_grad"] else 0))        # backward: dx out
+    return {
+        "name": name, "type": type(layer).__name__, "output_shape": list(r["out_shape"]),
+        "params": params, "forward_flops": fwd, "backward_flops": bwd,
+        "activation_bytes": r["activation_bytes"], "weight_bytes": w_bytes, "grad_bytes": w_bytes,
+        "optimizer_bytes": states * w_bytes, "state_bytes": (2 + states) * w_bytes,
+        "bytes_moved": moved, "intensity": (fwd + bwd) / moved,
+    }
+
+
+def profile_model(model: nn.Module, input_shape: tuple[int, ...], optimizer: str = "momentum") -> dict:
+    """Per-layer costs of one fp32 training step (forward + backward) on a random probe batch, on the CPU.
+
+    backward_flops: grad of the weights (as many FLOPs as the forward) plus grad of the input
+    (as many again) unless the layer's input needs no gradient (the first layer's image).
+    activation_bytes: bytes of the tensors autograd saves for the backward during this layer's
+    forward, measured with saved_tensors_hooks; each storage counted once (at the first layer that
+    saves it); parameters and buffers excluded. state_bytes: weights + gradients + optimizer buffers
+    (fp32). bytes_moved: the least traffic a step needs, each tensor read or written once:
+    forward reads input and weights and writes the output; backward reads the output's gradient,
+    the saved input and the weights, writes the input's gradient (if needed) and the weights' gradient.
+    """
+    states = OPTIMIZER_STATES[optimizer]
+    model = model.to("cpu", torch.float32).train()
+    layers = leaf_layers(model)
+    rows = trace_layers(model, layers, input_shape)
+    out = [layer_costs(name, layer, rows[name], states) for name, layer in layers
+           if name in rows]  # a leaf the forward never called has no row
     total = {key: sum(r[key] for r in out) for key in NUMERIC_KEYS}  # per-layer keys, summed
     # The optimizer's update: read weight and gradient (and buffers), write weight (and buffers).
     total["optimizer_bytes_moved"] = 4 * total["params"] * (3 + 2 * states)
@@ -181,3 +188,29 @@ def measure_copy_bandwidth(device: torch.device, nbytes: int = 256 * 2**20, repe
         if i:  # the first copy is warm-up (page faults, allocation)
             times.append(time.perf_counter() - start)
     return 2 * nbytes / statistics.median(times)
+
+
+def step_timing(model_name: str, batch: int, size: int, device_name: str | None, precision: str,
+                channels_last: bool, total: dict, optimizer: str = "momentum") -> dict:
+    """Measure a real training step of this probe and the device's copy bandwidth; compare them: the
+    bandwidth the step's least traffic (`total['step_bytes_moved']`) implies at the measured step time.
+    The timed step uses the `optimizer` the counts assume (plain SGD, or SGD with momentum 0.9)."""
+    from alexnet_lab.engine.config import make_config
+    from alexnet_lab.engine.device import resolve_device, resolve_precision
+    from alexnet_lab.engine.estimate import seconds_per_step
+
+    device = resolve_device(device_name or "auto")
+    precision = resolve_precision(precision, device)
+    config = make_config("d2l", model=model_name, batch_size=batch, resize=size, precision=precision,
+                         momentum=0.9 if OPTIMIZER_STATES[optimizer] else 0.0, channels_last=channels_last,
+                         device=str(device))
+    step_s = seconds_per_step(config, steps=3, warmup=1)
+    bandwidth = measure_copy_bandwidth(device)
+    flops = total["forward_flops"] + total["backward_flops"]
+    implied = total["step_bytes_moved"] / step_s
+    return {"device": str(device), "precision": precision, "channels_last": channels_last,
+            "optimizer": optimizer, "momentum": config.momentum, "step_seconds": step_s,
+            "examples_per_sec": batch / step_s,
+            "achieved_flops_per_s": flops / step_s, "implied_bandwidth_bytes_per_s": implied,
+            "measured_bandwidth_bytes_per_s": bandwidth, "bandwidth_fraction": implied / bandwidth,
+            "memory_time_fraction": total["step_bytes_moved"] / bandwidth / step_s}

@@ -14,6 +14,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from alexnet_lab.engine.step import book_step
+
 D2L_NUM_WORKERS = 4  # d2l.get_dataloader_workers()
 
 
@@ -68,14 +70,7 @@ def reference_loader(images: np.ndarray, labels: np.ndarray, batch_size: int, re
 
 def reference_step(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                    images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> tuple[float, float]:
-    """d2l.train_ch6's inner loop body: fp32, NCHW, and a host-device sync (`float(...)`) per step."""
-    optimizer.zero_grad()
-    images, labels = images.to(device), labels.to(device)
-    logits = model(images)
-    loss = loss_fn(logits, labels)
-    loss.backward()
-    optimizer.step()
-    with torch.no_grad():
-        # d2l's Accumulator.add(l * X.shape[0], accuracy(y_hat, y), X.shape[0]) converts to Python
-        # floats: a host-device sync every step.
-        return float(loss * images.shape[0]), float((logits.argmax(dim=1) == labels).sum())
+    """d2l.train_ch6's step (`book_step`) and its host-device sync per step: the book's Accumulator.add
+    converts the loss and the correct count to Python floats at every step."""
+    loss_sum, correct = book_step(model, loss_fn, optimizer, images, labels, device)
+    return float(loss_sum), float(correct)

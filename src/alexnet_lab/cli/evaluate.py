@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from alexnet_lab.cli.options import add_data, add_device, positive_int
+from alexnet_lab.cli.options import add_config_flag, add_data, add_device
 from alexnet_lab.data import CLASS_NAMES
 from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.engine.inference import load_trained
-from alexnet_lab.engine.setup import load_splits, make_loaders
+from alexnet_lab.engine.builders import load_splits, make_loaders
 from alexnet_lab.engine.trainer import evaluate
 from alexnet_lab.reports.plots import plot_confusion
 
@@ -21,7 +21,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt or best.pt of a run")
     add_data(parser)
     add_device(parser)
-    parser.add_argument("--limit-test", type=positive_int, default=None, help="first N test examples")
+    add_config_flag(parser, "limit_test")
     parser.add_argument("--out", default=None, help="folder for confusion.png (default: the checkpoint's)")
 
 

@@ -1,11 +1,18 @@
-"""Argument groups shared by several commands, so each flag is defined once."""
+"""Command-line flags generated from `TrainConfig`'s fields, so that each setting is described once.
+
+A field declared with `engine.config.setting(...)` is the flag `--field-name` on every command that
+takes the training recipe (train, sweep); other commands pick single fields with `add_config_flag`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import types
+import typing
 
-from alexnet_lab.engine.config import DEVICES, PRECISIONS, SCHEDULES, preset_names
-from alexnet_lab.models import list_models
+from alexnet_lab.engine.config import TrainConfig, preset_names
+
+GROUPS = {"recipe": "recipe (overrides the preset)", "numerics": "numerics", "data": "data and run"}
 
 
 def positive_int(text: str) -> int:
@@ -28,63 +35,72 @@ def positive_float(text: str) -> float:
     return value
 
 
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _value_type(annotation) -> type:
+    """int for `int`, `int | None` and `Optional[int]`; likewise float, str, bool."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return annotation
+
+
+def add_config_flag(container, name: str, **overrides) -> None:
+    """Add the flag of TrainConfig field `name` to a parser or argument group: help, type and choices
+    from the field's metadata; default None (= the preset's value). `overrides` go to add_argument."""
+    field = {f.name: f for f in TrainConfig.flag_fields()}[name]
+    meta = field.metadata
+    kind = _value_type(typing.get_type_hints(TrainConfig)[name])
+    kwargs: dict = {"default": None, "help": meta["help"]}
+    if kind is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["type"] = {int: positive_int, float: positive_float}[kind] if meta["positive"] else kind
+        choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
+        if choices:
+            kwargs["choices"] = choices
+    kwargs.update(overrides)
+    container.add_argument(flag_name(name), **kwargs)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
+    """Flags for the TrainConfig fields `names` (default: every flag field), in argument groups."""
+    groups: dict[str | None, object] = {None: parser}
+    for field in TrainConfig.flag_fields():
+        if names is not None and field.name not in names:
+            continue
+        group = field.metadata["group"]
+        if group not in groups:
+            groups[group] = parser.add_argument_group(GROUPS[group])
+        extra = {"help": field.metadata["help"] + " (default: the preset's)"} if field.name == "model" else {}
+        add_config_flag(groups[group], field.name, **extra)
+
+
+def add_preset(parser: argparse.ArgumentParser, default: str = "d2l", what: str = "the book's recipe") -> None:
+    """--preset; None when not given (so `train --resume` can refuse a given one): use `args.preset or default`."""
+    parser.add_argument("--preset", choices=preset_names(), default=None,
+                        help=f"named recipe; the flags below override it (default: {default}, {what})")
+
+
 def add_model(parser: argparse.ArgumentParser, default: str | None = "alexnet") -> None:
-    parser.add_argument("--model", choices=list_models(), default=default,
-                        help="model from the registry" + ("" if default else " (default: the preset's)"))
+    add_config_flag(parser, "model", default=default)
 
 
 def add_data(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", default=None,
-                        help="folder with the Fashion-MNIST IDX files (else $ALEXNET_LAB_DATA, the user "
-                             "cache, /usr/share/datasets/fashion-mnist, then a download)")
+    add_config_flag(parser, "data_dir")
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=DEVICES, default=None,
-                        help="auto prefers cuda, then mps, then cpu (default: auto)")
+    add_config_flag(parser, "device")
 
 
 def add_training(parser: argparse.ArgumentParser) -> None:
-    """Flags that override the chosen preset; unset flags keep the preset's value."""
-    parser.add_argument("--preset", choices=preset_names(), default="d2l",
-                        help="named recipe; the flags below override it (default: d2l, the book's recipe)")
-    add_model(parser, default=None)
-    g = parser.add_argument_group("recipe (overrides the preset)")
-    g.add_argument("--epochs", type=positive_float, help="epochs to train (fractions allowed)")
-    g.add_argument("--batch-size", type=positive_int,
-                   help="global batch size: under torchrun each of the N processes takes batch-size/N "
-                        "examples per step (must divide evenly)")
-    g.add_argument("--lr", type=positive_float, help="(peak) learning rate")
-    g.add_argument("--momentum", type=float, help="SGD momentum")
-    g.add_argument("--weight-decay", type=float, help="L2 weight decay")
-    g.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule, per step")
-    g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing")
-    g.add_argument("--resize", type=positive_int, help="input side in pixels (default: the model's)")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random shift, flip, brightness/contrast jitter on the device")
-    g.add_argument("--seed", type=int, help="seed for init, data order and augmentation")
-    n = parser.add_argument_group("numerics")
-    n.add_argument("--precision", choices=PRECISIONS, help="autocast precision (auto: bf16 where fast)")
-    n.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="NHWC memory format")
-    n.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
-    n.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
-                   help="deterministic kernels (bit-exact resume)")
-    add_device(n)
-    d = parser.add_argument_group("data and run")
-    add_data(d)
-    d.add_argument("--limit-train", type=positive_int, help="use the first N training examples")
-    d.add_argument("--limit-test", type=positive_int, help="use the first N test examples")
-    d.add_argument("--target-accuracy", type=float,
-                   help="evaluate 5 times per epoch and stop at the first test accuracy >= this")
-    d.add_argument("--checkpoint-every", type=positive_int, help="also checkpoint every N steps")
-
-
-TRAINING_KEYS = ("model", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule",
-                 "label_smoothing", "resize", "augment", "seed", "precision", "channels_last", "compile",
-                 "deterministic", "device", "data_dir", "limit_train", "limit_test", "target_accuracy",
-                 "checkpoint_every")
+    """--preset and a flag for every TrainConfig setting; unset flags keep the preset's value."""
+    add_preset(parser)
+    add_config_flags(parser)
 
 
 def training_overrides(args: argparse.Namespace) -> dict:
-    return {key: getattr(args, key, None) for key in TRAINING_KEYS}
+    """The TrainConfig fields given as flags (None: not given, the preset's value stands)."""
+    return {f.name: getattr(args, f.name, None) for f in TrainConfig.flag_fields()}

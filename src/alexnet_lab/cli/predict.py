@@ -10,7 +10,7 @@ from alexnet_lab.data import CLASS_NAMES, to_float_batch
 from alexnet_lab.data.images import load_image_28
 from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.engine.inference import load_trained
-from alexnet_lab.engine.setup import input_size
+from alexnet_lab.engine.builders import input_size
 
 NAME = "predict"
 HELP = "classify image files (any size/mode; converted to 28x28 grayscale like the dataset)"

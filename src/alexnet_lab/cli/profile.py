@@ -7,12 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from alexnet_lab.analysis.profile import OPTIMIZER_STATES, findings, measure_copy_bandwidth, profile_model
+from alexnet_lab.analysis.profile import OPTIMIZER_STATES, findings, profile_model, step_timing
 from alexnet_lab.cli.options import add_device, add_model, positive_int
-from alexnet_lab.engine.config import make_config
-from alexnet_lab.engine.device import resolve_device, resolve_precision
-from alexnet_lab.engine.setup import check_input_size
-from alexnet_lab.models import build_model, get_spec
+from alexnet_lab.models import build_model, check_input_size, get_spec
 from alexnet_lab.reports.plots import plot_profile
 
 NAME = "profile"
@@ -65,26 +62,6 @@ def format_table(profile: dict) -> str:
     return "\n".join(lines)
 
 
-def timing(model_name: str, batch: int, size: int, device_name: str | None, precision: str,
-           channels_last: bool, total: dict) -> dict:
-    """Measure a real training step of this probe and the device's copy bandwidth; compare them."""
-    from alexnet_lab.engine.estimate import seconds_per_step
-
-    device = resolve_device(device_name or "auto")
-    precision = resolve_precision(precision, device)
-    config = make_config("d2l", model=model_name, batch_size=batch, resize=size, precision=precision,
-                         momentum=0.9, channels_last=channels_last, device=str(device))
-    step_s = seconds_per_step(config, steps=3, warmup=1)
-    bandwidth = measure_copy_bandwidth(device)
-    flops = total["forward_flops"] + total["backward_flops"]
-    implied = total["step_bytes_moved"] / step_s
-    return {"device": str(device), "precision": precision, "channels_last": channels_last, "step_seconds": step_s,
-            "examples_per_sec": batch / step_s,
-            "achieved_flops_per_s": flops / step_s, "implied_bandwidth_bytes_per_s": implied,
-            "measured_bandwidth_bytes_per_s": bandwidth, "bandwidth_fraction": implied / bandwidth,
-            "memory_time_fraction": total["step_bytes_moved"] / bandwidth / step_s}
-
-
 def run(args) -> int:
     size = args.input_size or get_spec(args.model).input_size
     check_input_size(args.model, size)
@@ -100,8 +77,8 @@ def run(args) -> int:
     for line in findings(profile):
         print(line)
     if args.timing:
-        profile["timing"] = tm = timing(args.model, args.batch_size, size, args.device, args.precision,
-                                             args.channels_last, t)
+        profile["timing"] = tm = step_timing(args.model, args.batch_size, size, args.device, args.precision,
+                                        args.channels_last, t, args.optimizer)
         print(f"Measured on {tm['device']} ({tm['precision']}{', channels-last' if args.channels_last else ''}): "
               f"{tm['step_seconds'] * 1000:.1f} ms per training step ({tm['examples_per_sec']:.1f} examples/s) "
               f"= {tm['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s. Moving {fmt_bytes(t['step_bytes_moved'])} in that time "

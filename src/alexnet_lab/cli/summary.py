@@ -1,8 +1,8 @@
 """`alexnet-lab summary`: every layer's output shape, as the chapter prints it."""
 
-from alexnet_lab.analysis.summary import format_summary
+from alexnet_lab.analysis.shapes import format_shapes
 from alexnet_lab.cli.options import add_model, positive_int
-from alexnet_lab.models import build_model, get_spec
+from alexnet_lab.models import build_model, check_input_size, get_spec
 
 NAME = "summary"
 HELP = "print each layer's output shape for a probe input (the chapter's first printout)"
@@ -17,9 +17,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from alexnet_lab.engine.setup import check_input_size
-
     size = args.input_size or get_spec(args.model).input_size
     check_input_size(args.model, size)
-    print(format_summary(build_model(args.model), (args.batch_size, 1, size, size), detail=args.detail))
+    print(format_shapes(build_model(args.model), (args.batch_size, 1, size, size), detail=args.detail))
     return 0

@@ -7,7 +7,6 @@ runs are recorded in the table, not raised.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from alexnet_lab.analysis.sweep import sweep, sweep_configs
 from alexnet_lab.cli.options import add_training, positive_float, training_overrides
@@ -57,7 +56,7 @@ def run(args) -> int:
     sizes = batch_sizes(args.batch_sizes)
     if args.batch_size is not None:
         raise UserError("sweep takes --batch-sizes (comma-separated), not --batch-size.")
-    base = make_config(args.preset, **training_overrides(args))
+    base = make_config(args.preset or "d2l", **training_overrides(args))
     configs = sweep_configs(base, sizes, args.lr_scaling)
     out = prepare_run_dir(args.out or default_run_dir("sweep"))
     print(f"Sweeping batch sizes {sizes} for {base.model} (preset '{base.preset}', {base.epochs:g} epoch(s)"

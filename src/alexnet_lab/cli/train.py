@@ -11,33 +11,35 @@ import time
 from pathlib import Path
 
 from alexnet_lab.cli.interrupt import GracefulInterrupt, ImmediateExit, Interrupted
-from alexnet_lab.cli.options import add_training, training_overrides
+from alexnet_lab.cli.options import add_training, flag_name, training_overrides
 from alexnet_lab.cli.progress import ConsoleReporter, add_progress, chapter_lines
 from alexnet_lab.engine import distributed
 from alexnet_lab.engine.checkpoint import check_resumable, load_checkpoint
 from alexnet_lab.engine.config import TrainConfig, make_config
-from alexnet_lab.engine.setup import Splits, check_input_size, input_size, load_splits
+from alexnet_lab.engine.builders import Splits, input_size, load_splits
 from alexnet_lab.engine.trainer import StopRequested, fit
 from alexnet_lab.errors import UserError
+from alexnet_lab.models import check_input_size
 from alexnet_lab.reports.report import build_report
 from alexnet_lab.reports.run_dir import RunWriter, default_run_dir, prepare_run_dir
 
 NAME = "train"
 HELP = "train a model (default: the chapter's AlexNet with the book's d2l recipe)"
 
-# Flags that may be given with --resume. Everything else is the run's recipe and data order, which
-# a resumed run must keep to continue the same run. --epochs may only grow (to extend a run).
-RESUMABLE_FLAGS = ("epochs", "device", "data_dir", "checkpoint_every")
+
+def _resumable_flags() -> str:
+    """The flags that may be given with --resume (fields declared `resumable`). Everything else is the
+    run's recipe and data order, which a resumed run keeps. --epochs may only grow (to extend a run)."""
+    return ", ".join(flag_name(name) for name in TrainConfig.resumable_fields())
 
 
 def add_arguments(parser) -> None:
     add_training(parser)
-    parser.set_defaults(preset=None)  # None = not given (d2l), so --resume can refuse a given --preset
     parser.add_argument("--out", default=None, help="run folder (default: runs/<timestamp>-<model>)")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                         help="continue the run in RUN_DIR from its checkpoint.pt with the config saved "
-                             "there; only --epochs (to extend), --device, --data-dir and "
-                             "--checkpoint-every may be given with it")
+                             f"there; only {_resumable_flags()} may be given with it (--epochs only to "
+                             "extend the run)")
     add_output(parser)
 
 
@@ -127,13 +129,12 @@ def resume_config(args, saved: TrainConfig) -> TrainConfig:
     given = {key: value for key, value in training_overrides(args).items() if value is not None}
     if args.preset is not None:
         given["preset"] = args.preset
-    fixed = sorted(set(given) - set(RESUMABLE_FLAGS))
+    fixed = sorted(set(given) - set(TrainConfig.resumable_fields()))
     if fixed:
-        flags = ", ".join("--" + key.replace("_", "-") for key in fixed)
+        flags = ", ".join(flag_name(key) for key in fixed)
         raise UserError(f"{flags} cannot change when resuming: a resumed run keeps the recipe and data "
-                        f"order saved in its checkpoint. With --resume only "
-                        f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE_FLAGS)} may be given; "
-                        "to change the recipe start a new run with --out.")
+                        f"order saved in its checkpoint. With --resume only {_resumable_flags()} may be "
+                        "given; to change the recipe start a new run with --out.")
     if given.get("epochs", saved.epochs) < saved.epochs:
         raise UserError(f"--epochs {given['epochs']:g} is less than the run's {saved.epochs:g}: on resume "
                         "--epochs may only grow (to extend a run).")

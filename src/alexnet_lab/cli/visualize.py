@@ -14,7 +14,7 @@ from alexnet_lab.data import CLASS_NAMES
 from alexnet_lab.data.images import load_image_28
 from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.engine.inference import load_trained
-from alexnet_lab.engine.setup import input_size, load_splits
+from alexnet_lab.engine.builders import input_size, load_splits
 from alexnet_lab.reports.plots import plot_feature_maps, plot_filters
 
 NAME = "visualize"

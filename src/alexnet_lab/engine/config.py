@@ -6,9 +6,10 @@ Unknown keys and impossible values raise `UserError`; nothing is silently correc
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from alexnet_lab.errors import UserError
+from alexnet_lab.models import list_models
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -16,34 +17,57 @@ SCHEDULES = ("constant", "onecycle", "cosine")
 INITS = ("xavier", "default")
 
 
+def setting(default, help: str, *, choices=None, positive: bool = False, resumable: bool = False,
+            group: str | None = "recipe"):
+    """A config field that is also a command-line flag (`--field-name`), described once, here.
+
+    help: the flag's help text; choices: allowed values (a tuple, or a function returning a list);
+    positive: the flag rejects numbers < 1 (int) or <= 0 (float) as it parses them; resumable: may be
+    given with `train --resume`; group: where the flag is listed in --help (recipe, numerics, data, or
+    None for the top). The flag's type comes from the field's annotation (bool: --x/--no-x)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "positive": positive,
+                                            "resumable": resumable, "group": group})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "alexnet"
-    epochs: float = 10            # may be fractional (e.g. 0.5 = half an epoch of steps)
-    batch_size: int = 128         # global batch (all processes together)
-    lr: float = 0.01              # peak learning rate
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    schedule: str = "constant"    # constant | onecycle | cosine (per step)
-    warmup_frac: float = 0.25     # one-cycle: fraction of steps spent warming up
-    label_smoothing: float = 0.0
-    init: str = "xavier"          # xavier: d2l's xavier_uniform_ on Conv2d/Linear weights
-    resize: int | None = None     # None: the model's own input size
-    augment: bool = False
-    precision: str = "fp32"       # auto | fp32 | bf16 | fp16 (autocast)
-    channels_last: bool = False
-    compile: bool = False
-    device: str = "auto"
-    seed: int = 0
-    deterministic: bool = False
-    limit_train: int | None = None  # first N training examples
-    limit_test: int | None = None   # first N test examples
-    log_points_per_epoch: int = 5   # the chapter's figure: five points per epoch
-    target_accuracy: float | None = None  # stop at the first test evaluation >= this
-    checkpoint_every: int | None = None   # also checkpoint every N steps
-    data_dir: str | None = None
-    preset: str = "custom"
+    model: str = setting("alexnet", "model from the registry", choices=list_models, group=None)
+    epochs: float = setting(10, "epochs to train (fractions allowed)", positive=True, resumable=True)
+    batch_size: int = setting(128, "global batch size: under torchrun each of the N processes takes "
+                                   "batch-size/N examples per step (must divide evenly)", positive=True)
+    lr: float = setting(0.01, "(peak) learning rate", positive=True)
+    momentum: float = setting(0.0, "SGD momentum")
+    nesterov: bool = setting(False, "Nesterov momentum (with --momentum > 0)")
+    weight_decay: float = setting(0.0, "L2 weight decay")
+    schedule: str = setting("constant", "learning-rate schedule, per step", choices=SCHEDULES)
+    warmup_frac: float = setting(0.25, "onecycle schedule: fraction of the steps spent warming up")
+    label_smoothing: float = setting(0.0, "cross-entropy label smoothing")
+    init: str = setting("xavier", "weight init: xavier (d2l's xavier_uniform_ on every Conv2d/Linear "
+                                  "weight) or default (PyTorch's)", choices=INITS)
+    resize: int | None = setting(None, "input side in pixels (default: the model's)", positive=True)
+    augment: bool = setting(False, "random shift, flip, brightness/contrast jitter on the device")
+    precision: str = setting("fp32", "autocast precision (auto: bf16 where fast)", choices=PRECISIONS,
+                             group="numerics")
+    channels_last: bool = setting(False, "NHWC memory format", group="numerics")
+    compile: bool = setting(False, "torch.compile", group="numerics")
+    device: str = setting("auto", "auto prefers cuda, then mps, then cpu (default: auto)", choices=DEVICES,
+                          resumable=True, group="numerics")
+    seed: int = setting(0, "seed for init, data order and augmentation")
+    deterministic: bool = setting(False, "deterministic kernels (bit-exact resume)", group="numerics")
+    limit_train: int | None = setting(None, "use the first N training examples", positive=True, group="data")
+    limit_test: int | None = setting(None, "use the first N test examples", positive=True, group="data")
+    log_points_per_epoch: int = setting(5, "points of the training curves per epoch (the chapter's figure "
+                                           "has 5)", positive=True, group="data")
+    target_accuracy: float | None = setting(
+        None, "evaluate the test set at every log point (every steps-per-epoch // --log-points-per-epoch "
+              "steps and at each epoch's end) instead of once per epoch; stop at the first test accuracy "
+              ">= this", group="data")
+    checkpoint_every: int | None = setting(None, "also checkpoint every N steps", positive=True,
+                                           resumable=True, group="data")
+    data_dir: str | None = setting(
+        None, "folder with the Fashion-MNIST IDX files (else $ALEXNET_LAB_DATA, the user cache, "
+              "/usr/share/datasets/fashion-mnist, then a download)", resumable=True, group="data")
+    preset: str = "custom"        # the preset this config started from (not a flag: --preset picks it)
 
     def __post_init__(self):
         def bad(msg):
@@ -76,6 +100,16 @@ class TrainConfig:
             bad(f"--target-accuracy must be in (0, 1], got {self.target_accuracy}.")
         if self.log_points_per_epoch < 1:
             bad("log_points_per_epoch must be at least 1.")
+
+    @classmethod
+    def flag_fields(cls) -> list[dataclasses.Field]:
+        """The fields that are command-line flags, in declaration order."""
+        return [f for f in fields(cls) if "help" in f.metadata]
+
+    @classmethod
+    def resumable_fields(cls) -> tuple[str, ...]:
+        """Fields that `train --resume` may change; every other one is the run's recipe or data order."""
+        return tuple(f.name for f in cls.flag_fields() if f.metadata["resumable"])
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

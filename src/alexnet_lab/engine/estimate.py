@@ -1,38 +1,116 @@
-"""A quick, measured estimate of training speed: time a few real steps before committing to a run."""
+"""Measured estimates of a run's time before committing to it: time a few real training steps and a
+test batch, and plan a run that fits a time budget.
+"""
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from alexnet_lab.engine.config import TrainConfig
-from alexnet_lab.engine.device import resolve_device, resolve_precision, synchronize
-from alexnet_lab.engine.setup import build_optimizer, input_size, prepare_model
-from alexnet_lab.engine.trainer import _to_input, train_step
+from alexnet_lab.engine.builders import evaluation_batch_size, input_size
+from alexnet_lab.engine.config import TrainConfig, make_config
+from alexnet_lab.engine.device import autocast, synchronize
+from alexnet_lab.engine.step import build_training_step, to_model_input
 
 
-def seconds_per_step(config: TrainConfig, steps: int = 2, warmup: int = 1) -> float:
-    """Median seconds of one training step of `config` on random data (after warm-up)."""
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
-    model = prepare_model(config, device)
-    optimizer = build_optimizer(config, model)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    loss_fn = nn.CrossEntropyLoss()
-    size = input_size(config)
-    gen = torch.Generator().manual_seed(0)
-    images = torch.rand(config.batch_size, 1, size, size, generator=gen).to(device)
-    labels = torch.randint(0, 10, (config.batch_size,), generator=gen).to(device)
+def _median_seconds(work, device: torch.device, steps: int, warmup: int) -> float:
     times = []
     for i in range(warmup + steps):
         synchronize(device)
         start = time.perf_counter()
-        train_step(model, loss_fn, optimizer, scaler, _to_input(images, config.channels_last), labels,
-                   precision, device)
+        work()
         synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _random_batch(batch_size: int, size: int, device: torch.device):
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(batch_size, 1, size, size, generator=gen).to(device)
+    return images, torch.randint(0, 10, (batch_size,), generator=gen).to(device)
+
+
+def seconds_per_step(config: TrainConfig, steps: int = 2, warmup: int = 1) -> float:
+    """Median seconds of one training step of `config` on random data (after warm-up).
+
+    The step is the one `fit` runs (same builder: numerics, optimizer, schedule, loss, compile)."""
+    step = build_training_step(config, total_steps=warmup + steps)
+    images, labels = _random_batch(config.batch_size, input_size(config), step.device)
+    return _median_seconds(lambda: step(images, labels), step.device, steps, warmup)
+
+
+def seconds_per_test_batch(config: TrainConfig, steps: int = 1, warmup: int = 1) -> float:
+    """Median seconds of one test batch (`evaluation_batch_size` images, forward only, eval mode,
+    `config`'s numerics), as `evaluate` runs it."""
+    step = build_training_step(config)
+    model = step.model.eval()
+    images, _ = _random_batch(evaluation_batch_size(config), input_size(config), step.device)
+
+    def forward():
+        with torch.no_grad(), autocast(step.precision, step.device):
+            model(to_model_input(images, config.channels_last))
+
+    return _median_seconds(forward, step.device, steps, warmup)
+
+
+def steps_per_epoch(config: TrainConfig, train_examples: int) -> int:
+    return math.ceil(train_examples / config.batch_size)  # the last batch may be short (as in fit)
+
+
+def total_steps(config: TrainConfig, train_examples: int) -> int:
+    """The optimizer steps `fit` takes for `config` on `train_examples` images (fractional epochs too)."""
+    return max(1, math.ceil(config.epochs * steps_per_epoch(config, train_examples)))
+
+
+def evaluations(config: TrainConfig, train_examples: int) -> int:
+    """Test-set evaluations `fit` runs: one per epoch end; with a target accuracy, one per log point
+    (the most it runs: it stops at the first that reaches the target)."""
+    per_epoch = steps_per_epoch(config, train_examples)
+    steps = total_steps(config, train_examples)
+    if config.target_accuracy is None:
+        return math.ceil(steps / per_epoch)
+    log_every = max(1, per_epoch // config.log_points_per_epoch)
+    count = 0
+    for step in range(1, steps + 1):
+        batch = (step - 1) % per_epoch + 1  # batches of the epoch done after this step
+        count += batch % log_every == 0 or batch == per_epoch or step == steps
+    return count
+
+
+def evaluation_seconds(config: TrainConfig, train_examples: int, test_examples: int,
+                       test_batch_seconds: float) -> float:
+    """Time of all test evaluations of a run, from the measured seconds of one test batch."""
+    batches = math.ceil(test_examples / evaluation_batch_size(config))
+    return evaluations(config, train_examples) * batches * test_batch_seconds
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """A run cut to a time budget, with the measurements it was planned from (seconds)."""
+    config: TrainConfig          # the run that fits: `fast` recipe, one pass over the first N images
+    step_seconds: float          # measured: one step of that run
+    train_seconds: float         # its training time (the budget, to a step)
+    eval_seconds: float          # its test evaluation, from a measured test batch
+    full_step_seconds: float     # measured: one step of the full recipe (its own numerics)
+    full_train_seconds: float    # the full recipe's training time on all the data
+
+
+def plan_budget(full: TrainConfig, budget_seconds: float, train_examples: int, test_examples: int,
+                limit_test: int = 2000, min_steps: int = 10) -> BudgetPlan:
+    """The chapter's AlexNet with the `fast` recipe, one pass over as many training images as fit
+    `budget_seconds` of measured steps (at least `min_steps`), tested on the first `limit_test` images."""
+    fast = make_config("fast", device=full.device, data_dir=full.data_dir)
+    step_s = seconds_per_step(fast)
+    steps = max(min_steps, int(budget_seconds / step_s))
+    limit_train = min(train_examples, steps * fast.batch_size)
+    limit_test = min(limit_test, test_examples)
+    budget = fast.replace(epochs=1, limit_train=limit_train, limit_test=limit_test, preset="fast-cpu-budget")
+    eval_s = evaluation_seconds(budget, limit_train, limit_test, seconds_per_test_batch(budget))
+    full_step_s = seconds_per_step(full, steps=1)  # the full recipe's numerics (d2l: fp32, NCHW)
+    return BudgetPlan(budget, step_s, total_steps(budget, limit_train) * step_s, eval_s, full_step_s,
+                      total_steps(full, train_examples) * full_step_s)

@@ -2,6 +2,8 @@
 
 from alexnet_lab.models import alexnet, lenet, speednet  # noqa: F401  (registration side effect)
 from alexnet_lab.models import alexnet_small, fmnist_net, lenet_modern  # noqa: F401  (the chapter's exercises)
-from alexnet_lab.models.registry import ModelSpec, build_model, get_spec, list_models, register_model
+from alexnet_lab.models.registry import (ModelSpec, build_model, check_input_size, get_spec, list_models,
+                                        register_model, valid_input_sizes)
 
-__all__ = ["ModelSpec", "build_model", "get_spec", "list_models", "register_model"]
+__all__ = ["ModelSpec", "build_model", "check_input_size", "get_spec", "list_models", "register_model",
+           "valid_input_sizes"]

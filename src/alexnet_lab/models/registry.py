@@ -1,4 +1,5 @@
-"""The model registry: `register_model`, `build_model`, `list_models`, `get_spec`.
+"""The model registry: `register_model`, `build_model`, `list_models`, `get_spec`, and the input
+sizes each model accepts (`valid_input_sizes`, `check_input_size`).
 
 The CLI's choices and the test-suite's parametrisation both come from here.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
 from alexnet_lab.errors import UserError
@@ -47,3 +49,31 @@ def get_spec(name: str) -> ModelSpec:
 def build_model(name: str, num_classes: int = 10) -> nn.Module:
     """A fresh model on the CPU in fp32; the caller picks device, dtype and memory format."""
     return get_spec(name).builder(num_classes=num_classes)
+
+
+def valid_input_sizes(model_name: str, sizes=range(8, 513)) -> list[int]:
+    """Input sides the model accepts, found by shape propagation on the meta device (no compute)."""
+    with torch.device("meta"):
+        model = build_model(model_name)
+    model.eval()  # BatchNorm in training mode rejects a batch of one sample per channel
+    ok = []
+    for s in sizes:
+        try:
+            model(torch.empty(1, 1, s, s, device="meta"))
+            ok.append(s)
+        except RuntimeError:
+            pass
+    return ok
+
+
+def check_input_size(model_name: str, size: int) -> None:
+    """Raise a UserError naming the sizes that work if `model_name` cannot take size x size input."""
+    if valid_input_sizes(model_name, [size]):
+        return
+    valid = valid_input_sizes(model_name)
+    if not valid:
+        raise UserError(f"Input size {size} (--resize / --input-size) does not fit model '{model_name}', and no size from 8 to 512 does.")
+    contiguous = valid[-1] - valid[0] + 1 == len(valid)
+    span = f"{valid[0]}..{valid[-1]}" if contiguous else ", ".join(map(str, valid[:8])) + ("..." if len(valid) > 8 else "")
+    raise UserError(f"Input size {size} (--resize / --input-size) does not fit model '{model_name}' (sizes that work: {span}). "
+                    f"The smallest size that works is {valid[0]}.")

@@ -18,7 +18,7 @@ from alexnet_lab.analysis.features import (feature_maps, first_layer_filters, pr
 from alexnet_lab.data import CLASS_NAMES
 from alexnet_lab.engine.device import resolve_device, resolve_precision
 from alexnet_lab.engine.inference import load_trained
-from alexnet_lab.engine.setup import input_size, load_splits
+from alexnet_lab.engine.builders import input_size, load_splits
 from alexnet_lab.errors import UserError
 from alexnet_lab.reports.plots import plot_confusion, plot_feature_maps, plot_filters, plot_image_grid
 

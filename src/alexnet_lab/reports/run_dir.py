@@ -71,21 +71,18 @@ def environment() -> dict:
 class RunWriter(Callback):
     """Writes the run folder as training goes (only on the process that owns the files)."""
 
-    def __init__(self, out: Path, config: dict, *, resume: bool = False, rows: list[dict] | None = None):
+    def __init__(self, out: Path, config: dict, *, rows: list[dict] | None = None):
         """`rows`: the metrics held by the checkpoint a run resumes from. metrics.jsonl is rewritten
-        to exactly those, dropping rows logged after that checkpoint (those steps run again)."""
+        to exactly those, dropping rows logged after that checkpoint (those steps run again).
+        Without `rows` the run is new and metrics.jsonl starts empty."""
         self.out = out
         self.config = config
+        self.rows = list(rows or [])
+        tmp = out / ".metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps({k: _clean(v) for k, v in r.items()}) + "\n" for r in self.rows))
+        os.replace(tmp, out / "metrics.jsonl")
         if rows is not None:
-            self.rows = list(rows)
-            tmp = out / ".metrics.jsonl.tmp"
-            tmp.write_text("".join(json.dumps({k: _clean(v) for k, v in r.items()}) + "\n" for r in rows))
-            os.replace(tmp, out / "metrics.jsonl")
             (out / "summary.json").unlink(missing_ok=True)  # the run is unfinished again
-        else:
-            self.rows = read_metrics(out) if resume else []
-            if not resume:
-                (out / "metrics.jsonl").write_text("")
         self.info: dict = {}
         self.last_plot = -float("inf")
 

@@ -1,4 +1,4 @@
-"""Building the pieces a run needs from its config: data loaders, model, optimizer, schedule.
+"""Builders: the pieces a run needs, made from its config (data splits and loaders, model, optimizer, schedule).
 
 Shared by `fit`, `evaluate`, `bench` and the d2l API so there is one way to do each.
 """
@@ -15,7 +15,7 @@ from alexnet_lab.data import BatchLoader, load_fashion_mnist
 from alexnet_lab.data.loader import tensors_from_numpy
 from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.errors import UserError
-from alexnet_lab.models import build_model, get_spec
+from alexnet_lab.models import build_model, check_input_size, get_spec
 
 
 @dataclass
@@ -25,6 +25,11 @@ class Splits:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     source: str
+
+    def head(self, limit_train: int | None, limit_test: int | None) -> "Splits":
+        """The first `limit_train` / `limit_test` examples of each split (views, no copy)."""
+        return Splits(self.train_images[:limit_train], self.train_labels[:limit_train],
+                      self.test_images[:limit_test], self.test_labels[:limit_test], self.source)
 
 
 def load_splits(data_dir: str | None = None, limit_train: int | None = None,
@@ -40,6 +45,11 @@ def input_size(config: TrainConfig) -> int:
     return config.resize or get_spec(config.model).input_size
 
 
+def evaluation_batch_size(config: TrainConfig, world_size: int = 1) -> int:
+    """Test batches are at least 256 images: no gradients are kept, so larger batches fit."""
+    return max(config.batch_size // world_size, 256)
+
+
 def make_loaders(config: TrainConfig, splits: Splits, device: torch.device,
                  rank: int = 0, world_size: int = 1) -> tuple[BatchLoader, BatchLoader]:
     if config.batch_size % world_size:
@@ -51,7 +61,7 @@ def make_loaders(config: TrainConfig, splits: Splits, device: torch.device,
                         device=device, augment=config.augment, seed=config.seed, drop_last=False,
                         rank=rank, world_size=world_size)
     # even_shards=False: under DDP every test example is evaluated exactly once (ranks may differ by one).
-    test = BatchLoader(splits.test_images, splits.test_labels, max(per_rank, 256), shuffle=False,
+    test = BatchLoader(splits.test_images, splits.test_labels, evaluation_batch_size(config, world_size), shuffle=False,
                        resize=size, device=device, rank=rank, world_size=world_size, even_shards=False)
     return train, test
 
@@ -61,34 +71,6 @@ def init_weights(model: nn.Module) -> None:
     for m in model.modules():
         if type(m) in (nn.Linear, nn.Conv2d):
             nn.init.xavier_uniform_(m.weight)
-
-
-def valid_input_sizes(model_name: str, sizes=range(8, 513)) -> list[int]:
-    """Input sides the model accepts, found by shape propagation on the meta device (no compute)."""
-    with torch.device("meta"):
-        model = build_model(model_name)
-    model.eval()  # BatchNorm in training mode rejects a batch of one sample per channel
-    ok = []
-    for s in sizes:
-        try:
-            model(torch.empty(1, 1, s, s, device="meta"))
-            ok.append(s)
-        except RuntimeError:
-            pass
-    return ok
-
-
-def check_input_size(model_name: str, size: int) -> None:
-    """Raise a UserError naming the sizes that work if `model_name` cannot take size x size input."""
-    if valid_input_sizes(model_name, [size]):
-        return
-    valid = valid_input_sizes(model_name)
-    if not valid:
-        raise UserError(f"Input size {size} (--resize / --input-size) does not fit model '{model_name}', and no size from 8 to 512 does.")
-    contiguous = valid[-1] - valid[0] + 1 == len(valid)
-    span = f"{valid[0]}..{valid[-1]}" if contiguous else ", ".join(map(str, valid[:8])) + ("..." if len(valid) > 8 else "")
-    raise UserError(f"Input size {size} (--resize / --input-size) does not fit model '{model_name}' (sizes that work: {span}). "
-                    f"The smallest size that works is {valid[0]}.")
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -23,7 +23,7 @@ def layer_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[s
     return rows
 
 
-def format_summary(model: nn.Module, input_shape: tuple[int, ...], detail: bool = False) -> str:
+def format_shapes(model: nn.Module, input_shape: tuple[int, ...], detail: bool = False) -> str:
     lines = []
     params_by_name = {name: sum(p.numel() for p in layer.parameters()) for name, layer in model.named_children()}
     total_bytes = 0

@@ -1,0 +1,113 @@
+"""The training step, built in one place: `build_training_step(config)` makes everything a step needs
+(device, precision, model, optimizer, schedule, scaler, loss); `book_step` is d2l.train_ch6's step.
+
+Used by `fit`, the speed estimate, `bench` and the d2l API, so that what is timed is what is trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from alexnet_lab.engine.builders import build_optimizer, build_scheduler, prepare_model
+from alexnet_lab.engine.config import TrainConfig
+from alexnet_lab.engine.device import autocast, resolve_device, resolve_precision
+
+
+def correct_count(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Number of correct predictions as a tensor on y's device (no sync); d2l's `accuracy` semantics:
+    class scores are reduced by argmax, a 1-D `y_hat` is taken as the predicted labels."""
+    if y_hat.dim() > 1 and y_hat.shape[1] > 1:
+        y_hat = y_hat.argmax(dim=1)
+    return (y_hat.type(y.dtype) == y).type(y.dtype).sum()
+
+
+def to_model_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A (B, 1, S, S) batch in the memory format the model runs in (NHWC when `channels_last`)."""
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+def train_step(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scaler,
+               images: torch.Tensor, labels: torch.Tensor, precision: str, device: torch.device):
+    """One SGD step; returns the (detached, on-device) summed loss and correct count."""
+    with autocast(precision, device):
+        logits = model(images)                       # (B, 10)
+        loss = loss_fn(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    n = labels.shape[0]
+    return loss.detach().float() * n, (logits.argmax(dim=1) == labels).sum()
+
+
+@dataclass
+class TrainingStep:
+    """A config's training step with its state. `model` is the unwrapped, uncompiled module that
+    checkpoints hold; `step_model` is what the steps run (compiled, DDP-wrapped)."""
+    config: TrainConfig
+    device: torch.device
+    precision: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loss_fn: nn.Module
+    step_model: nn.Module
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step and one schedule step; (summed loss, correct count) stay on the device."""
+        out = train_step(self.step_model, self.loss_fn, self.optimizer, self.scaler,
+                         to_model_input(images, self.config.channels_last), labels, self.precision, self.device)
+        self.scheduler.step()
+        return out
+
+    def wrap(self, wrap_model: Callable[[nn.Module], nn.Module]) -> None:
+        """Run the steps through `wrap_model(model)` (e.g. DDP), compiled when the config says so."""
+        self.step_model = _compiled(wrap_model(self.model), self.config.compile)
+
+    def state_dict(self) -> dict:
+        return {"model_state": self.model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
+                "scheduler_state": self.scheduler.state_dict(), "scaler_state": self.scaler.state_dict()}
+
+    def load_state_dict(self, payload: dict) -> None:
+        self.model.load_state_dict(payload["model_state"])
+        self.optimizer.load_state_dict(payload["optimizer_state"])
+        self.scheduler.load_state_dict(payload["scheduler_state"])
+        self.scaler.load_state_dict(payload["scaler_state"])
+
+
+def _compiled(model: nn.Module, compile_: bool) -> nn.Module:
+    return torch.compile(model) if compile_ else model  # lazy: compiles at the first step
+
+
+def build_training_step(config: TrainConfig, total_steps: int = 1,
+                        device: torch.device | None = None) -> TrainingStep:
+    """Everything one training step of `config` needs; `total_steps` sizes the lr schedule."""
+    device = device if device is not None else resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    model = prepare_model(config, device)
+    optimizer = build_optimizer(config, model)
+    return TrainingStep(
+        config=config, device=device, precision=precision, model=model, optimizer=optimizer,
+        scheduler=build_scheduler(config, optimizer, total_steps),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        step_model=_compiled(model, config.compile))
+
+
+def book_step(net: nn.Module, loss: nn.Module, optimizer: torch.optim.Optimizer, X: torch.Tensor,
+              y: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """d2l.train_ch6's inner loop body (fp32, NCHW, the caller's optimizer and loss), with the book's
+    names. Returns (loss * batch, correct count) as detached tensors on the device: no sync here."""
+    optimizer.zero_grad()
+    X, y = X.to(device), y.to(device)
+    y_hat = net(X)
+    l = loss(y_hat, y)  # noqa: E741  (the book's name)
+    l.backward()
+    optimizer.step()
+    with torch.no_grad():
+        return l * X.shape[0], correct_count(y_hat, y)
