@@ -1,9 +1,10 @@
 """Produce the messages quoted in docs/RELIABILITY.md: every failure tried for real, through the CLI.
 
 Run from the repository root: `PYTHONPATH=src python docs/reliability_demo.py OUT [SECTION ...]`
-(sections: resume, kill, checkpoints, data, flags, alexnet; all by default, in that order; each is
-well under a minute). Each case runs `python -m alexnet_lab ...` as a subprocess and records its exit
-status and what it printed (progress bars left out) in OUT/report-SECTION.md.
+(sections: resume, kill, checkpoints, data, flags, hostile, alexnet; all by default, in that order;
+each is well under a minute; checkpoints, flags and hostile use the run that resume makes). Each case
+runs `python -m alexnet_lab ...` as a subprocess and records its exit status and what it printed
+(progress bars left out) in OUT/report-SECTION.md.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import fakedata  # noqa: E402  (the test-suite's synthetic IDX writer)
 from alexnet_lab.engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
 OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/reliability")  # relative: short paths in messages
-SECTIONS = sys.argv[2:] or ["resume", "kill", "checkpoints", "data", "flags", "alexnet"]
+SECTIONS = sys.argv[2:] or ["resume", "kill", "checkpoints", "data", "flags", "hostile", "alexnet"]
 ENV = {**os.environ, "PYTHONPATH": str(Path("src").resolve()), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 LENET = ["--model", "lenet", "--limit-train", "2000", "--limit-test", "1000", "--epochs", "2",
          "--batch-size", "64", "--lr", "0.1", "--momentum", "0.9", "--schedule", "onecycle", "--augment",
@@ -92,6 +93,48 @@ def same_run(a: Path, b: Path) -> str:
             f"metrics.jsonl rows identical except elapsed_s: {ma == mb} ({len(ma)} rows).")
 
 
+def hostile(a: Path, tiny: list[str], offline: dict) -> None:
+    """The defects found by trying to break the CLI (issue 9), each tried again after its fix."""
+    report.append("## Careless and hostile use\n")
+    good = fakedata.make_dataset(OUT / "data" / "good", 256, 64)
+    run = OUT / "F"
+    shutil.rmtree(run, ignore_errors=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom alexnet_lab.reports.run_dir import claim_run_dir\n"
+        "with claim_run_dir(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)\n"), str(run)],
+        env=ENV, stdout=subprocess.PIPE, text=True)
+    holder.stdout.readline()
+    cli(f"A second process on a run folder in use (held by PID {holder.pid})",
+        [*tiny, "--data-dir", str(good), "--out", str(run)], env=offline)
+    holder.kill()
+    holder.wait()
+    cli("The same after that process was killed (its lock file left behind)",
+        [*tiny, "--data-dir", str(good), "--out", str(run)], env=offline)
+    other = OUT / "G"
+    shutil.rmtree(other, ignore_errors=True)
+    other.mkdir()
+    (other / "best.pt").write_bytes((a / "best.pt").read_bytes())
+    cli("--out at a folder holding another run's best.pt (no checkpoint.pt)",
+        [*tiny, "--data-dir", str(good), "--out", str(other)], env=offline)
+    half = fakedata.make_dataset(OUT / "data" / "half", 128, 64)
+    cli("Resume on other data", ["train", "--resume", str(run), "--epochs", "2", "--data-dir", str(half)],
+        env=offline)
+    for title, flags in [("Infinite epochs", ["--epochs", "inf"]), ("1e20 epochs", ["--epochs", "1e20"]),
+                         ("A learning rate beyond float32", ["--lr", "1e308"]),
+                         ("Negative weight decay", ["--weight-decay", "-1"]),
+                         ("A seed beyond 64 bits", ["--seed", "99999999999999999999"])]:
+        cli(title, [*tiny, "--data-dir", str(good), "--out", str(OUT / "bad-flag"), *flags], env=offline)
+    cli("fmnist-net at 4096x4096 (the memory estimate, before anything is allocated)",
+        ["train", "--model", "fmnist-net", "--resize", "4096", "--epochs", "1", "--device", "cpu",
+         "--data-dir", str(good), "--out", str(OUT / "too-big")], env=offline)
+    empty = fakedata.make_dataset(OUT / "data" / "empty-test", 64, 0)
+    cli("An empty test set", [*tiny, "--data-dir", str(empty), "--out", str(OUT / "empty")], env=offline)
+    cli("--precision fp16 on a CPU", [*tiny, "--data-dir", str(good), "--precision", "fp16",
+                                      "--out", str(OUT / "fp16")], env=offline)
+    cli("--out ''", [*tiny, "--data-dir", str(good), "--out", ""], env=offline)
+    cli("evaluate on a folder", ["evaluate", "--checkpoint", str(a)])
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     a, b, c, d, e = (OUT / name for name in ("A", "B", "C", "D", "E"))
@@ -137,6 +180,15 @@ def main() -> None:
                 str(evil), str(marker)], check=True)
             cli("A checkpoint carrying code (its payload would create a file)",
                 ["evaluate", "--checkpoint", str(evil)],
+                note=lambda: f"File created by the payload exists afterwards: {marker.exists()}.")
+            shell = OUT / "evil-shell.pt"
+            subprocess.run([sys.executable, "-c", (
+                "import os, pickle, sys\n"
+                "class P:\n"
+                "    def __reduce__(self): return (os.system, ('touch ' + sys.argv[2],))\n"
+                "open(sys.argv[1], 'wb').write(pickle.dumps({'model_state': P()}, protocol=2))\n"),
+                str(shell), str(marker)], check=True)
+            cli("A raw pickle that would run a shell command", ["evaluate", "--checkpoint", str(shell)],
                 note=lambda: f"File created by the payload exists afterwards: {marker.exists()}.")
             cut = OUT / "cut.pt"
             cut.write_bytes((a / "checkpoint.pt").read_bytes()[:100_000])
@@ -202,8 +254,15 @@ def main() -> None:
                 ["predict", "--checkpoint", str(a / "best.pt"), str(bomb)])
             shutil.rmtree(OUT / "diverged", ignore_errors=True)
             cli("Diverging run (learning rate far too high)",
-                ["train", "--model", "lenet", "--epochs", "1", "--device", "cpu", "--data-dir", str(good),
-                 "--lr", "1e38", "--schedule", "constant", "--out", str(OUT / "diverged")], env=offline)
+                ["train", "--model", "lenet-modern", "--epochs", "2", "--batch-size", "16", "--device", "cpu",
+                 "--data-dir", str(good), "--lr", "100", "--out", str(OUT / "diverged")], env=offline)
+            shutil.rmtree(OUT / "diverged", ignore_errors=True)
+            cli("Diverging run (weight decay far too high)",
+                ["train", "--model", "lenet", "--epochs", "2", "--batch-size", "16", "--device", "cpu",
+                 "--data-dir", str(good), "--lr", "1", "--weight-decay", "1000", "--out", str(OUT / "diverged")],
+                env=offline)
+        elif section == "hostile":
+            hostile(a, tiny, offline)
         elif section == "alexnet":
             # AlexNet (seconds per step here), so the second Ctrl-C lands inside the step the first waits for.
             shutil.rmtree(e, ignore_errors=True)

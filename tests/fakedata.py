@@ -65,3 +65,45 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(saved)
+
+
+class FullDisk:
+    """`monkeypatch.setattr(os, "fdopen", FullDisk(files_ok=2))`: the first `files_ok` files opened
+    with os.fdopen are written normally; every later one raises ENOSPC after `bytes_ok` bytes, as a
+    full disk does (the OSError carries no file name, like the kernel's)."""
+
+    def __init__(self, files_ok: int = 0, bytes_ok: int = 100):
+        import os
+
+        self.real_fdopen = os.fdopen
+        self.files_ok, self.bytes_ok, self.opened = files_ok, bytes_ok, 0
+
+    def __call__(self, fd, *args, **kwargs):
+        fh = self.real_fdopen(fd, *args, **kwargs)
+        self.opened += 1
+        return fh if self.opened <= self.files_ok else _FillingFile(fh, self.bytes_ok)
+
+
+class _FillingFile:
+    def __init__(self, fh, bytes_ok: int):
+        self.fh, self.left = fh, bytes_ok
+
+    def write(self, data) -> int:
+        import errno
+        import os
+
+        if len(data) > self.left:
+            self.fh.write(bytes(data[:self.left]))
+            self.left = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.left -= len(data)
+        return self.fh.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.fh.close()

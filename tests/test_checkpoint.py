@@ -142,17 +142,31 @@ class _CreatesFile:
         return (open, (str(self.path), "w"))  # unpickling calls open(path, "w"): creates the file
 
 
-@pytest.mark.parametrize("container", ["torch.save", "raw pickle"])
-def test_code_in_a_checkpoint_never_runs(tmp_path, container):
+class _RunsShell:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.path}'",))  # unpickling runs a shell command
+
+
+@pytest.mark.parametrize("code", [_CreatesFile, _RunsShell], ids=["open", "os.system"])
+@pytest.mark.parametrize("container", ["torch.save", "legacy torch.save", "raw pickle"])
+def test_code_in_a_checkpoint_never_runs(tmp_path, container, code):
+    """Refused, nothing run, and the message says so, without torch's advice to retry unsafely."""
     marker = tmp_path / "created-by-the-payload"
     path = tmp_path / "evil.pt"
-    payload = {"format": ckpt.FORMAT, "model_state": _CreatesFile(marker)}
-    if container == "torch.save":
-        torch.save(payload, path)
+    payload = {"format": ckpt.FORMAT, "model_state": code(marker)}
+    if container == "raw pickle":
+        path.write_bytes(pickle.dumps(payload, protocol=2))
     else:
-        path.write_bytes(pickle.dumps(payload))
-    with pytest.raises(UserError, match=f"'{path}'.*nothing in it was executed"):
+        torch.save(payload, path, _use_new_zipfile_serialization=container == "torch.save")
+    with pytest.raises(UserError) as err:
         ckpt.load_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith(f"Refused to load '{path}': the file contains Python code"), message
+    assert "Nothing in it was run. Do not load it with weights_only=False" in message
+    assert "will likely succeed" not in message and "add_safe_globals" not in message and "corrupt" not in message
     assert not marker.exists()
     with open(path, "rb") as fh:  # guard: the payload is real
         pickle.load(fh) if container == "raw pickle" else torch.load(fh, weights_only=False)

@@ -325,9 +325,9 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(data_dir, tmp_path
     assert all(torch.isfinite(v).all() for v in kept["model_state"].values())
 
 
-def test_too_high_lr_is_a_clear_error(data_dir, tiny_model, tmp_path, capsys):
-    args = train_args(data_dir, tmp_path / "r", "--lr", "1e30", "--schedule", "constant")
-    args[args.index("lenet")] = tiny_model
+def test_too_high_lr_is_a_clear_error(data_dir, tmp_path, capsys):
+    args = train_args(data_dir, tmp_path / "r", "--lr", "100", "--schedule", "constant")
+    args[args.index("lenet")] = "lenet-modern"  # ReLU and max pooling: diverges at lr 100
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "The training loss became non-finite (NaN or inf) by step" in err and "lower --lr" in err
@@ -411,25 +411,19 @@ def test_unwritable_out(data_dir, tmp_path, capsys):
 
 
 def test_full_disk_while_saving(data_dir, tmp_path, monkeypatch, capsys):
-    real_save = torch.save
-    calls = []
-
-    def save_then_fill_disk(obj, fh, *a, **kw):
-        calls.append(1)
-        if len(calls) <= 2:  # epoch 1: checkpoint.pt and best.pt
-            return real_save(obj, fh, *a, **kw)
-        fh.write(b"PK\x03\x04 partial")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", save_then_fill_disk)
+    """The epoch-2 save meets a full disk inside torch.save (which reports it as a RuntimeError from
+    its zip writer): the documented message, exit 2, epoch 1's checkpoint intact, no temp file."""
+    monkeypatch.setattr(os, "fdopen", fakedata.FullDisk(files_ok=2))  # epoch 1: checkpoint.pt, best.pt
     out = tmp_path / "r"
     assert main(train_args(data_dir, out)) == 2
     err = capsys.readouterr().err
-    assert f"Saving checkpoint '{out / 'checkpoint.pt'}' failed: No space left on device" in err
-    assert "the previous checkpoint is intact" in err
-    monkeypatch.setattr(torch, "save", real_save)
+    assert err.splitlines()[-1] == (f"alexnet-lab train: error: Saving checkpoint '{out / 'checkpoint.pt'}' failed: "
+                                    "No space left on device. Free disk space or choose another --out; the "
+                                    "previous checkpoint is intact."), err
+    assert "Traceback" not in err
+    monkeypatch.undo()
     assert load_checkpoint(out / "checkpoint.pt")["run_state"]["step"] == 16
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -512,7 +506,7 @@ def test_malicious_checkpoint_runs_nothing(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         if argv[0] != "predict":  # predict reads the images first (this one is not an image)
-            assert f"Refused to load '{evil}': it references Python code or classes" in err
+            assert f"Refused to load '{evil}': the file contains Python code" in err
         assert not marker.exists()
     # Guard: the file really carries code; an unsafe load would have run it.
     torch.load(evil, weights_only=False)
@@ -531,14 +525,61 @@ def test_checkpoint_of_another_model(lenet_checkpoint, tmp_path, capsys):
 
 
 def test_full_disk_while_plotting(data_dir, tmp_path, monkeypatch, capsys):
+    """matplotlib meets a full disk halfway through curves.svg: the message names the file, and no
+    torn figure or temp file is left (figures are written atomically too)."""
+    import matplotlib.figure
+
+    import alexnet_lab.reports.plots as plots
     import alexnet_lab.reports.run_dir as run_dir
 
-    def no_space(runs, paths, title):
-        raise OSError(28, "No space left on device", str(paths[0]))
+    def half_then_full(self, target, **kwargs):
+        data = b"<svg partial"
+        if hasattr(target, "write"):
+            target.write(data)
+        else:
+            Path(target).write_bytes(data)
+        raise OSError(28, "No space left on device")  # the kernel's error names no file
 
-    monkeypatch.setattr(run_dir, "plot_curves", no_space)
+    monkeypatch.setattr(run_dir, "plot_curves", plots.plot_curves)  # undo the fixture's stub
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_then_full)
     out = tmp_path / "r"
     assert main(train_args(data_dir, out)) == 2
     err = capsys.readouterr().err
     assert f"error: No space left on device while writing '{out / 'curves.svg'}'. Free disk space" in err
     assert "Traceback" not in err
+    assert not (out / "curves.svg").exists() and not list(out.glob(".*.tmp"))
+
+
+def test_full_disk_while_downloading(tmp_path, monkeypatch, capsys):
+    mirror = fakedata.make_dataset(tmp_path / "mirror", n_train=64, n_test=32)
+    monkeypatch.delenv("ALEXNET_LAB_OFFLINE")
+    monkeypatch.setenv("ALEXNET_LAB_MIRROR", mirror.as_uri())
+    monkeypatch.setattr(os, "fdopen", fakedata.FullDisk(files_ok=0))
+    target = tmp_path / "download"
+    assert main(train_args(target, tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert f"error: Writing '{target / 'train-images-idx3-ubyte.gz'}' failed while downloading it: No space " \
+           "left on device. The partial file was removed" in err
+    assert list(target.iterdir()) == [] and not (tmp_path / "run").exists()
+
+
+def test_best_pt_is_written_at_each_new_best_with_a_target(data_dir, tmp_path):
+    """With --target-accuracy every log point evaluates, and each new best test accuracy is saved."""
+    saves = []
+
+    class Saves(Callback):
+        def on_checkpoint(self, payload, is_best):
+            saves.append((payload["run_state"]["step"], is_best))
+
+    config = config_for(data_dir, epochs=1, target_accuracy=1.0, augment=False)  # 1.0: never reached
+    run_fit(config, tmp_path / "r", [Saves()])
+    tested = [r for r in read_metrics(tmp_path / "r") if "test_acc" in r]
+    assert len(tested) == 6  # every 3rd of 16 steps, and the epoch end
+    best, expected = -1.0, []
+    for row in tested:
+        if row["test_acc"] > best:
+            best = row["test_acc"]
+            expected.append((row["step"], True))
+    assert [s for s in saves if s[1]] == expected
+    assert saves[-1][0] == 16  # and the epoch end, best or not
+    assert load_checkpoint(tmp_path / "r" / "best.pt")["run_state"]["step"] == expected[-1][0]

@@ -12,13 +12,15 @@ import importlib
 import sys
 
 import alexnet_lab
-from alexnet_lab.cli.interrupt import Interrupted
 from alexnet_lab.errors import UserError
+
+# Nothing heavy is imported at module level (torch comes with the commands), so a Ctrl-C while the
+# program starts up is caught in main() like any other.
 
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
 COMMANDS = ["chapter", "summary", "train", "evaluate", "predict", "bench",
-            "profile", "sweep", "compare",  # these three: the chapter's exercises
-            "report", "visualize"]
+            "profile", "sweep", "compare",  # profile, sweep, compare: the chapter's exercises
+            "record", "report", "visualize"]
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -47,8 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports every command, and with them torch
+    except KeyboardInterrupt:  # Ctrl-C while starting up
+        print("alexnet-lab: interrupted.", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (loading data, downloading, ...)
+        print(f"alexnet-lab {args.command}: interrupted.", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    from alexnet_lab.cli.interrupt import Interrupted
+
     try:
         return int(args.run(args) or 0)
     except UserError as exc:
@@ -58,13 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alexnet-lab {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
             raise
         # A full disk while writing curves or metrics (checkpoints report their own failure).
-        print(f"alexnet-lab {args.command}: error: {exc.strerror} while writing '{exc.filename}'. Free disk "
+        where = f"'{exc.filename}'" if exc.filename else "a file"
+        print(f"alexnet-lab {args.command}: error: {exc.strerror} while writing {where}. Free disk "
               "space or choose another folder; checkpoints are written atomically, so the last one is intact.",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C outside a training loop (loading data, downloading, ...)
-        print(f"alexnet-lab {args.command}: interrupted.", file=sys.stderr)
-        return 130

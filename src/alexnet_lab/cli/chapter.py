@@ -14,7 +14,7 @@ from alexnet_lab.engine.config import TrainConfig, make_config
 from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.engine.estimate import BudgetPlan, plan_budget, seconds_per_step, total_steps
 from alexnet_lab.models import build_model
-from alexnet_lab.reports.run_dir import default_run_dir, prepare_run_dir
+from alexnet_lab.reports.run_dir import claim_run_dir, default_run_dir
 
 NAME = "chapter"
 HELP = "the chapter end to end: layer shapes, then train AlexNet (full recipe on a GPU, a budget on CPU)"
@@ -49,8 +49,8 @@ def run(args) -> int:
         steps = total_steps(config, train_examples)
         print(f"Running the book's full recipe on {device}: about {step:.3f} s per step x {steps:,} steps "
               f"≈ {step * steps / 60:.1f} min of training (plus evaluation).")
-    out = prepare_run_dir(args.out or default_run_dir(config.model))
-    train_and_report(config, out, splits=splits, progress=args.progress, report=args.report)
+    with claim_run_dir(args.out if args.out is not None else default_run_dir(config.model)) as out:
+        train_and_report(config, out, splits=splits, progress=args.progress, report=args.report)
     return 0
 
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from alexnet_lab.errors import UserError
-from alexnet_lab.reports.run_dir import read_run
+from alexnet_lab.reports.run_dir import make_output_dir, read_run
 from alexnet_lab.reports.plots import plot_comparison
 
 NAME = "compare"
@@ -62,8 +62,7 @@ def run(args) -> int:
         raise UserError(f"--labels has {len(labels)} labels for {len(runs)} runs; give one per run.")
     _, rows = compare_table(runs, labels)
     print(format_rows(rows))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(args.out)
     plot_comparison([(label, r["metrics"]) for label, r in zip(labels, runs)],
                     [out / "compare.png", out / "compare.svg"], args.title)
     (out / "compare.json").write_text(json.dumps(

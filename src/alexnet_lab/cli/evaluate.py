@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 from alexnet_lab.cli.options import add_config_flag, add_data, add_device
@@ -12,6 +12,7 @@ from alexnet_lab.engine.inference import load_trained
 from alexnet_lab.engine.builders import load_splits, make_loaders
 from alexnet_lab.engine.trainer import evaluate
 from alexnet_lab.reports.plots import plot_confusion
+from alexnet_lab.reports.run_dir import make_output_dir, write_json
 
 NAME = "evaluate"
 HELP = "evaluate a checkpoint on the Fashion-MNIST test set"
@@ -42,13 +43,13 @@ def run(args) -> int:
         acc = int(confusion[i, i]) / total if total else float("nan")
         per_class[name] = acc
         print(f"{name:<12} {acc:>8.4f} {total:>6}")
-    out = Path(args.out or Path(args.checkpoint).parent)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(args.out if args.out is not None else Path(args.checkpoint).parent)
     plot_confusion(confusion.numpy(), CLASS_NAMES, out / "confusion.png",
                    f"{config.model}: test acc {result['accuracy']:.4f}")
-    (out / "evaluation.json").write_text(json.dumps(
-        {"checkpoint": str(args.checkpoint), "test_acc": result["accuracy"], "test_loss": result["loss"],
-         "examples": result["examples"], "per_class_acc": per_class,
-         "confusion": confusion.tolist()}, indent=2) + "\n")
+    # JSON has no NaN: a class with no test example gets null.
+    per_class = {name: (acc if math.isfinite(acc) else None) for name, acc in per_class.items()}
+    write_json(out / "evaluation.json",
+               {"checkpoint": str(args.checkpoint), "test_acc": result["accuracy"], "test_loss": result["loss"],
+                "examples": result["examples"], "per_class_acc": per_class, "confusion": confusion.tolist()})
     print(f"Confusion matrix: {out / 'confusion.png'}; numbers: {out / 'evaluation.json'}")
     return 0

@@ -88,5 +88,9 @@ class GracefulInterrupt(Callback):
         return self.signum is not None
 
     @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum if self.signum is not None else signal.SIGINT).name
+
+    @property
     def exit_code(self) -> int:
         return exit_code(self.signum if self.signum is not None else signal.SIGINT)

@@ -15,6 +15,9 @@ from alexnet_lab.engine.config import TrainConfig, preset_names
 GROUPS = {"recipe": "recipe (overrides the preset)", "numerics": "numerics", "data": "data and run"}
 
 
+MAX_INT = 2**31 - 1
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -22,6 +25,8 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value > MAX_INT:  # sizes and counts beyond int32 only overflow inside torch (a C++ traceback)
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_INT}, got {value}")
     return value
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from alexnet_lab.cli.options import add_device
+from alexnet_lab.cli.options import add_device, positive_int
 from alexnet_lab.data import CLASS_NAMES, to_float_batch
 from alexnet_lab.data.images import load_image_28
 from alexnet_lab.engine.device import resolve_device
@@ -21,7 +21,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMG", help="image files")
     parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                         help="invert dark-on-light images to the dataset's light-on-dark")
-    parser.add_argument("--top", type=int, default=3, help="classes to show per image")
+    parser.add_argument("--top", type=positive_int, default=3, help="classes to show per image")
     add_device(parser)
 
 

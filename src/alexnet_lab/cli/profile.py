@@ -11,6 +11,7 @@ from alexnet_lab.analysis.profile import OPTIMIZER_STATES, findings, profile_mod
 from alexnet_lab.cli.options import add_device, add_model, positive_int
 from alexnet_lab.models import build_model, check_input_size, get_spec
 from alexnet_lab.reports.plots import plot_profile
+from alexnet_lab.reports.run_dir import make_output_dir
 
 NAME = "profile"
 HELP = "per-layer FLOPs, parameters, activation/weight memory and arithmetic intensity of a training step"
@@ -86,7 +87,10 @@ def run(args) -> int:
               f"is {tm['measured_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s ({tm['bandwidth_fraction']:.0%} of it used): "
               + ("the step is limited by memory traffic." if tm["bandwidth_fraction"] > 0.5 else
                  "memory bandwidth is not the limit; compute (or per-op overhead) is."))
-    plot = Path(args.plot or f"runs/profile-{args.model}-{size}-b{args.batch_size}.png")
+    plot = Path(args.plot if args.plot is not None else f"runs/profile-{args.model}-{size}-b{args.batch_size}.png")
+    make_output_dir(plot.parent, "--plot's folder")
+    if plot.is_dir() or not plot.name:
+        raise UserError(f"--plot '{plot}' is a folder; pass a file name such as '{plot / 'profile.png'}'.")
     plot_profile(profile, plot, f"{args.model}, input {list(shape)}")
     print(f"Bar chart: {plot}")
     if args.json:

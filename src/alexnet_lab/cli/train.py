@@ -8,23 +8,27 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from alexnet_lab.cli.interrupt import GracefulInterrupt, ImmediateExit, Interrupted
 from alexnet_lab.cli.options import add_training, flag_name, training_overrides
 from alexnet_lab.cli.progress import ConsoleReporter, add_progress, chapter_lines
 from alexnet_lab.engine import distributed
-from alexnet_lab.engine.checkpoint import check_resumable, load_checkpoint
+from alexnet_lab.engine.checkpoint import check_resumable, check_same_data, load_checkpoint
 from alexnet_lab.engine.config import TrainConfig, make_config
-from alexnet_lab.engine.builders import Splits, input_size, load_splits
+from alexnet_lab.engine.builders import Splits, load_splits
+from alexnet_lab.engine.preflight import preflight
 from alexnet_lab.engine.trainer import StopRequested, fit
 from alexnet_lab.errors import UserError
-from alexnet_lab.models import check_input_size
 from alexnet_lab.reports.report import build_report
-from alexnet_lab.reports.run_dir import RunWriter, default_run_dir, prepare_run_dir
+from alexnet_lab.reports.run_dir import RunWriter, claim_run_dir, default_run_dir
 
 NAME = "train"
 HELP = "train a model (default: the chapter's AlexNet with the book's d2l recipe)"
+
+RESUME_ADVICE = ("--resume reads only the run's checkpoint.pt: to continue from its best.pt instead, copy "
+                 "best.pt over checkpoint.pt (the steps after it are trained again), or start a new run with --out.")
 
 
 def _resumable_flags() -> str:
@@ -40,6 +44,9 @@ def add_arguments(parser) -> None:
                         help="continue the run in RUN_DIR from its checkpoint.pt with the config saved "
                              f"there; only {_resumable_flags()} may be given with it (--epochs only to "
                              "extend the run)")
+    parser.add_argument("--allow-data-change", action="store_true",
+                        help="with --resume: continue even though the data differ from those the run "
+                             "started with (their fingerprint is saved in the checkpoint)")
     add_output(parser)
 
 
@@ -99,6 +106,9 @@ def train_and_report(config: TrainConfig, out: Path | None, *, splits: Splits | 
                           stop.exit_code) from None
     finally:
         reporter.close()
+    if interrupt.should_stop():  # the signal came after the last step (e.g. in the final evaluation)
+        raise Interrupted(f"Stopped on {interrupt.signal_name} after the last step: the run had finished, and "
+                          f"its results and final checkpoint are in {out}/.", interrupt.exit_code)
     print(chapter_lines(summary))
     print(f"wall-clock {time.perf_counter() - started:.1f} s"
           + (f"; reached test acc {config.target_accuracy} in {summary['time_to_target_s']:.1f} s"
@@ -142,6 +152,8 @@ def resume_config(args, saved: TrainConfig) -> TrainConfig:
 
 
 def resume_run(args, env: distributed.DistEnv) -> int:
+    if not args.resume.strip():
+        raise UserError("--resume is empty. Pass the run folder that holds checkpoint.pt.")
     out = Path(args.resume)
     if args.out is not None and Path(args.out).resolve() != out.resolve():
         raise UserError("--out cannot be combined with --resume: the run continues in its own folder "
@@ -152,39 +164,52 @@ def resume_run(args, env: distributed.DistEnv) -> int:
     if not path.is_file():
         raise UserError(f"'{out}' holds no checkpoint.pt to resume from (the run stopped before its first "
                         "checkpoint, or this is not a run folder). Start the run again with --out.")
-    payload = load_checkpoint(path)
-    check_resumable(payload, path)
-    try:
-        saved = TrainConfig.from_dict(payload["config"])
-    except (UserError, TypeError) as exc:
-        raise UserError(f"Checkpoint '{path}' holds a config this version cannot use ({exc}).") from None
-    config = resume_config(args, saved)
-    if env.distributed:
-        config = config.replace(device=env.device)
-    step = payload["run_state"].get("step", 0)
+    with ExitStack() as held:  # the folder is this process's from before its checkpoint is read until the end
+        distributed.shared_outcome(env, lambda: held.enter_context(claim_run_dir(out, resume=True, flag="--resume")),
+                                   run_here=env.is_main)
+        payload = load_checkpoint(path, advice=RESUME_ADVICE)
+        check_resumable(payload, path)
+        try:
+            saved = TrainConfig.from_dict(payload["config"])
+        except (UserError, TypeError) as exc:
+            raise UserError(f"Checkpoint '{path}' holds a config this version cannot use ({exc}).") from None
+        config = resume_config(args, saved)
+        if env.distributed:
+            config = config.replace(device=env.device)
+        _check_not_finished(out, payload["run_state"].get("step", 0), config, saved)
+        preflight(config)
+        splits = _load_splits(config, env)
+        preflight(config, len(splits.train_images), env.world_size)
+        if not check_same_data(payload, splits.fingerprint, out, allow=args.allow_data_change) and env.is_main:
+            print("Note: --allow-data-change: the data differ from those the run started with; continuing on them.")
+        _resume_in(out, config, saved, payload, splits, env, progress=args.progress, report=args.report)
+    return 0
+
+
+def _check_not_finished(out: Path, step: int, config: TrainConfig, saved: TrainConfig) -> None:
     summary_path = out / "summary.json"
     if summary_path.is_file() and config.epochs == saved.epochs:
         try:
             finished_steps = json.loads(summary_path.read_text()).get("steps")
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             finished_steps = None
         if finished_steps == step:
             raise UserError(f"The run in '{out}' already finished its {saved.epochs:g} epoch(s) "
                             f"({step} steps). To train it further pass a larger --epochs with --resume.")
-    check_input_size(config.model, input_size(config))
-    splits = _load_splits(config, env)
-    distributed.shared_outcome(env, lambda: prepare_run_dir(out, resume=True), run_here=env.is_main)
+
+
+def _resume_in(out: Path, config: TrainConfig, saved: TrainConfig, payload: dict, splits: Splits,
+               env: distributed.DistEnv, *, progress: str = "auto", report: bool = True) -> None:
+    step = payload["run_state"].get("step", 0)
     if not env.is_main:
         train_and_report(config, None, splits=splits, resume=payload, env=env)
-        return 0
+        return
     print(f"Resuming {out} at step {step} (epoch {payload['run_state'].get('epoch', 0) + 1}, "
           f"{config.epochs:g} epoch(s) in all).")
     if config.epochs != saved.epochs and config.schedule != "constant":
         print(f"Note: the {config.schedule} learning-rate schedule now spans {config.epochs:g} epochs, so the "
               f"learning rate continues from where a {config.epochs:g}-epoch schedule is at step {step}.")
-    train_and_report(config, out, splits=splits, resume=payload, env=env, progress=args.progress,
-                     report=args.report)
-    return 0
+    train_and_report(config, out, splits=splits, resume=payload, env=env, progress=progress, report=report)
 
 
 def run(args) -> int:
@@ -196,11 +221,15 @@ def run(args) -> int:
             if env.distributed:
                 config = config.replace(device=env.device)  # this rank's GPU (cuda:LOCAL_RANK) or the CPU
             # Everything that can fail on bad input fails here, before a run folder is created.
-            check_input_size(config.model, input_size(config))
+            preflight(config)
             splits = _load_splits(config, env)
-            out = distributed.shared_outcome(  # a bad --out stops every rank, reported once
-                env, lambda: prepare_run_dir(args.out or default_run_dir(config.model)), run_here=env.is_main)
-            train_and_report(config, out, splits=splits, env=env, progress=args.progress, report=args.report)
+            preflight(config, len(splits.train_images), env.world_size)
+            out_dir = args.out if args.out is not None else default_run_dir(config.model)
+            with ExitStack() as held:  # the run folder is this process's until the run ends
+                out = distributed.shared_outcome(  # a bad --out stops every rank, reported once
+                    env, lambda: held.enter_context(claim_run_dir(out_dir)), run_here=env.is_main)
+                train_and_report(config, out, splits=splits, env=env, progress=args.progress,
+                                 report=args.report)
             return 0
     except UserError:
         if distributed.launched_rank() != 0:  # the ranks share config and data: rank 0 reports it

@@ -162,8 +162,9 @@ def _download_one(url: str, dest: Path, sha256: str) -> None:
                       flush=True)
             with response, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=None) as bar:
                 for chunk in iter(lambda: response.read(1 << 16), b""):
-                    out.write(chunk)
+                    _write(out, chunk, dest)
                     bar.update(len(chunk))
+            _write(out, b"", dest, flush=True)
         got = _payload_digest_or_reason(tmp)
         if got != sha256:
             raise UserError(
@@ -174,6 +175,18 @@ def _download_one(url: str, dest: Path, sha256: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _write(out, chunk: bytes, dest: Path, flush: bool = False) -> None:
+    """Write to the download's temp file; a failure (e.g. a full disk) is an error naming `dest`."""
+    try:
+        out.write(chunk)
+        if flush:
+            out.flush()
+    except OSError as exc:
+        raise UserError(f"Writing '{dest}' failed while downloading it: {exc.strerror or exc}. The partial "
+                        "file was removed; free disk space, or point --data-dir (or ALEXNET_LAB_DATA) at a "
+                        "folder on another disk.") from None
 
 
 def _payload_digest_or_reason(path: Path) -> str:

@@ -27,7 +27,7 @@ def load_image_28(path: str | Path, invert: str = "auto") -> np.ndarray:
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
             try:
                 with Image.open(path) as img:
-                    img = img.convert("L")
+                    img = to_gray_8bit(img)
                     img = img.resize((28, 28), Image.Resampling.BILINEAR, reducing_gap=3.0)
                     pixels = np.asarray(img, dtype=np.uint8).copy()
             finally:
@@ -44,6 +44,30 @@ def load_image_28(path: str | Path, invert: str = "auto") -> np.ndarray:
     if invert == "yes" or (invert == "auto" and _border_brighter(pixels)):
         pixels = 255 - pixels
     return pixels
+
+
+def full_scale(mode: str, pixels: np.ndarray) -> float:
+    """The value that means white in a PIL mode beyond 8 bits: 1.0 for float images ("F", the [0, 1]
+    convention of ToTensor; one whose values exceed 1 is taken as [0, 255]), 65535 for 16-bit
+    ("I;16*", and "I" holding values above 255, as 16-bit PNGs may open), else 255."""
+    top = float(pixels.max()) if pixels.size else 0.0
+    if mode == "F":
+        return 1.0 if top <= 1.0 else 255.0
+    if mode.startswith("I;16") or (mode == "I" and top > 255):
+        return 65535.0 if top <= 65535 else float(2**32 - 1)
+    return 255.0
+
+
+def to_gray_8bit(img):
+    """Any PIL image -> mode "L", scaling float and 16/32-bit images by their mode's real range
+    (PIL's own convert("L") clips them: a [0, 1] float image turns black, a 16-bit one saturates)."""
+    from PIL import Image
+
+    if img.mode == "F" or img.mode.startswith("I"):
+        pixels = np.asarray(img, dtype=np.float64)
+        scaled = np.clip(np.rint(pixels * (255.0 / full_scale(img.mode, pixels))), 0, 255)
+        return Image.fromarray(scaled.astype(np.uint8), mode="L")
+    return img.convert("L")
 
 
 def _border_brighter(pixels: np.ndarray) -> bool:

@@ -11,6 +11,10 @@ import torch.nn.functional as F
 
 from alexnet_lab.errors import UserError
 
+# Derived generator seeds are taken modulo 2**63 (manual_seed takes at most 64 bits); the seeds
+# of small --seed values are below it, so the modulus changes nothing for them.
+SEED_MODULUS = 2**63
+
 
 def to_float_batch(images_u8: torch.Tensor, resize: int | None) -> torch.Tensor:
     """(B, H, W) uint8 -> (B, 1, S, S) float32 in [0, 1] (ToTensor semantics, no normalisation).
@@ -124,7 +128,7 @@ class BatchLoader:
     def _order(self) -> torch.Tensor:
         n = len(self.images)
         if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % SEED_MODULUS)
             return torch.randperm(n, generator=gen)
         return torch.arange(n)
 
@@ -142,7 +146,8 @@ class BatchLoader:
             if self.augment:
                 # Seeded per batch, so batch i draws the same augmentation whether or not the
                 # epoch was resumed at start_batch > 0 (bit-exact resume).
-                aug_gen.manual_seed(((self.seed * 100_003 + self.epoch) * 100_003 + i) * 64 + self.rank)
+                aug_gen.manual_seed((((self.seed * 100_003 + self.epoch) * 100_003 + i) * 64 + self.rank)
+                                    % SEED_MODULUS)
                 x = augment_batch(to_float_batch(x, None), aug_gen)  # augment at 28x28, then resize
                 if self.resize is not None and self.resize != x.shape[-1]:
                     x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import nn
 
 from alexnet_lab.data import BatchLoader, load_fashion_mnist
+from alexnet_lab.data.fingerprint import data_fingerprint
 from alexnet_lab.data.loader import tensors_from_numpy
 from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.errors import UserError
@@ -26,6 +28,11 @@ class Splits:
     test_labels: torch.Tensor
     source: str
 
+    @cached_property
+    def fingerprint(self) -> dict:
+        """Sizes and content hash of both splits (data/fingerprint.py), computed once."""
+        return data_fingerprint(self.train_images, self.train_labels, self.test_images, self.test_labels)
+
     def head(self, limit_train: int | None, limit_test: int | None) -> "Splits":
         """The first `limit_train` / `limit_test` examples of each split (views, no copy)."""
         return Splits(self.train_images[:limit_train], self.train_labels[:limit_train],
@@ -38,6 +45,10 @@ def load_splits(data_dir: str | None = None, limit_train: int | None = None,
     ds = load_fashion_mnist(data_dir)
     train_x, train_y = tensors_from_numpy(ds.train_images[:limit_train], ds.train_labels[:limit_train])
     test_x, test_y = tensors_from_numpy(ds.test_images[:limit_test], ds.test_labels[:limit_test])
+    for split, images in (("training", train_x), ("test", test_x)):
+        if len(images) == 0:
+            raise UserError(f"The {split} set in '{ds.source}' holds no images: a run needs at least one "
+                            "training and one test image. Point --data-dir at a complete data set.")
     return Splits(train_x, train_y, test_x, test_y, ds.source)
 
 

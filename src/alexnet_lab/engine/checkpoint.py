@@ -74,9 +74,16 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         Path(tmp_name).unlink(missing_ok=True)
-        raise UserError(f"Saving checkpoint '{path}' failed: {exc.strerror or exc}. "
+        # torch.save reports a failed write of its zip container as a RuntimeError ("[enforce fail at
+        # inline_container.cc...]") whose __context__ is the OSError (ENOSPC, EFBIG, EIO, ...).
+        cause = _cause(exc)
+        if cause is exc and not isinstance(exc, OSError):
+            raise
+        if not isinstance(cause, OSError):
+            raise cause from None  # a second Ctrl-C while torch was writing
+        raise UserError(f"Saving checkpoint '{path}' failed: {cause.strerror or cause}. "
                         "Free disk space or choose another --out; the previous checkpoint is intact.") from None
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -84,20 +91,50 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     return path
 
 
-def _unpickler_reason(exc: pickle.UnpicklingError) -> str:
-    """The one line of torch's long weights_only message that says what was refused."""
+def _cause(exc: BaseException) -> BaseException:
+    """The OSError (or a signal's KeyboardInterrupt-like exception) that `exc` was raised while
+    handling, if any; else `exc` itself."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) or not isinstance(seen, Exception):
+            return seen
+        seen = seen.__context__
+    return exc
+
+
+# torch's weights_only refusal opens with advice to retry with weights_only=False ("will likely
+# succeed"), which for a file carrying code is exactly what must not be done: never quoted.
+_TORCH_ADVICE = ("Weights only load failed", "weights_only", "Please file an issue", "Check the documentation")
+
+
+def _unpickler_reason(exc: pickle.UnpicklingError) -> tuple[str, bool]:
+    """(the line of torch's long weights_only message that says what was refused, whether the
+    file references Python code: a GLOBAL the safe loader does not allow)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for marker in ("Unsupported global", "Unsupported operand", "WeightsUnpickler error:"):
+    for line in lines:
+        if "GLOBAL" in line.upper() and not line.startswith(_TORCH_ADVICE):
+            # the fact only: torch goes on to suggest allow-listing the global, which must not be done
+            return line.split("WeightsUnpickler error:")[-1].strip().split(". ")[0].rstrip("."), True
+    for marker in ("Unsupported operand", "WeightsUnpickler error:"):
         for line in lines:
             if marker in line:
                 line = line.split("WeightsUnpickler error:")[-1].strip() or line
-                return line.split(". ")[0]
-    return lines[0] if lines else type(exc).__name__
+                return line.split(". ")[0], False
+    facts = [line for line in lines if not line.startswith(_TORCH_ADVICE)]
+    return (facts[0].split(". ")[0] if facts else type(exc).__name__), False
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint safely (weights_only=True). Anything else is a UserError naming the file."""
+LOAD_ADVICE = "Use best.pt or an earlier copy, or retrain."
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    advice: str = LOAD_ADVICE) -> dict:
+    """Load a checkpoint safely (weights_only=True). Anything else is a UserError naming the file;
+    `advice` says what to do about a damaged one."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"Checkpoint '{path}' is a folder, not a file. Pass the checkpoint file itself, "
+                        f"e.g. '{path / 'checkpoint.pt'}' or '{path / 'best.pt'}'.")
     if not path.is_file():
         raise UserError(f"Checkpoint '{path}' does not exist. Pass the checkpoint.pt of a training run.")
     try:
@@ -105,21 +142,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             warnings.simplefilter("ignore", UserWarning)
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = _unpickler_reason(exc)
-        if "Unsupported global" in reason:
+        reason, carries_code = _unpickler_reason(exc)
+        if carries_code:
             raise UserError(
-                f"Refused to load '{path}': it references Python code or classes ({reason}), "
-                "which a checkpoint never needs and which could run code, so nothing in it was executed. "
-                "Only load checkpoints written by alexnet-lab.") from None
+                f"Refused to load '{path}': the file contains Python code or references to it ({reason}), "
+                "which a checkpoint never needs. Nothing in it was run. Do not load it with "
+                "weights_only=False or any other unsafe loader: that would run the code. Only load "
+                "checkpoints written by alexnet-lab.") from None
         raise UserError(f"Checkpoint '{path}' is corrupt or not a PyTorch checkpoint (the safe loader "
-                        f"stopped at: {reason}); nothing in it was executed. Use best.pt or an earlier "
-                        "copy, or retrain.") from None
+                        f"stopped at: {reason}); nothing in it was run. {advice}") from None
     except Exception as exc:  # noqa: BLE001 - the safe loader raises KeyError, IndexError, ... on garbage
         detail = str(exc).split(". ")[0].splitlines()[0] if str(exc) else "the file ends too early"
         if not isinstance(exc, RuntimeError) and str(exc):
             detail = f"{type(exc).__name__}: {detail}"  # e.g. "KeyError: 101" from the unpickler
-        raise UserError(f"Checkpoint '{path}' is truncated or corrupt ({detail}). "
-                        "Use best.pt or an earlier copy, or retrain.") from None
+        raise UserError(f"Checkpoint '{path}' is truncated or corrupt ({detail}). {advice}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"'{path}' is not an alexnet-lab checkpoint (no '{FORMAT}' format tag).")
     return payload
@@ -159,3 +195,22 @@ def check_model_state(payload: dict, path: str | os.PathLike) -> None:
         more = f" and {len(problems) - 2} more" if len(problems) > 2 else ""
         raise UserError(f"Checkpoint '{path}' does not match model '{payload['model_name']}' "
                         f"({'; '.join(problems[:2])}{more}). It was written for another model or version.")
+
+
+def check_same_data(payload: dict, fingerprint: dict, run_dir: str | os.PathLike, *, allow: bool = False) -> bool:
+    """True if the data a run resumes on are those its checkpoint was trained on (or the checkpoint
+    predates fingerprints). Otherwise a UserError saying what differs, unless `allow` (then False)."""
+    from alexnet_lab.data.fingerprint import describe_difference
+
+    saved = payload.get("data_fingerprint")
+    if saved is None:
+        return True
+    difference = describe_difference(saved, fingerprint)
+    if difference is None:
+        return True
+    if allow:
+        return False
+    raise UserError(f"The data differ from those the run in '{run_dir}' was trained on ({difference}). A resumed "
+                    "run must see the same images to continue the same run; --data-dir may only point at "
+                    "another copy of the same files. Point --data-dir at the original data, or pass "
+                    "--allow-data-change to continue on these anyway.")

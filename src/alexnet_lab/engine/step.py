@@ -15,6 +15,7 @@ from torch import nn
 from alexnet_lab.engine.builders import build_optimizer, build_scheduler, prepare_model
 from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.engine.device import autocast, resolve_device, resolve_precision
+from alexnet_lab.engine.ema import WeightEMA
 
 
 def correct_count(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -57,12 +58,20 @@ class TrainingStep:
     scaler: torch.amp.GradScaler
     loss_fn: nn.Module
     step_model: nn.Module
+    ema: WeightEMA | None = None  # an average of the weights that evaluations use (--ema-decay)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights test evaluations use: the EMA when there is one, else the model."""
+        return self.ema.module if self.ema is not None else self.model
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step and one schedule step; (summed loss, correct count) stay on the device."""
         out = train_step(self.step_model, self.loss_fn, self.optimizer, self.scaler,
                          to_model_input(images, self.config.channels_last), labels, self.precision, self.device)
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return out
 
     def wrap(self, wrap_model: Callable[[nn.Module], nn.Module]) -> None:
@@ -71,13 +80,16 @@ class TrainingStep:
 
     def state_dict(self) -> dict:
         return {"model_state": self.model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
-                "scheduler_state": self.scheduler.state_dict(), "scaler_state": self.scaler.state_dict()}
+                "scheduler_state": self.scheduler.state_dict(), "scaler_state": self.scaler.state_dict(),
+                **({"ema_state": self.ema.state_dict()} if self.ema is not None else {})}
 
     def load_state_dict(self, payload: dict) -> None:
         self.model.load_state_dict(payload["model_state"])
         self.optimizer.load_state_dict(payload["optimizer_state"])
         self.scheduler.load_state_dict(payload["scheduler_state"])
         self.scaler.load_state_dict(payload["scaler_state"])
+        if self.ema is not None:
+            self.ema.load_state_dict(payload["ema_state"])
 
 
 def _compiled(model: nn.Module, compile_: bool) -> nn.Module:
@@ -96,7 +108,8 @@ def build_training_step(config: TrainConfig, total_steps: int = 1,
         scheduler=build_scheduler(config, optimizer, total_steps),
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
         loss_fn=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
-        step_model=_compiled(model, config.compile))
+        step_model=_compiled(model, config.compile),
+        ema=WeightEMA(model, config.ema_decay) if config.ema_decay else None)
 
 
 def book_step(net: nn.Module, loss: nn.Module, optimizer: torch.optim.Optimizer, X: torch.Tensor,

@@ -18,6 +18,7 @@ from alexnet_lab.engine.distributed import agree_to_stop, seed_per_rank
 from alexnet_lab.engine.device import autocast, backend_flags, resolve_device, synchronize
 from alexnet_lab.engine.builders import Splits, load_splits, make_loaders
 from alexnet_lab.engine.step import TrainingStep, build_training_step, to_model_input
+from alexnet_lab.engine.tta import tta_logits
 from alexnet_lab.errors import UserError
 
 
@@ -106,8 +107,12 @@ class Run:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "fp32",
-             channels_last: bool = False, num_classes: int = 10, world_size: int = 1) -> dict:
-    """Accuracy, mean loss and per-class counts over a loader (one sync at the end)."""
+             channels_last: bool = False, num_classes: int = 10, world_size: int = 1,
+             tta: str = "none") -> dict:
+    """Accuracy, mean loss and per-class counts over a loader (one sync at the end).
+
+    `tta` averages the logits over flipped/shifted views of each image (engine/tta.py).
+    """
     was_training = model.training
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
@@ -115,7 +120,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "f
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     for images, labels in loader:
         with autocast(precision, device):
-            logits = model(to_model_input(images, channels_last))
+            logits = tta_logits(model, to_model_input(images, channels_last), tta)
         loss_sum += loss_fn(logits.float(), labels)
         pred = logits.argmax(dim=1)
         confusion += torch.bincount(labels * num_classes + pred,
@@ -138,6 +143,7 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
     """
     device = resolve_device(config.device)
     splits = splits or load_splits(config.data_dir, config.limit_train, config.limit_test)
+    splits.fingerprint  # noqa: B018  (hashed once, here, outside the timed steps; saved with every checkpoint)
     train_loader, test_loader = make_loaders(config, splits, device, rank, world_size)
     steps_per_epoch = len(train_loader)
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
@@ -227,7 +233,7 @@ def log_point(run: Run, state: RunState, end_of_epoch: bool) -> None:
     train_loss, train_acc = epoch_means(run, state)
     state.step_seconds += time.perf_counter() - state.chunk_start
     if not math.isfinite(train_loss):
-        raise _diverged(state.step, run.steps_per_epoch, run.config.lr)
+        raise _diverged(state.step, run.steps_per_epoch, run.config)
     row = {"epoch": state.epoch + state.batch / run.steps_per_epoch, "step": state.step,
            "examples": state.examples, "train_loss": train_loss, "train_acc": train_acc,
            "lr": run.step.scheduler.get_last_lr()[0]}
@@ -247,8 +253,8 @@ def log_point(run: Run, state: RunState, end_of_epoch: bool) -> None:
 
 def evaluate_point(run: Run, state: RunState, row: dict) -> bool:
     """Evaluate on the test set into `row`; note the best accuracy and the target. True: a new best."""
-    test_acc = evaluate(run.step.model, run.test_loader, run.device, run.step.precision,
-                        run.config.channels_last, world_size=run.world_size)["accuracy"]
+    test_acc = evaluate(run.step.eval_model, run.test_loader, run.device, run.step.precision,
+                        run.config.channels_last, world_size=run.world_size, tta=run.config.tta)["accuracy"]
     row["test_acc"] = test_acc
     is_best = test_acc > state.best_test_acc
     state.best_test_acc = max(state.best_test_acc, test_acc)
@@ -273,9 +279,10 @@ def save(run: Run, state: RunState, is_best: bool = False) -> dict:
     state.epoch_loss_sum, state.epoch_correct = float(totals[0]), float(totals[1])
     finite = torch.stack([p.detach().isfinite().all() for p in run.step.model.parameters()]).all()
     if not (math.isfinite(state.epoch_loss_sum) and bool(finite)):  # one sync, at saves only
-        raise _diverged(state.step, run.steps_per_epoch, run.config.lr)
+        raise _diverged(state.step, run.steps_per_epoch, run.config)
     payload = {"model_name": run.config.model, "config": run.config.to_dict(), **run.step.state_dict(),
-               "run_state": state.saved(), "rng": ckpt.rng_state(), "world_size": run.world_size}
+               "run_state": state.saved(), "rng": ckpt.rng_state(), "world_size": run.world_size,
+               "data_fingerprint": run.splits.fingerprint}
     run.emit("on_checkpoint", payload, is_best)
     return payload
 
@@ -312,11 +319,18 @@ def summarize(run: Run, state: RunState) -> dict:
     }
 
 
-def _diverged(step: int, steps_per_epoch: int, lr: float) -> TrainingDiverged:
+def _diverged(step: int, steps_per_epoch: int, config: TrainConfig) -> TrainingDiverged:
     epoch = (step - 1) // steps_per_epoch + 1
+    decay = config.lr * config.weight_decay  # SGD's decay multiplies the weights by (1 - lr * wd) a step
+    if decay > 1:
+        cause = (f"The weight decay ({config.weight_decay:g}) is too high for the learning rate ({config.lr:g}): "
+                 f"each step multiplies the weights by 1 - lr x weight decay = {1 - decay:g}, so they "
+                 "oscillate and grow without bound: lower --weight-decay.")
+    else:
+        cause = (f"The learning rate ({config.lr:g}) is probably too high for this model and recipe: lower --lr"
+                 + (f" (or --weight-decay, {config.weight_decay:g})." if config.weight_decay else "."))
     return TrainingDiverged(
-        f"The training loss became non-finite (NaN or inf) by step {step} (epoch {epoch}). "
-        f"The learning rate ({lr}) is probably too high for this model and recipe: lower --lr. "
+        f"The training loss became non-finite (NaN or inf) by step {step} (epoch {epoch}). {cause} "
         "Checkpoints already written were kept: a diverged state is never saved.")
 
 

@@ -3,6 +3,8 @@ learned filters, feature maps and image grids (the run report's)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -18,12 +20,35 @@ def _subplots(*args, figsize, dpi, **kwargs):
 
 
 def _save(fig, paths: Iterable[Path], suptitle: str = "") -> None:
-    """Lay out and write every path (format from its suffix, else savefig.format)."""
+    """Lay out and write every target: a path (format from its suffix) atomically, or a binary file
+    object such as io.BytesIO (format from savefig.format; the report embeds figures this way)."""
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     for path in paths:
-        fig.savefig(path)
+        if hasattr(path, "write"):
+            fig.savefig(path)
+        else:
+            save_atomically(fig, Path(path))
+
+
+def save_atomically(fig, path: Path) -> None:
+    """Write a temp file beside `path`, then rename it over `path`: a full disk or a kill leaves the
+    previous figure (or none), never a torn one. An OSError names `path`."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format=path.suffix.lstrip(".") or None)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _series(rows: Sequence[dict], key: str) -> tuple[list, list]:
@@ -133,7 +158,6 @@ def plot_profile(profile: dict, path: Path, title: str) -> None:
         ax.grid(True, axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(layers)), labels, fontsize=7)
     axes[0].invert_yaxis()
-    path.parent.mkdir(parents=True, exist_ok=True)
     _save(fig, [path], suptitle=title)
 
 

@@ -1,0 +1,93 @@
+"""`record`: a preset's time to its target test accuracy over several seeds, airbench style.
+
+The preset runs N times in one process, after one short untimed warm-up on the same data. Per seed
+the clock is `fit`'s wall clock: from the first training step to the end of the last test
+evaluation (test-time augmentation included), data already in memory, model building excluded;
+any `torch.compile` time falls inside it. The record is the mean over seeds; min and max are
+reported beside it, with the fraction of seeds that reached the target.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+from alexnet_lab.analysis.machine import describe_machine
+from alexnet_lab.engine.config import RECORD_TARGETS, TrainConfig
+from alexnet_lab.engine.device import resolve_device
+from alexnet_lab.engine.builders import Splits, load_splits
+from alexnet_lab.engine.trainer import fit
+from alexnet_lab.errors import UserError
+
+WARMUP_TRAIN_EXAMPLES = 2048  # enough steps for allocators, oneDNN/cuDNN plans and compilation
+WARMUP_TEST_EXAMPLES = 512
+
+
+def target_of(config: TrainConfig) -> float:
+    """The test accuracy a record run is judged against: --target-accuracy, else the preset's rung."""
+    if config.target_accuracy is not None:
+        return config.target_accuracy
+    if config.preset in RECORD_TARGETS:
+        return RECORD_TARGETS[config.preset]
+    raise UserError(f"Preset '{config.preset}' has no record target: pass --target-accuracy, or use one "
+                    f"of the ladder's presets ({', '.join(RECORD_TARGETS)}).")
+
+
+def warmup_splits(splits: Splits) -> Splits:
+    return Splits(splits.train_images[:WARMUP_TRAIN_EXAMPLES], splits.train_labels[:WARMUP_TRAIN_EXAMPLES],
+                  splits.test_images[:WARMUP_TEST_EXAMPLES], splits.test_labels[:WARMUP_TEST_EXAMPLES],
+                  splits.source)
+
+
+def seed_result(seed: int, summary: dict, target: float) -> dict:
+    """One seed's row. Time to target: the evaluation that first reached it when the run evaluated
+    along the way (--target-accuracy), else the whole run's wall clock if its final accuracy did."""
+    acc = summary["test_acc"]
+    reached = acc >= target or summary.get("time_to_target_s") is not None
+    time_to_target = summary.get("time_to_target_s") or (summary["wall_seconds"] if reached else None)
+    return {"seed": seed, "test_acc": acc, "wall_seconds": summary["wall_seconds"],
+            "time_to_target_s": time_to_target, "reached": reached}
+
+
+def statistics_of(rows: list[dict]) -> dict:
+    accs = [r["test_acc"] for r in rows]
+    times = [r["time_to_target_s"] if r["reached"] else r["wall_seconds"] for r in rows]
+    return {"mean_acc": statistics.fmean(accs), "min_acc": min(accs), "max_acc": max(accs),
+            "std_acc": statistics.pstdev(accs),
+            "mean_time_s": statistics.fmean(times), "min_time_s": min(times), "max_time_s": max(times),
+            "reached": sum(r["reached"] for r in rows) / len(rows)}
+
+
+def run_record(config: TrainConfig, seeds: int, *, target: float | None = None, splits: Splits | None = None,
+               train: Callable[..., dict] = fit, on_seed: Callable[[dict], None] | None = None) -> dict:
+    """Warm up once, then train `config` with seeds config.seed .. config.seed + seeds - 1.
+
+    `target` defaults to `target_of(config)`. `train` is `fit` (a test passes a fake one to check
+    the statistics on a fake clock).
+    """
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}.")
+    target = target if target is not None else target_of(config)
+    splits = splits or load_splits(config.data_dir, config.limit_train, config.limit_test)
+    device = resolve_device(config.device)
+    start = time.perf_counter()
+    train(config.replace(seed=config.seed + 10_000), splits=warmup_splits(splits))
+    warmup_s = time.perf_counter() - start
+    rows = []
+    for i in range(seeds):
+        seed = config.seed + i
+        rows.append(seed_result(seed, train(config.replace(seed=seed), splits=splits), target))
+        if on_seed:
+            on_seed(rows[-1])
+    return {"preset": config.preset, "target": target, "seeds": seeds, "rows": rows,
+            "warmup_s": warmup_s, "compile": config.compile, "config": config.to_dict(),
+            "train_examples": len(splits.train_images), "test_examples": len(splits.test_images),
+            "machine": describe_machine(device), **statistics_of(rows)}
+
+
+def json_line(result: dict) -> dict:
+    """The one-line summary `record --json` prints last."""
+    keys = ("preset", "target", "seeds", "mean_acc", "min_acc", "mean_time_s", "max_time_s", "reached")
+    return {**{k: result[k] for k in keys}, "device": result["machine"]["device"],
+            "machine": result["machine"]}
