@@ -404,7 +404,7 @@ def test_ctrl_c_while_loading_data_exits_130(data_dir, tmp_path, monkeypatch, ca
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_cli, "load_splits", interrupted)
+    monkeypatch.setattr(train_cli, "splits_for", interrupted)  # what train loads the data with
     assert main(train_args(data_dir, tmp_path / "r")) == 130
     assert capsys.readouterr().err == "alexnet-lab train: interrupted.\n"
     assert not (tmp_path / "r").exists()

@@ -34,18 +34,18 @@ def flop_counter_reference(model, shape):
 
 @pytest.mark.parametrize("name", list_models())
 def test_flops_and_params_match_independent_counters(name):
-    size = get_spec(name).input_size
+    size, channels = get_spec(name).input_size, get_spec(name).in_channels
     torch.manual_seed(0)
     model = build_model(name)
-    profile = profile_model(model, (1, 1, size, size))
-    fwd, bwd, fwd_by_layer, bwd_by_layer = flop_counter_reference(build_model(name), (1, 1, size, size))
+    profile = profile_model(model, (1, channels, size, size))
+    fwd, bwd, fwd_by_layer, bwd_by_layer = flop_counter_reference(build_model(name), (1, channels, size, size))
     assert profile["total"]["forward_flops"] == fwd
     assert profile["total"]["backward_flops"] == bwd
     for layer in profile["layers"]:
         assert layer["forward_flops"] == fwd_by_layer.get(layer["name"], 0), layer["name"]
         assert layer["backward_flops"] == bwd_by_layer.get(layer["name"], 0), layer["name"]
     assert profile["total"]["params"] == sum(p.numel() for p in build_model(name).parameters())
-    assert profile["input_shape"] == [1, 1, size, size]
+    assert profile["input_shape"] == [1, channels, size, size]
 
 
 def test_batch_size_scales_flops_and_activations_linearly():
@@ -134,3 +134,11 @@ def test_cli_timing_and_batch_size(tmp_path, capsys):
 def test_cli_rejects_input_size_that_does_not_fit(capsys):
     assert main(["profile", "--model", "alexnet", "--input-size", "32", "--no-timing"]) == 2
     assert "does not fit" in capsys.readouterr().err
+
+
+def test_cli_profiles_the_adapted_model(tmp_path, capsys):
+    assert main(["profile", "--model", "lenet", "--channels", "3", "--num-classes", "7", "--no-timing",
+                 "--plot", str(tmp_path / "p.png"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert data["input_shape"] == [1, 3, 28, 28] and data["layers"][-1]["output_shape"] == [1, 7]
+    assert data["layers"][0]["params"] == 3 * 6 * 25 + 6

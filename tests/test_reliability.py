@@ -49,8 +49,8 @@ def data_dir(tmp_path_factory) -> Path:
     return fakedata.make_dataset(tmp_path_factory.mktemp("fmnist"), n_train=512, n_test=64)
 
 
-def tiny_relu_dropout(num_classes: int = 10) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Flatten(),  # (B, 4*13*13)
+def tiny_relu_dropout(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, stride=2), nn.ReLU(), nn.Flatten(),  # (B, 4*13*13)
                          nn.Dropout(0.5), nn.Linear(4 * 13 * 13, num_classes))
 
 
@@ -314,7 +314,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(data_dir, tmp_path
 
     models = []
     real_prepare = step.prepare_model
-    monkeypatch.setattr(step, "prepare_model", lambda *a: models.append(real_prepare(*a)) or models[-1])
+    monkeypatch.setattr(step, "prepare_model", lambda *a, **k: models.append(real_prepare(*a, **k)) or models[-1])
     out = tmp_path / "r"
     # Step 20 is no log point (those are every 3rd batch of an epoch), so the NaN weights are
     # first seen by the --checkpoint-every save at step 20, which must refuse to write them.

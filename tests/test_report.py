@@ -149,11 +149,11 @@ def test_alexnet_filters_and_feature_maps_have_the_chapters_shapes():
     assert filters.shape == (96, 11, 11)
     assert torch.equal(filters, model[0].weight.detach()[:, 0])  # one input channel: the weights as they are
     image = torch.randint(0, 256, (28, 28), dtype=torch.uint8)
-    layers = feature_maps(model, image, 224)
+    x = torch.nn.functional.interpolate(image.float().div(255)[None, None], size=224, mode="bilinear")
+    layers = feature_maps(model, x)
     assert [layer["shape"] for layer in layers] == CHAPTER_CONV_SHAPES
     assert [name for name, _ in conv_layers(model)] == ["0", "3", "6", "8", "10"]
     # The first map is the convolution itself: recompute it independently with F.conv2d.
-    x = torch.nn.functional.interpolate(image.float().div(255)[None, None], size=224, mode="bilinear")
     expected = torch.nn.functional.conv2d(x, model[0].weight, model[0].bias, stride=4, padding=1)[0]
     assert torch.allclose(layers[0]["maps"], expected, atol=1e-5)
     assert model.training  # feature_maps ran in eval mode and put the mode back
@@ -162,6 +162,21 @@ def test_alexnet_filters_and_feature_maps_have_the_chapters_shapes():
     maps[0] += 1
     maps[1] -= 5
     assert strongest_channels(maps, 2) == [2, 0]
+
+
+def test_colour_filters_and_images_are_drawn_in_colour(tmp_path):
+    from alexnet_lab.reports.plots import as_display, plot_filters
+
+    model = build_model("lenet", in_channels=3)
+    filters = first_layer_filters(model)
+    assert filters.shape == (6, 5, 5, 3)
+    assert torch.equal(filters[2, :, :, 1], model[0].weight.detach()[2, 1])  # (K, k, k, RGB)
+    plot_filters(filters.numpy(), [tmp_path / "f.png"])
+    with Image.open(tmp_path / "f.png") as im:
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    assert (np.abs(rgb[..., 0] - rgb[..., 1]) > 30).any()  # not grey
+    assert as_display(torch.full((3, 4, 5), 255, dtype=torch.uint8)).shape == (4, 5, 3)
+    assert as_display(torch.zeros(1, 4, 5)).shape == (4, 5) and as_display(np.zeros((4, 5), np.uint8)).max() == 0
 
 
 def test_prediction_summary_counts_by_hand():
@@ -279,3 +294,21 @@ def test_a_failing_report_does_not_fail_the_finished_run(tiny_run, tmp_path, mon
     assert (run / "summary.json").is_file()
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"Report not written (RuntimeError: CUDA out of memory); try: alexnet-lab report {run}")
+
+
+def test_report_of_an_image_folder_run_uses_its_classes_and_colours(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(12):
+            pixels = (np.array(colour) + rng.integers(0, 50, (32, 32, 3))).clip(0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / name / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["train", "--model", "lenet", "--data", f"imagefolder:{tmp_path / 'images'}", "--channels", "3",
+                 "--epochs", "1", "--batch-size", "8", "--out", str(run), "--progress", "none"]) == 0
+    page = (run / "report.html").read_text()
+    assert "<td>red</td>" in page and "<td>blue</td>" in page and "ankle boot" not in page
+    assert "60,000" not in page and f"Data imagefolder:{tmp_path / 'images'}:" in page
+    encoded = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="first-layer filters"', page).group(1)
+    rgb = np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))).convert("RGB")).astype(int)
+    assert (np.abs(rgb[..., 0] - rgb[..., 2]) > 30).any()  # the 3-channel filters are drawn in colour

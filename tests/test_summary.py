@@ -28,3 +28,14 @@ def test_summary_bad_size_names_the_sizes_that_work(capsys):
     assert main(["summary", "--model", "alexnet", "--input-size", "100"]) == 2
     err = capsys.readouterr().err
     assert "smallest size that works is 193" in err and "Traceback" not in err
+
+
+def test_summary_shows_the_shapes_adapted_to_the_data(capsys):
+    assert main(["summary", "--model", "alexnet", "--channels", "3", "--num-classes", "7", "--detail"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Conv2d output shape:\t torch.Size([1, 96, 54, 54])\tparams     34,944")  # 3*96*121+96
+    assert out[-2].startswith("Linear output shape:\t torch.Size([1, 7])")
+    assert main(["summary", "--model", "alexnet-2012"]) == 0  # its own 3 channels and 1000 classes
+    out = capsys.readouterr().out.splitlines()
+    assert out[2] == "LocalResponseNorm output shape:\t torch.Size([1, 96, 55, 55])"
+    assert out[-1] == "Linear output shape:\t torch.Size([1, 1000])"

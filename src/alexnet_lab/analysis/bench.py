@@ -25,7 +25,7 @@ from alexnet_lab.analysis.reference_pipeline import D2L_NUM_WORKERS, reference_l
 from alexnet_lab.data import BatchLoader
 from alexnet_lab.engine.config import PRESETS, TrainConfig
 from alexnet_lab.engine.device import DTYPES, backend_flags, resolve_device, resolve_precision, synchronize
-from alexnet_lab.engine.builders import Splits, init_weights, input_size
+from alexnet_lab.engine.builders import Splits, init_weights, input_size, model_options
 from alexnet_lab.engine.step import build_training_step
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model, check_input_size
@@ -54,7 +54,7 @@ class BenchConfig:
 
 def flops_per_example(model_name: str, size: int) -> int:
     """FLOP of one training example: forward + backward at batch 1, fp32, counted (not timed)."""
-    model = build_model(model_name)
+    model = build_model(model_name, in_channels=1)  # bench runs on Fashion-MNIST
     images = torch.zeros(1, 1, size, size)
     with FlopCounterMode(display=False) as counter:
         loss = model(images).sum()
@@ -110,7 +110,7 @@ def bench_reference(config: TrainConfig, bench: BenchConfig, splits: Splits, dev
                     size: int) -> list[float]:
     """The book's pipeline: PIL per-image resize in worker processes, fp32 NCHW, a sync per step."""
     torch.manual_seed(config.seed)
-    model = build_model(config.model)
+    model = build_model(config.model, in_channels=1)
     init_weights(model)  # d2l's xavier init
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=D2L_LR)  # d2l: plain SGD, default options
@@ -128,7 +128,8 @@ def bench_reference(config: TrainConfig, bench: BenchConfig, splits: Splits, dev
 def bench_project(config: TrainConfig, bench: BenchConfig, splits: Splits, device: torch.device,
                   size: int) -> tuple[list[float], str]:
     """This project's pipeline: `config`'s training step (as `fit` builds it), same model and batch."""
-    step = build_training_step(config, total_steps=bench.warmup + bench.steps * bench.repeats, device=device)
+    step = build_training_step(config, total_steps=bench.warmup + bench.steps * bench.repeats, device=device,
+                               model_kwargs=model_options(splits))
     loader = BatchLoader(splits.train_images, splits.train_labels, config.batch_size, shuffle=True,
                          resize=size, device=device, seed=config.seed)
     # no sync inside a window: the step's results stay on the device

@@ -21,27 +21,27 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
 
 
 def first_layer_filters(model: nn.Module) -> torch.Tensor:
-    """The first convolution's weights as (out_channels, k, k) float32 on the CPU.
-
-    AlexNet's first layer here sees one grey channel, so each filter is one k x k image (the book's
-    figure shows the 3-channel ImageNet filters); with several input channels they are averaged.
-    """
+    """The first convolution's weights on the CPU as images: (out_channels, k, k) for one input
+    channel (AlexNet here sees one grey channel), (out_channels, k, k, 3) for RGB input (the book's
+    figure shows ImageNet's colour filters); other channel counts are averaged to one."""
     layers = conv_layers(model)
     if not layers:
         raise UserError(f"{type(model).__name__} has no convolution, so it has no filters to show.")
     weight = layers[0][1].weight.detach().float().cpu()   # (C_out, C_in, k, k)
+    if weight.shape[1] == 3:
+        return weight.permute(0, 2, 3, 1).contiguous()    # (C_out, k, k, 3)
     return weight.mean(dim=1)
 
 
 @torch.no_grad()
-def feature_maps(model: nn.Module, image_u8: torch.Tensor, input_size: int) -> list[dict]:
-    """The output of every convolution for one (28, 28) uint8 image, resized to `input_size`.
+def feature_maps(model: nn.Module, x: torch.Tensor) -> list[dict]:
+    """The output of every convolution for one input `x` (1, C, S, S), as the model takes it.
 
-    Returns one dict per Conv2d: name, out shape and `maps` (C, H, W) float32 on the CPU (the
-    convolution's output, before its activation). Captured with forward hooks; the model is unchanged.
+    Returns one dict per Conv2d: name, index (1-based), out shape and `maps` (C, H, W) float32 on the
+    CPU (the convolution's output, before its activation). Captured with forward hooks; the model is
+    left as it was (its train/eval mode included).
     """
-    device = next(model.parameters()).device
-    x = to_float_batch(image_u8.reshape(1, *image_u8.shape[-2:]).to(device), input_size)  # (1, 1, S, S)
+    x = x.to(next(model.parameters()).device)
     captured: list[dict] = []
     hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: captured.append(
         {"name": name, "maps": out[0].detach().float().cpu()})) for name, m in conv_layers(model)]
@@ -67,15 +67,16 @@ def strongest_channels(maps: torch.Tensor, count: int) -> list[int]:
 
 @torch.no_grad()
 def predict_probabilities(model: nn.Module, images_u8: torch.Tensor, input_size: int, device: torch.device,
-                          precision: str = "fp32", channels_last: bool = False,
+                          precision: str = "fp32", channels_last: bool = False, center_crop: bool = False,
                           batch_size: int = 256) -> torch.Tensor:
-    """Softmax probabilities (N, classes) on the CPU for (N, 28, 28) uint8 images, batch by batch."""
+    """Softmax probabilities (N, classes) on the CPU for (N, H, W) or (N, C, H, W) uint8 images,
+    prepared as in evaluation (`center_crop`: the 2012 models' centre crop), batch by batch."""
     was_training = model.training
     model.eval()
     out = []
     try:
         for start in range(0, len(images_u8), batch_size):
-            x = to_float_batch(images_u8[start:start + batch_size].to(device), input_size)
+            x = to_float_batch(images_u8[start:start + batch_size].to(device), input_size, center_crop)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(precision, device):

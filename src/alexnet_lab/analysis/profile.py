@@ -191,7 +191,7 @@ def measure_copy_bandwidth(device: torch.device, nbytes: int = 256 * 2**20, repe
 
 
 def step_timing(model_name: str, batch: int, size: int, device_name: str | None, precision: str,
-                channels_last: bool, total: dict, optimizer: str = "momentum") -> dict:
+                channels_last: bool, total: dict, optimizer: str = "momentum", channels: int | None = None) -> dict:
     """Measure a real training step of this probe and the device's copy bandwidth; compare them: the
     bandwidth the step's least traffic (`total['step_bytes_moved']`) implies at the measured step time.
     The timed step uses the `optimizer` the counts assume (plain SGD, or SGD with momentum 0.9)."""
@@ -203,7 +203,7 @@ def step_timing(model_name: str, batch: int, size: int, device_name: str | None,
     precision = resolve_precision(precision, device)
     config = make_config("d2l", model=model_name, batch_size=batch, resize=size, precision=precision,
                          momentum=0.9 if OPTIMIZER_STATES[optimizer] else 0.0, channels_last=channels_last,
-                         device=str(device))
+                         device=str(device), channels=channels)
     step_s = seconds_per_step(config, steps=3, warmup=1)
     bandwidth = measure_copy_bandwidth(device)
     flops = total["forward_flops"] + total["backward_flops"]

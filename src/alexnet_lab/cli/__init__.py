@@ -18,7 +18,7 @@ from alexnet_lab.errors import UserError
 # program starts up is caught in main() like any other.
 
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
-COMMANDS = ["chapter", "summary", "train", "evaluate", "predict", "bench",
+COMMANDS = ["chapter", "summary", "train", "evaluate", "predict", "export", "bench",
             "profile", "sweep", "compare",  # profile, sweep, compare: the chapter's exercises
             "record", "report", "visualize"]
 

@@ -17,7 +17,6 @@ GROUPS = {"recipe": "recipe (overrides the preset)", "numerics": "numerics", "da
 
 MAX_INT = 2**31 - 1
 
-
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -94,6 +93,29 @@ def add_model(parser: argparse.ArgumentParser, default: str | None = "alexnet") 
 
 def add_data(parser: argparse.ArgumentParser) -> None:
     add_config_flag(parser, "data_dir")
+
+
+def add_data_source(parser) -> None:
+    """--data and how an image folder is read (--channels, --val-fraction, --strict)."""
+    for name in ("data", "channels", "val_fraction", "strict"):
+        add_config_flag(parser, name)
+
+
+def add_adaptation(parser: argparse.ArgumentParser) -> None:
+    """The data a model is built for, as `train` adapts it (summary, profile)."""
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                        help="input channels (default: the model's, 1 except for alexnet-2012)")
+    parser.add_argument("--num-classes", type=positive_int, default=None,
+                        help="output classes (default: the model's, 10 except for alexnet-2012's 1000)")
+
+
+def model_for_args(args: argparse.Namespace):
+    """(model built for --channels/--num-classes, its input channels)."""
+    from alexnet_lab.models import build_model, get_spec
+
+    channels = args.channels or get_spec(args.model).in_channels
+    kwargs = {"in_channels": channels} | ({"num_classes": args.num_classes} if args.num_classes else {})
+    return build_model(args.model, **kwargs), channels
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

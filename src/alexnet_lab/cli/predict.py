@@ -1,39 +1,53 @@
-"""`alexnet-lab predict`: classify image files with a trained checkpoint, top-3 classes each."""
+"""`alexnet-lab predict`: classify image files with a checkpoint or an exported model file, top-3 each."""
 
 from __future__ import annotations
 
-import numpy as np
+import argparse
+
 import torch
 
 from alexnet_lab.cli.options import add_device, positive_int
-from alexnet_lab.data import CLASS_NAMES, to_float_batch
-from alexnet_lab.data.images import load_image_28
 from alexnet_lab.engine.device import resolve_device
-from alexnet_lab.engine.inference import load_trained
-from alexnet_lab.engine.builders import input_size
+from alexnet_lab.engine.inference import images_to_input, load_trained, metadata
 
 NAME = "predict"
-HELP = "classify image files (any size/mode; converted to 28x28 grayscale like the dataset)"
+HELP = ("classify image files (any size/mode; prepared like the model's training data: 28x28 grayscale "
+        "for Fashion-MNIST, the folder's decoding for image folders)")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt or best.pt of a run")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="checkpoint.pt or best.pt of a run")
+    source.add_argument("--model-file", help="a model written by `alexnet-lab export` (.onnx runs in "
+                                             "onnxruntime; otherwise TorchScript)")
     parser.add_argument("images", nargs="+", metavar="IMG", help="image files")
     parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
-                        help="invert dark-on-light images to the dataset's light-on-dark")
+                        help="Fashion-MNIST models: invert dark-on-light images to the dataset's light-on-dark")
     parser.add_argument("--top", type=positive_int, default=3, help="classes to show per image")
     add_device(parser)
 
 
-def run(args) -> int:
-    device = resolve_device(args.device or "auto")
-    pixels = np.stack([load_image_28(p, args.invert) for p in args.images])  # (N, 28, 28) uint8
-    model, config, _ = load_trained(args.checkpoint, device)
-    x = to_float_batch(torch.from_numpy(pixels).to(device), input_size(config))
+def predict(args: argparse.Namespace) -> list[tuple[str, list[tuple[str, float]]]]:
+    """[(image path, [(class name, probability), ...] best first)] for the images in `args`."""
+    if args.model_file:
+        from alexnet_lab.engine.export import ModelFile
+
+        model = ModelFile(args.model_file)  # runs on the CPU (onnxruntime's CPU provider)
+        meta, device = model.meta, torch.device("cpu")
+    else:
+        device = resolve_device(args.device or "auto")
+        model, config, payload = load_trained(args.checkpoint, device)
+        meta = metadata(config, payload)
+    x = images_to_input(args.images, meta, args.invert).to(device)
     with torch.no_grad():
         probs = torch.softmax(model(x).float(), dim=1).cpu()
     top = probs.topk(min(args.top, probs.shape[1]), dim=1)
-    for path, values, indices in zip(args.images, top.values, top.indices):
-        guesses = ", ".join(f"{CLASS_NAMES[i]} {v:.1%}" for v, i in zip(values.tolist(), indices.tolist()))
-        print(f"{path}: {guesses}")
+    names = meta["class_names"]
+    return [(path, [(names[i], v) for v, i in zip(values.tolist(), indices.tolist())])
+            for path, values, indices in zip(args.images, top.values, top.indices)]
+
+
+def run(args) -> int:
+    for path, guesses in predict(args):
+        print(f"{path}: " + ", ".join(f"{name} {p:.1%}" for name, p in guesses))
     return 0

@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 from alexnet_lab.analysis.profile import OPTIMIZER_STATES, findings, profile_model, step_timing
-from alexnet_lab.cli.options import add_device, add_model, positive_int
-from alexnet_lab.models import build_model, check_input_size, get_spec
+from alexnet_lab.cli.options import add_adaptation, add_device, add_model, model_for_args, positive_int
+from alexnet_lab.models import check_input_size, get_spec
+from alexnet_lab.errors import UserError
 from alexnet_lab.reports.plots import plot_profile
 from alexnet_lab.reports.run_dir import make_output_dir
 
@@ -30,6 +31,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
                         help="precision of the timed training step (counts are always fp32)")
     parser.add_argument("--channels-last", action="store_true", help="time the step in NHWC memory format")
+    add_adaptation(parser)
     add_device(parser)
     parser.add_argument("--plot", default=None,
                         help="bar chart PNG (default: runs/profile-<model>-<size>-b<batch>.png)")
@@ -66,8 +68,9 @@ def format_table(profile: dict) -> str:
 def run(args) -> int:
     size = args.input_size or get_spec(args.model).input_size
     check_input_size(args.model, size)
-    shape = (args.batch_size, 1, size, size)
-    profile = profile_model(build_model(args.model), shape, args.optimizer)
+    model, channels = model_for_args(args)
+    shape = (args.batch_size, channels, size, size)
+    profile = profile_model(model, shape, args.optimizer)
     profile["model"] = args.model
     print(f"{args.model}: one training step on input {list(shape)}; FLOPs as torch.utils.flop_counter counts "
           f"them (multiply-add = 2, conv/matmul only); bytes in fp32; optimizer: {args.optimizer}.")
@@ -79,7 +82,7 @@ def run(args) -> int:
         print(line)
     if args.timing:
         profile["timing"] = tm = step_timing(args.model, args.batch_size, size, args.device, args.precision,
-                                        args.channels_last, t, args.optimizer)
+                                             args.channels_last, t, args.optimizer, channels)
         print(f"Measured on {tm['device']} ({tm['precision']}{', channels-last' if args.channels_last else ''}): "
               f"{tm['step_seconds'] * 1000:.1f} ms per training step ({tm['examples_per_sec']:.1f} examples/s) "
               f"= {tm['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s. Moving {fmt_bytes(t['step_bytes_moved'])} in that time "

@@ -1,8 +1,8 @@
 """`alexnet-lab summary`: every layer's output shape, as the chapter prints it."""
 
 from alexnet_lab.analysis.shapes import format_shapes
-from alexnet_lab.cli.options import add_model, positive_int
-from alexnet_lab.models import build_model, check_input_size, get_spec
+from alexnet_lab.cli.options import add_adaptation, add_model, model_for_args, positive_int
+from alexnet_lab.models import check_input_size, get_spec
 
 NAME = "summary"
 HELP = "print each layer's output shape for a probe input (the chapter's first printout)"
@@ -13,11 +13,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--input-size", type=positive_int, default=None,
                         help="side of the probe image (default: the model's, 224 for alexnet)")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="batch size of the probe")
+    add_adaptation(parser)
     parser.add_argument("--detail", action="store_true", help="add per-layer parameters and output bytes")
 
 
 def run(args) -> int:
     size = args.input_size or get_spec(args.model).input_size
     check_input_size(args.model, size)
-    print(format_shapes(build_model(args.model), (args.batch_size, 1, size, size), detail=args.detail))
+    model, channels = model_for_args(args)
+    print(format_shapes(model, (args.batch_size, channels, size, size), detail=args.detail))
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -17,7 +18,7 @@ from alexnet_lab.cli.progress import ConsoleReporter, add_progress, chapter_line
 from alexnet_lab.engine import distributed
 from alexnet_lab.engine.checkpoint import check_resumable, check_same_data, load_checkpoint
 from alexnet_lab.engine.config import TrainConfig, make_config
-from alexnet_lab.engine.builders import Splits, load_splits
+from alexnet_lab.engine.builders import Splits, splits_for
 from alexnet_lab.engine.preflight import preflight
 from alexnet_lab.engine.trainer import StopRequested, fit
 from alexnet_lab.errors import UserError
@@ -131,7 +132,11 @@ def write_report(out: Path, device: str, data_dir: str | None) -> None:
 
 def _load_splits(config: TrainConfig, env: distributed.DistEnv) -> Splits:
     """The data, loaded by one process per machine at a time (at most one download)."""
-    return distributed.in_turn(env, lambda: load_splits(config.data_dir, config.limit_train, config.limit_test))
+    splits = distributed.in_turn(env, lambda: splits_for(config))
+    if env.is_main:
+        for note in splits.notes:  # e.g. the unreadable image files that were skipped, listed once
+            print(note, file=sys.stderr)
+    return splits
 
 
 def resume_config(args, saved: TrainConfig) -> TrainConfig:

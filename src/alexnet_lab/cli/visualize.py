@@ -10,11 +10,11 @@ import torch
 
 from alexnet_lab.analysis.features import feature_maps, first_layer_filters, strongest_channels
 from alexnet_lab.cli.options import add_data, add_device, positive_int
-from alexnet_lab.data import CLASS_NAMES
-from alexnet_lab.data.images import load_image_28
+from alexnet_lab.data.loader import to_float_batch
+from alexnet_lab.engine.builders import splits_for
 from alexnet_lab.engine.device import resolve_device
-from alexnet_lab.engine.inference import load_trained
-from alexnet_lab.engine.builders import input_size, load_splits
+from alexnet_lab.engine.inference import images_to_input, load_trained, metadata
+from alexnet_lab.errors import UserError
 from alexnet_lab.reports.plots import plot_feature_maps, plot_filters
 
 NAME = "visualize"
@@ -24,10 +24,10 @@ HELP = "PNGs of a checkpoint's first-layer filters and of an image's feature map
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt or best.pt of a run")
     parser.add_argument("--image", default=None,
-                        help="image file of any size/mode (converted to 28x28 grey like the dataset); "
-                             "default: the first test image")
+                        help="image file of any size/mode, prepared like the model's training data "
+                             "(28x28 grey for Fashion-MNIST); default: the first test image")
     parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
-                        help="--image: invert dark-on-light images to the dataset's light-on-dark")
+                        help="--image, Fashion-MNIST models: invert dark-on-light images to light-on-dark")
     parser.add_argument("--test-index", type=int, default=0, help="without --image: which test image")
     parser.add_argument("--channels", type=positive_int, default=8, help="feature maps shown per convolution")
     parser.add_argument("--out", default=None, help="folder for the PNGs (default: the checkpoint's)")
@@ -35,29 +35,33 @@ def add_arguments(parser) -> None:
     add_data(parser)
 
 
-def _image(args, config) -> tuple[torch.Tensor, str]:
-    """(28, 28) uint8 image and a description of it."""
+def model_input(args, config, meta: dict) -> tuple[torch.Tensor, str]:
+    """(1, C, S, S) float input as the model takes it, and what the image is."""
     if args.image is not None:
-        return torch.from_numpy(load_image_28(args.image, args.invert)), Path(args.image).name
-    splits = load_splits(args.data_dir or config.data_dir, 1, args.test_index + 1)
+        return images_to_input([args.image], meta, args.invert), Path(args.image).name
+    if args.test_index < 0:
+        raise UserError(f"--test-index must be 0 or more, got {args.test_index}.")
+    splits = splits_for(config.replace(limit_train=1, limit_test=args.test_index + 1,
+                                       data_dir=args.data_dir or config.data_dir))
     index = min(args.test_index, len(splits.test_images) - 1)
-    return splits.test_images[index], f"test image {index} ({CLASS_NAMES[int(splits.test_labels[index])]})"
+    x = to_float_batch(splits.test_images[index:index + 1], meta["input_size"], meta["center_crop"])
+    return x, f"test image {index} ({meta['class_names'][int(splits.test_labels[index])]})"
 
 
 def run(args) -> int:
     device = resolve_device(args.device or "auto")
-    model, config, _ = load_trained(args.checkpoint, device)
+    model, config, payload = load_trained(args.checkpoint, device)
     out = Path(args.out or Path(args.checkpoint).parent)
     out.mkdir(parents=True, exist_ok=True)
     filters = first_layer_filters(model)
-    size = filters.shape[-1]
+    size = filters.shape[1]
     plot_filters(filters.numpy(), [out / "filters.png"],
                  title=f"{len(filters)} first-layer filters of {config.model}, {size}x{size}")
-    image, what = _image(args, config)
-    layers = feature_maps(model, image, input_size(config))
+    x, what = model_input(args, config, metadata(config, payload))
+    layers = feature_maps(model, x)
     for layer in layers:
         layer["channels"] = strongest_channels(layer["maps"], args.channels)
-    plot_feature_maps(image.cpu().numpy(), layers, [out / "feature_maps.png"], channels=args.channels,
+    plot_feature_maps(x[0], layers, [out / "feature_maps.png"], channels=args.channels,
                       title=f"{what} through each convolution of {config.model}")
     print(f"First-layer filters ({len(filters)} of {size}x{size}): {out / 'filters.png'}")
     print(f"Feature maps of {what}, {args.channels} strongest channels per convolution "

@@ -1,7 +1,10 @@
-"""Image files -> Fashion-MNIST-like 28x28 uint8 arrays (for `predict`), refusing bad files."""
+"""Image files -> uint8 arrays: any size/mode to (C, S, S) for image folders and `predict`, or to
+Fashion-MNIST-like 28x28 grayscale; damaged, unreadable or oversized files are refused with a UserError.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -10,12 +13,14 @@ import numpy as np
 from alexnet_lab.errors import UserError
 
 MAX_PIXELS = 40_000_000  # decompression-bomb limit: refuse images larger than this (≈ 6300 x 6300)
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La")
 
 
-def load_image_28(path: str | Path, invert: str = "auto") -> np.ndarray:
-    """Any size/mode -> (28, 28) uint8 grayscale, light object on dark background like the dataset.
+@contextlib.contextmanager
+def open_image(path: str | Path):
+    """`PIL.Image.open` with the decompression-bomb limit, every failure a UserError naming the file.
 
-    invert: "auto" inverts when the border is brighter than the centre (dark-on-light photos).
+    Decoding is lazy in Pillow, so the body's own decoding errors (a truncated file) are mapped too.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -27,20 +32,60 @@ def load_image_28(path: str | Path, invert: str = "auto") -> np.ndarray:
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
             try:
                 with Image.open(path) as img:
-                    img = to_gray_8bit(img)
-                    img = img.resize((28, 28), Image.Resampling.BILINEAR, reducing_gap=3.0)
-                    pixels = np.asarray(img, dtype=np.uint8).copy()
+                    yield img
             finally:
                 Image.MAX_IMAGE_PIXELS = old_limit
     except FileNotFoundError:
         raise UserError(f"Image '{path}' does not exist.") from None
+    except IsADirectoryError:
+        raise UserError(f"'{path}' is a folder, not an image file.") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UserError(f"Image '{path}' is too large (over {MAX_PIXELS:,} pixels; refused as a possible "
                         "decompression bomb). Downscale it first.") from None
     except UnidentifiedImageError:
-        raise UserError(f"'{path}' is not an image PIL can read. Pass PNG, JPEG, BMP, GIF or similar files.") from None
-    except (OSError, ValueError, SyntaxError) as exc:
+        raise UserError(f"'{path}' is not an image PIL can read (empty, or not an image format). "
+                        "Pass PNG, JPEG, BMP, GIF or similar files.") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UserError(f"Image '{path}' is damaged or unreadable ({exc}).") from None
+
+
+def is_grayscale(path: str | Path) -> bool:
+    """Whether the file's mode is single-channel (reads the header only, decodes nothing)."""
+    with open_image(path) as img:
+        return img.mode in GRAY_MODES
+
+
+def load_image(path: str | Path, size: int, channels: int) -> np.ndarray:
+    """Any size/mode -> (channels, size, size) uint8: the shorter side scaled to `size` and the centre
+    cropped to a square (the 2012 paper's preprocessing), antialiased bilinear resampling; EXIF
+    orientation applied; transparency composited onto white; 1 channel = luminance (ITU-R 601-2)."""
+    from PIL import Image, ImageOps
+
+    with open_image(path) as img:
+        img.draft("RGB" if channels == 3 else "L", (size, size))  # JPEG: decode at a reduced scale
+        img = ImageOps.exif_transpose(img)
+        if img.mode == "F" or img.mode.startswith("I"):  # 16/32-bit and float: scaled, not clipped
+            img = to_gray_8bit(img)
+        if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        img = img.convert("RGB" if channels == 3 else "L")
+        img = ImageOps.fit(img, (size, size), method=Image.Resampling.BILINEAR)
+        pixels = np.asarray(img, dtype=np.uint8)
+    return pixels.reshape(size, size, channels).transpose(2, 0, 1).copy()  # (C, S, S)
+
+
+def load_image_28(path: str | Path, invert: str = "auto") -> np.ndarray:
+    """Any size/mode -> (28, 28) uint8 grayscale, light object on dark background like the dataset.
+
+    invert: "auto" inverts when the border is brighter than the centre (dark-on-light photos).
+    """
+    from PIL import Image
+
+    with open_image(path) as img:
+        img = to_gray_8bit(img)
+        img = img.resize((28, 28), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        pixels = np.asarray(img, dtype=np.uint8).copy()
     if invert == "yes" or (invert == "auto" and _border_brighter(pixels)):
         pixels = 255 - pixels
     return pixels

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from alexnet_lab.data import augment_2012
 from alexnet_lab.errors import UserError
 
 # Derived generator seeds are taken modulo 2**63 (manual_seed takes at most 64 bits); the seeds
@@ -16,13 +17,17 @@ from alexnet_lab.errors import UserError
 SEED_MODULUS = 2**63
 
 
-def to_float_batch(images_u8: torch.Tensor, resize: int | None) -> torch.Tensor:
-    """(B, H, W) uint8 -> (B, 1, S, S) float32 in [0, 1] (ToTensor semantics, no normalisation).
+def to_float_batch(images_u8: torch.Tensor, resize: int | None, center_crop: bool = False) -> torch.Tensor:
+    """(B, H, W) or (B, C, H, W) uint8 -> (B, C, S, S) float32 in [0, 1] (ToTensor semantics, no
+    normalisation); `center_crop`: first the centre crop the 2012 augmentation evaluates on.
 
     Resizing is bilinear with half-pixel centres (align_corners=False), like PIL's bilinear
     resize that torchvision's Resize applies in the book's pipeline when upscaling.
     """
-    x = images_u8.unsqueeze(1).float().div_(255.0)  # (B, 1, H, W)
+    x = images_u8.unsqueeze(1) if images_u8.ndim == 3 else images_u8
+    x = x.float().div_(255.0)  # (B, C, H, W)
+    if center_crop:
+        x = augment_2012.center_crop(x)
     if resize is not None and resize != x.shape[-1]:
         x = F.interpolate(x, size=(resize, resize), mode="bilinear", align_corners=False)
     return x
@@ -57,7 +62,10 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None,
 class BatchLoader:
     """Iterates (images, labels) batches of one split.
 
-    images: (N, 28, 28) uint8 tensor, labels: (N,) int64. `batch_size` is the per-rank batch.
+    images: (N, H, W) or (N, C, H, W) uint8 tensor, labels: (N,) int64. `batch_size` is the
+    per-rank batch. `augmentation` is what `augment=True` does: "shift" (`augment_batch`) or
+    "alexnet-2012" (`augment_2012`: random crops, flips, PCA lighting); `center_crop` makes
+    evaluation take the centre crop that the 2012 augmentation's random crops correspond to.
     With `world_size > 1` the epoch's permutation is cut into global batches of
     batch_size * world_size examples and rank r takes the r-th slice of each, so the ranks' shards
     are disjoint and global batch k holds the same examples whatever the number of processes: a
@@ -73,7 +81,8 @@ class BatchLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  shuffle: bool, resize: int | None = None, device: torch.device | str = "cpu",
                  augment: bool = False, seed: int = 0, drop_last: bool = False,
-                 rank: int = 0, world_size: int = 1, even_shards: bool = True):
+                 rank: int = 0, world_size: int = 1, even_shards: bool = True,
+                 augmentation: str = "shift", center_crop: bool = False):
         if batch_size < 1:
             raise UserError(f"Batch size must be at least 1, got {batch_size}.")
         self.device = torch.device(device)
@@ -92,6 +101,11 @@ class BatchLoader:
         self.rank, self.world_size = rank, world_size
         self.even_shards = even_shards
         self.epoch = 0
+        if augmentation not in ("shift", "alexnet-2012"):
+            raise ValueError(f"unknown augmentation {augmentation!r}")
+        self.augmentation, self.center_crop = augmentation, center_crop
+        if augment and augmentation == "alexnet-2012":  # the colour statistics PCA lighting follows
+            self.color_pca = augment_2012.color_pca(self.images)
 
     def _batch_bounds(self) -> list[tuple[int, int]]:
         """(start, end) of this rank's slice of every global batch, as positions in the epoch's order."""
@@ -148,11 +162,14 @@ class BatchLoader:
                 # epoch was resumed at start_batch > 0 (bit-exact resume).
                 aug_gen.manual_seed((((self.seed * 100_003 + self.epoch) * 100_003 + i) * 64 + self.rank)
                                     % SEED_MODULUS)
-                x = augment_batch(to_float_batch(x, None), aug_gen)  # augment at 28x28, then resize
+                if self.augmentation == "alexnet-2012":
+                    x = augment_2012.augment_2012(to_float_batch(x, None), *self.color_pca, aug_gen)
+                else:
+                    x = augment_batch(to_float_batch(x, None), aug_gen)  # augment at 28x28, then resize
                 if self.resize is not None and self.resize != x.shape[-1]:
                     x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
             else:
-                x = to_float_batch(x, self.resize)
+                x = to_float_batch(x, self.resize, self.center_crop)
             yield x, y
 
     def __iter__(self):

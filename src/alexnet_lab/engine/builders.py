@@ -6,15 +6,16 @@ Shared by `fit`, `evaluate`, `bench` and the d2l API so there is one way to do e
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
 from torch import nn
 
-from alexnet_lab.data import BatchLoader, load_fashion_mnist
+from alexnet_lab.data import CLASS_NAMES, BatchLoader
+from alexnet_lab.data.augment_2012 import CROP_FRACTION
 from alexnet_lab.data.fingerprint import data_fingerprint
-from alexnet_lab.data.loader import tensors_from_numpy
+from alexnet_lab.data.sources import load_source
 from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model, check_input_size, get_spec
@@ -22,11 +23,17 @@ from alexnet_lab.models import build_model, check_input_size, get_spec
 
 @dataclass
 class Splits:
-    train_images: torch.Tensor  # (N, 28, 28) uint8
+    train_images: torch.Tensor  # (N, 28, 28) or (N, C, S, S) uint8
     train_labels: torch.Tensor  # (N,) int64
     test_images: torch.Tensor
     test_labels: torch.Tensor
     source: str
+    class_names: tuple[str, ...] = CLASS_NAMES
+    notes: list[str] = field(default_factory=list)  # for the user to read once (skipped files)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.train_images.ndim == 3 else self.train_images.shape[1]
 
     @cached_property
     def fingerprint(self) -> dict:
@@ -36,24 +43,45 @@ class Splits:
     def head(self, limit_train: int | None, limit_test: int | None) -> "Splits":
         """The first `limit_train` / `limit_test` examples of each split (views, no copy)."""
         return Splits(self.train_images[:limit_train], self.train_labels[:limit_train],
-                      self.test_images[:limit_test], self.test_labels[:limit_test], self.source)
+                      self.test_images[:limit_test], self.test_labels[:limit_test], self.source,
+                      self.class_names, self.notes)
 
 
 def load_splits(data_dir: str | None = None, limit_train: int | None = None,
-                limit_test: int | None = None) -> Splits:
-    """Fashion-MNIST as uint8 tensors; the limits keep the first N examples of each split."""
-    ds = load_fashion_mnist(data_dir)
-    train_x, train_y = tensors_from_numpy(ds.train_images[:limit_train], ds.train_labels[:limit_train])
-    test_x, test_y = tensors_from_numpy(ds.test_images[:limit_test], ds.test_labels[:limit_test])
-    for split, images in (("training", train_x), ("test", test_x)):
+                limit_test: int | None = None, **source_options) -> Splits:
+    """The data as uint8 tensors (Fashion-MNIST unless `source_options` say otherwise, see
+    `data.sources.load_source`); the limits keep the first N examples of each split."""
+    ds = load_source(data_dir=data_dir, **source_options)
+    splits = Splits(ds.train_images[:limit_train], ds.train_labels[:limit_train], ds.test_images[:limit_test],
+                    ds.test_labels[:limit_test], ds.source, ds.class_names, ds.notes)
+    for split, images in (("training", splits.train_images), ("test", splits.test_images)):
         if len(images) == 0:
             raise UserError(f"The {split} set in '{ds.source}' holds no images: a run needs at least one "
                             "training and one test image. Point --data-dir at a complete data set.")
-    return Splits(train_x, train_y, test_x, test_y, ds.source)
+    return splits
+
+
+def splits_for(config: TrainConfig) -> Splits:
+    """The data a config trains on (its --data, --channels, --val-fraction, --strict, limits)."""
+    return load_splits(config.data_dir, config.limit_train, config.limit_test, spec=config.data,
+                       image_size=stored_size(config), channels=config.channels,
+                       val_fraction=config.val_fraction, seed=config.seed, strict=config.strict)
 
 
 def input_size(config: TrainConfig) -> int:
     return config.resize or get_spec(config.model).input_size
+
+
+def uses_2012_crops(config: TrainConfig) -> bool:
+    """Whether training takes the 2012 paper's random crops (and evaluation its centre crop)."""
+    return config.augment and get_spec(config.model).augmentation == "alexnet-2012"
+
+
+def stored_size(config: TrainConfig) -> int:
+    """The side image folders are decoded at: the input size, or for the 2012 crops 256/224 of it
+    (the paper's 256-pixel images for 224-pixel crops)."""
+    size = input_size(config)
+    return round(size / CROP_FRACTION) if uses_2012_crops(config) else size
 
 
 def evaluation_batch_size(config: TrainConfig, world_size: int = 1) -> int:
@@ -70,10 +98,11 @@ def make_loaders(config: TrainConfig, splits: Splits, device: torch.device,
     size = input_size(config)
     train = BatchLoader(splits.train_images, splits.train_labels, per_rank, shuffle=True, resize=size,
                         device=device, augment=config.augment, seed=config.seed, drop_last=False,
-                        rank=rank, world_size=world_size)
+                        rank=rank, world_size=world_size, augmentation=get_spec(config.model).augmentation)
     # even_shards=False: under DDP every test example is evaluated exactly once (ranks may differ by one).
     test = BatchLoader(splits.test_images, splits.test_labels, evaluation_batch_size(config, world_size), shuffle=False,
-                       resize=size, device=device, rank=rank, world_size=world_size, even_shards=False)
+                       resize=size, device=device, rank=rank, world_size=world_size, even_shards=False,
+                       center_crop=uses_2012_crops(config))
     return train, test
 
 
@@ -110,10 +139,16 @@ def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def prepare_model(config: TrainConfig, device: torch.device) -> nn.Module:
-    """Build, initialise and place the model; channels-last when asked."""
+def model_options(splits: Splits) -> dict:
+    """What a model adapts to the data: its input channels and its number of classes."""
+    return {"in_channels": splits.channels, "num_classes": len(splits.class_names)}
+
+
+def prepare_model(config: TrainConfig, device: torch.device, **model_kwargs) -> nn.Module:
+    """Build (with `model_kwargs`, e.g. `model_options(splits)`), initialise and place the model;
+    channels-last when asked."""
     torch.manual_seed(config.seed)
-    model = build_model(config.model)
+    model = build_model(config.model, **model_kwargs)
     check_input_size(config.model, input_size(config))
     if config.init == "xavier":
         init_weights(model)

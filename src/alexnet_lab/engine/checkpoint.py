@@ -175,6 +175,23 @@ def check_resumable(payload: dict, path: str | os.PathLike) -> None:
     check_model_state(payload, path)
 
 
+def model_kwargs(payload: dict) -> dict:
+    """The keyword arguments the checkpoint's model was built with (older checkpoints: none, i.e. the
+    Fashion-MNIST defaults: 1 channel, 10 classes)."""
+    kwargs = payload.get("model_kwargs") or {}
+    if not isinstance(kwargs, dict) or not all(isinstance(v, int) for v in kwargs.values()):
+        raise UserError("The checkpoint's model_kwargs are not a dict of whole numbers; it was not written "
+                        "by alexnet-lab.")
+    return {"in_channels": 1, "num_classes": 10, **kwargs}
+
+
+def class_names(payload: dict) -> tuple[str, ...]:
+    """The class names stored with the model (Fashion-MNIST's for checkpoints that predate them)."""
+    from alexnet_lab.data import CLASS_NAMES
+
+    return tuple(payload.get("class_names") or CLASS_NAMES)
+
+
 def check_model_state(payload: dict, path: str | os.PathLike) -> None:
     """Raise a UserError naming `path` unless the weights fit the model the payload names
     (names and shapes compared against the model built on the meta device: no memory, no compute)."""
@@ -183,7 +200,8 @@ def check_model_state(payload: dict, path: str | os.PathLike) -> None:
     if "model_state" not in payload or "model_name" not in payload:
         raise UserError(f"Checkpoint '{path}' holds no model weights (model_name/model_state missing).")
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in build_model(payload["model_name"]).state_dict().items()}
+        model = build_model(payload["model_name"], **model_kwargs(payload))
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     state = payload["model_state"]
     got = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)} \
         if isinstance(state, dict) else {}

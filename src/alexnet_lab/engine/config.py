@@ -9,6 +9,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 
+from alexnet_lab.data.sources import check_data_spec
 from alexnet_lab.engine.tta import TTA_MODES
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import list_models
@@ -37,6 +38,7 @@ RANGES = {
     "log_points_per_epoch": (int, 1, 10_000, ""),
     "target_accuracy": (float, 0, 1, "low"),
     "checkpoint_every": (int, 1, 2**40, ""),
+    "val_fraction": (float, 0, 1, "low high"),
 }
 OPTIONAL = ("resize", "limit_train", "limit_test", "target_accuracy", "checkpoint_every")  # None allowed
 
@@ -67,9 +69,11 @@ class TrainConfig:
     warmup_frac: float = setting(0.25, "onecycle schedule: fraction of the steps spent warming up")
     label_smoothing: float = setting(0.0, "cross-entropy label smoothing")
     init: str = setting("xavier", "weight init: xavier (d2l's xavier_uniform_ on every Conv2d/Linear "
-                                  "weight) or default (PyTorch's)", choices=INITS)
+                                  "weight) or default (the model's own: PyTorch's, or for alexnet-2012 the "
+                                  "paper's N(0, 0.01) with biases of 1)", choices=INITS)
     resize: int | None = setting(None, "input side in pixels (default: the model's)", positive=True)
-    augment: bool = setting(False, "random shift, flip, brightness/contrast jitter on the device")
+    augment: bool = setting(False, "random shift, flip, brightness/contrast jitter on the device "
+                                   "(alexnet-2012: the paper's random crops, flips and PCA lighting)")
     ema_decay: float = setting(0.0, "evaluate an exponential moving average of the weights with this "
                                     "decay per step (0: off)")
     tta: str = setting("none", "test-time augmentation at every test evaluation (flip only helps a model "
@@ -95,6 +99,15 @@ class TrainConfig:
     data_dir: str | None = setting(
         None, "folder with the Fashion-MNIST IDX files (else $ALEXNET_LAB_DATA, the user cache, "
               "/usr/share/datasets/fashion-mnist, then a download)", resumable=True, group="data")
+    data: str = setting("fashion-mnist", "the data: fashion-mnist, or imagefolder:DIR with DIR/<class>/<image> "
+                                         "(any format, size and mode Pillow reads; DIR/train/... and "
+                                         "DIR/val/... if present)", group="data")
+    channels: int | None = setting(None, "input channels, 1 or 3 (default: the data's; image folders: 3 "
+                                         "unless every image is gray)", choices=(1, 3), group="data")
+    val_fraction: float = setting(0.2, "image folder without train/val folders: share of each class held "
+                                       "out for validation (stratified, seeded by --seed)", group="data")
+    strict: bool = setting(False, "image folders: refuse unreadable image files instead of listing and "
+                                  "skipping them", group="data")
     preset: str = "custom"        # the preset this config started from (not a flag: --preset picks it)
 
     def __post_init__(self):
@@ -163,6 +176,9 @@ def check_config(config: TrainConfig) -> None:
         bad(f"init must be one of {', '.join(INITS)}, got {config.init!r}.")
     if config.tta not in TTA_MODES:
         bad(f"--tta must be one of {', '.join(TTA_MODES)}, got {config.tta!r}.")
+    check_data_spec(config.data)
+    if config.channels not in (None, 1, 3):
+        bad(f"--channels must be 1 or 3, got {config.channels}.")
 
 
 # Presets: named overrides of the defaults. `d2l` is the book's train_ch6 recipe unchanged.

@@ -15,6 +15,7 @@ from alexnet_lab.engine.builders import evaluation_batch_size, input_size
 from alexnet_lab.engine.config import TrainConfig, make_config
 from alexnet_lab.engine.device import autocast, synchronize
 from alexnet_lab.engine.step import build_training_step, to_model_input
+from alexnet_lab.models import get_spec
 
 
 def _median_seconds(work, device: torch.device, steps: int, warmup: int) -> float:
@@ -29,9 +30,13 @@ def _median_seconds(work, device: torch.device, steps: int, warmup: int) -> floa
     return statistics.median(times)
 
 
-def _random_batch(batch_size: int, size: int, device: torch.device):
+def _channels(config: TrainConfig) -> int:
+    return config.channels or get_spec(config.model).in_channels
+
+
+def _random_batch(batch_size: int, size: int, device: torch.device, channels: int = 1):
     gen = torch.Generator().manual_seed(0)
-    images = torch.rand(batch_size, 1, size, size, generator=gen).to(device)
+    images = torch.rand(batch_size, channels, size, size, generator=gen).to(device)
     return images, torch.randint(0, 10, (batch_size,), generator=gen).to(device)
 
 
@@ -39,17 +44,17 @@ def seconds_per_step(config: TrainConfig, steps: int = 2, warmup: int = 1) -> fl
     """Median seconds of one training step of `config` on random data (after warm-up).
 
     The step is the one `fit` runs (same builder: numerics, optimizer, schedule, loss, compile)."""
-    step = build_training_step(config, total_steps=warmup + steps)
-    images, labels = _random_batch(config.batch_size, input_size(config), step.device)
+    step = build_training_step(config, total_steps=warmup + steps, model_kwargs={"in_channels": _channels(config)})
+    images, labels = _random_batch(config.batch_size, input_size(config), step.device, _channels(config))
     return _median_seconds(lambda: step(images, labels), step.device, steps, warmup)
 
 
 def seconds_per_test_batch(config: TrainConfig, steps: int = 1, warmup: int = 1) -> float:
     """Median seconds of one test batch (`evaluation_batch_size` images, forward only, eval mode,
     `config`'s numerics), as `evaluate` runs it."""
-    step = build_training_step(config)
+    step = build_training_step(config, model_kwargs={"in_channels": _channels(config)})
     model = step.model.eval()
-    images, _ = _random_batch(evaluation_batch_size(config), input_size(config), step.device)
+    images, _ = _random_batch(evaluation_batch_size(config), input_size(config), step.device, _channels(config))
 
     def forward():
         with torch.no_grad(), autocast(step.precision, step.device):

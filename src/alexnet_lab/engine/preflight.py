@@ -52,7 +52,7 @@ def training_bytes(model_name: str, size: int, batch: int, precision: str = "fp3
     """Estimated bytes of one training step: activations (2 bytes an element under bf16/fp16
     autocast, else 4) and fp32 weights, gradients and momentum."""
     with torch.device("meta"):
-        model = build_model(model_name)
+        model = build_model(model_name, in_channels=1)  # 3 channels add only to the input and conv1
     model.train()
     element = 2 if precision in ("bf16", "fp16") else 4
     activations = activation_elements(model, batch, size) * element

@@ -96,12 +96,13 @@ def _compiled(model: nn.Module, compile_: bool) -> nn.Module:
     return torch.compile(model) if compile_ else model  # lazy: compiles at the first step
 
 
-def build_training_step(config: TrainConfig, total_steps: int = 1,
-                        device: torch.device | None = None) -> TrainingStep:
-    """Everything one training step of `config` needs; `total_steps` sizes the lr schedule."""
+def build_training_step(config: TrainConfig, total_steps: int = 1, device: torch.device | None = None,
+                        model_kwargs: dict | None = None) -> TrainingStep:
+    """Everything one training step of `config` needs; `total_steps` sizes the lr schedule;
+    `model_kwargs` (e.g. `builders.model_options(splits)`) adapt the model to the data."""
     device = device if device is not None else resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    model = prepare_model(config, device)
+    model = prepare_model(config, device, **(model_kwargs or {}))
     optimizer = build_optimizer(config, model)
     return TrainingStep(
         config=config, device=device, precision=precision, model=model, optimizer=optimizer,

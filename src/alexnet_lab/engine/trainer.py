@@ -16,7 +16,7 @@ from alexnet_lab.engine import checkpoint as ckpt
 from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.engine.distributed import agree_to_stop, seed_per_rank
 from alexnet_lab.engine.device import autocast, backend_flags, resolve_device, synchronize
-from alexnet_lab.engine.builders import Splits, load_splits, make_loaders
+from alexnet_lab.engine.builders import Splits, make_loaders, model_options, splits_for
 from alexnet_lab.engine.step import TrainingStep, build_training_step, to_model_input
 from alexnet_lab.engine.tta import tta_logits
 from alexnet_lab.errors import UserError
@@ -142,12 +142,12 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
     for the steps; checkpoints always hold the unwrapped, uncompiled module's state_dict.
     """
     device = resolve_device(config.device)
-    splits = splits or load_splits(config.data_dir, config.limit_train, config.limit_test)
+    splits = splits or splits_for(config)
     splits.fingerprint  # noqa: B018  (hashed once, here, outside the timed steps; saved with every checkpoint)
     train_loader, test_loader = make_loaders(config, splits, device, rank, world_size)
     steps_per_epoch = len(train_loader)
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
-    step = build_training_step(config, total_steps, device)
+    step = build_training_step(config, total_steps, device, model_options(splits))
     state = restore(step, resume) if resume is not None else RunState()
     if world_size > 1:
         seed_per_rank(config.seed, rank, state.step)
@@ -254,7 +254,8 @@ def log_point(run: Run, state: RunState, end_of_epoch: bool) -> None:
 def evaluate_point(run: Run, state: RunState, row: dict) -> bool:
     """Evaluate on the test set into `row`; note the best accuracy and the target. True: a new best."""
     test_acc = evaluate(run.step.eval_model, run.test_loader, run.device, run.step.precision,
-                        run.config.channels_last, world_size=run.world_size, tta=run.config.tta)["accuracy"]
+                        run.config.channels_last, len(run.splits.class_names), run.world_size,
+                        tta=run.config.tta)["accuracy"]
     row["test_acc"] = test_acc
     is_best = test_acc > state.best_test_acc
     state.best_test_acc = max(state.best_test_acc, test_acc)
@@ -280,7 +281,9 @@ def save(run: Run, state: RunState, is_best: bool = False) -> dict:
     finite = torch.stack([p.detach().isfinite().all() for p in run.step.model.parameters()]).all()
     if not (math.isfinite(state.epoch_loss_sum) and bool(finite)):  # one sync, at saves only
         raise _diverged(state.step, run.steps_per_epoch, run.config)
-    payload = {"model_name": run.config.model, "config": run.config.to_dict(), **run.step.state_dict(),
+    payload = {"model_name": run.config.model, "config": run.config.to_dict(),
+               "model_kwargs": model_options(run.splits), "class_names": list(run.splits.class_names),
+               **run.step.state_dict(),
                "run_state": state.saved(), "rng": ckpt.rng_state(), "world_size": run.world_size,
                "data_fingerprint": run.splits.fingerprint}
     run.emit("on_checkpoint", payload, is_best)

@@ -1,4 +1,4 @@
-"""The chapter's AlexNet for 1-channel 224x224 Fashion-MNIST, layer for layer.
+"""The chapter's AlexNet for 224x224 Fashion-MNIST, layer for layer (1 channel, 10 classes unless told otherwise).
 
 Kept as the chapter's `nn.Sequential` so a state_dict from the book's code loads with strict=True.
 """
@@ -9,9 +9,9 @@ from alexnet_lab.models.registry import register_model
 
 
 @register_model("alexnet", input_size=224, description="the chapter's AlexNet (46.8 M parameters)")
-def alexnet(num_classes: int = 10) -> nn.Sequential:
-    return nn.Sequential(                                               # (B, 1, 224, 224)
-        nn.Conv2d(1, 96, kernel_size=11, stride=4, padding=1), nn.ReLU(),  # (B, 96, 54, 54)
+def alexnet(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
+    return nn.Sequential(                                               # (B, C, 224, 224)
+        nn.Conv2d(in_channels, 96, kernel_size=11, stride=4, padding=1), nn.ReLU(),  # (B, 96, 54, 54)
         nn.MaxPool2d(kernel_size=3, stride=2),                          # (B, 96, 26, 26)
         nn.Conv2d(96, 256, kernel_size=5, padding=2), nn.ReLU(),        # (B, 256, 26, 26)
         nn.MaxPool2d(kernel_size=3, stride=2),                          # (B, 256, 12, 12)

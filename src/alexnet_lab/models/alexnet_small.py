@@ -8,19 +8,15 @@ to lr 0.02) sat at chance for ~30 steps and had 69.0% test accuracy after 157 st
 
 from torch import nn
 
+from alexnet_lab.models.blocks import conv_bn_relu
 from alexnet_lab.models.registry import register_model
-
-
-def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
-    # No conv bias: the BatchNorm's shift makes it redundant.
-    return [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
 @register_model("alexnet-small", input_size=28,
                 description="exercise 2.1: AlexNet's layout at native 28x28 input with BatchNorm, ~15x fewer FLOPs")
-def alexnet_small(num_classes: int = 10) -> nn.Sequential:
-    return nn.Sequential(                                   # (B, 1, 28, 28)
-        *conv_bn_relu(1, 64),                               # (B, 64, 28, 28)
+def alexnet_small(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
+    return nn.Sequential(                                   # (B, C, 28, 28)
+        *conv_bn_relu(in_channels, 64),                               # (B, 64, 28, 28)
         nn.MaxPool2d(kernel_size=3, stride=2),              # (B, 64, 13, 13)
         *conv_bn_relu(64, 128),                             # (B, 128, 13, 13)
         nn.MaxPool2d(kernel_size=3, stride=2),              # (B, 128, 6, 6)

@@ -5,26 +5,21 @@ airbench-style groups (conv -> max-pool -> BN -> ReLU -> conv -> BN -> ReLU) at 
 
 from torch import nn
 
+from alexnet_lab.models.blocks import conv_bn_relu, conv_pool_bn_relu
 from alexnet_lab.models.registry import register_model
-
-
-def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
-    # No conv bias: the following BatchNorm's shift makes it redundant.
-    return [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
 def group(c_in: int, c_out: int) -> list[nn.Module]:
     """Halve the side: conv at the input side, pool, then BN/ReLU and a second conv (airbench's order)."""
-    return [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False), nn.MaxPool2d(2),
-            nn.BatchNorm2d(c_out), nn.ReLU(), *conv_bn(c_out, c_out)]
+    return [*conv_pool_bn_relu(c_in, c_out), *conv_bn_relu(c_out, c_out)]
 
 
 @register_model("fmnist-net", input_size=28,
                 description="exercise 2.2: compact BN CNN for 28x28 input (94.1% with --preset best)")
-def fmnist_net(num_classes: int = 10, widths: tuple[int, int, int, int] = (32, 64, 128, 256)) -> nn.Sequential:
+def fmnist_net(in_channels: int = 1, num_classes: int = 10, widths: tuple[int, int, int, int] = (32, 64, 128, 256)) -> nn.Sequential:
     w0, w1, w2, w3 = widths
-    return nn.Sequential(                                    # (B, 1, 28, 28)
-        *conv_bn(1, w0),                                     # (B, w0, 28, 28)
+    return nn.Sequential(                                    # (B, C, 28, 28)
+        *conv_bn_relu(in_channels, w0),                                     # (B, w0, 28, 28)
         *group(w0, w1),                                      # (B, w1, 14, 14)
         *group(w1, w2),                                      # (B, w2, 7, 7)
         *group(w2, w3),                                      # (B, w3, 3, 3)

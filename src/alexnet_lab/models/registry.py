@@ -19,18 +19,22 @@ from alexnet_lab.errors import UserError
 class ModelSpec:
     name: str
     builder: Callable[..., nn.Module]
-    input_size: int  # side of the square 1-channel input the model is designed for
+    input_size: int  # side of the square input the model is designed for
     description: str
+    in_channels: int = 1        # the input channels it is built with unless told otherwise
+    augmentation: str = "shift"  # what --augment does for it: "shift" or "alexnet-2012" (data.augment_2012)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, *, input_size: int, description: str):
+def register_model(name: str, *, input_size: int, description: str, in_channels: int = 1,
+                   augmentation: str = "shift"):
+    """Register `builder(in_channels=..., num_classes=..., **options)` under `name`."""
     def decorator(builder: Callable[..., nn.Module]):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelSpec(name, builder, input_size, description)
+        _REGISTRY[name] = ModelSpec(name, builder, input_size, description, in_channels, augmentation)
         return builder
     return decorator
 
@@ -46,9 +50,21 @@ def get_spec(name: str) -> ModelSpec:
         raise UserError(f"Unknown model '{name}'. Choose one of: {', '.join(list_models())}.") from None
 
 
-def build_model(name: str, num_classes: int = 10) -> nn.Module:
-    """A fresh model on the CPU in fp32; the caller picks device, dtype and memory format."""
-    return get_spec(name).builder(num_classes=num_classes)
+def build_model(name: str, **kwargs) -> nn.Module:
+    """A fresh model on the CPU in fp32; the caller picks device, dtype and memory format.
+
+    Keyword arguments go to the model's builder, as in timm's `create_model`: every model takes
+    `in_channels` and `num_classes` (defaults: its spec's channels and 10 classes), some take more.
+    """
+    spec = get_spec(name)
+    kwargs.setdefault("in_channels", spec.in_channels)
+    try:
+        return spec.builder(**kwargs)
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise UserError(f"Model '{name}' does not take {str(exc).split('argument')[-1].strip()} "
+                        "as an option.") from None
 
 
 def valid_input_sizes(model_name: str, sizes=range(8, 513)) -> list[int]:
@@ -56,10 +72,11 @@ def valid_input_sizes(model_name: str, sizes=range(8, 513)) -> list[int]:
     with torch.device("meta"):
         model = build_model(model_name)
     model.eval()  # BatchNorm in training mode rejects a batch of one sample per channel
+    channels = get_spec(model_name).in_channels
     ok = []
     for s in sizes:
         try:
-            model(torch.empty(1, 1, s, s, device="meta"))
+            model(torch.empty(1, channels, s, s, device="meta"))
             ok.append(s)
         except RuntimeError:
             pass

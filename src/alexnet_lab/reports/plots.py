@@ -162,16 +162,30 @@ def plot_profile(profile: dict, path: Path, title: str) -> None:
 
 
 
-def _mosaic(tiles, ncols: int, pad: int = 2, fill: float = float("nan")):
-    """Equal-sized 2-D tiles (None: empty) laid out in rows on one array, `pad` pixels apart.
+def as_display(image):
+    """An image for imshow: (H, W) grey or (H, W, 3) RGB, float32 in 0..1, from a uint8 (H, W) or
+    (C, H, W) array/tensor (values 0..255) or a float (C, H, W) model input (values 0..1)."""
+    import numpy as np
+
+    a = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    a = a.astype("float32") / (255.0 if a.dtype == np.uint8 else 1.0)
+    if a.ndim == 3:
+        a = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)[..., :3]
+    return a.clip(0, 1)
+
+
+def _mosaic(tiles, ncols: int, pad: int = 2):
+    """Equal-sized tiles, (h, w) grey or (h, w, 3) RGB (None: empty), laid out in rows on one array,
+    `pad` pixels apart; padding is NaN (drawn white) for grey, white for RGB.
 
     One image on one axes draws far faster than an axes per tile (a 96-filter grid: ~0.1 s, not ~2 s)."""
     import numpy as np
 
     shaped = next(np.asarray(t) for t in tiles if t is not None)
-    h, w = shaped.shape
+    h, w = shaped.shape[:2]
     nrows = -(-len(tiles) // ncols)
-    canvas = np.full((nrows * (h + pad) - pad, ncols * (w + pad) - pad), fill, dtype=np.float32)
+    canvas = np.full((nrows * (h + pad) - pad, ncols * (w + pad) - pad, *shaped.shape[2:]),
+                     1.0 if shaped.ndim == 3 else float("nan"), dtype=np.float32)
     for i, tile in enumerate(tiles):
         if tile is not None:
             r, c = divmod(i, ncols)
@@ -187,14 +201,15 @@ def _unit(x):
 
 def _image_axes(fig, ax, canvas, cmap: str, **kwargs) -> None:
     cm = matplotlib.colormaps[cmap].with_extremes(bad="white")  # NaN: the padding between tiles
-    ax.imshow(canvas, cmap=cm, interpolation="nearest", **kwargs)
+    ax.imshow(canvas, cmap=cm, interpolation="nearest", **kwargs)  # RGB canvases ignore the colormap
     ax.set_axis_off()
 
 
 def plot_filters(filters, paths: Iterable[Path], title: str = "") -> None:
-    """First-layer filters (K, k, k), one grey tile each, each scaled to its own min..max."""
+    """First-layer filters (K, k, k) grey or (K, k, k, 3) RGB, one tile each, each scaled to its own
+    min..max."""
     ncols = min(len(filters), 16)
-    canvas, _, nrows = _mosaic([_unit(w) for w in filters], ncols, pad=max(1, filters.shape[-1] // 6))
+    canvas, _, nrows = _mosaic([_unit(w) for w in filters], ncols, pad=max(1, filters.shape[1] // 6))
     fig, ax = _subplots(figsize=(0.5 * ncols + 0.2, 0.5 * nrows + 0.45), dpi=110)
     _image_axes(fig, ax, canvas, "gray", vmin=0, vmax=1)
     _save(fig, paths, suptitle=title)
@@ -210,7 +225,7 @@ def plot_feature_maps(image, layers: Sequence[dict], paths: Iterable[Path], chan
     for k, (left, right) in enumerate(axes):
         left.set_axis_off()
         if k == 0:
-            left.imshow(image, cmap="gray")
+            left.imshow(as_display(image), cmap="gray", vmin=0, vmax=1)
             left.set_title("input", fontsize=8)
         layer = layers[k]
         picks = (layer.get("channels") or list(range(layer["maps"].shape[0])))[:channels]
@@ -225,14 +240,14 @@ def plot_feature_maps(image, layers: Sequence[dict], paths: Iterable[Path], chan
 
 def plot_image_grid(images, captions: Sequence[str], paths: Iterable[Path], ncols: int = 8, title: str = "",
                     colors: Sequence[str] | None = None) -> None:
-    """Small grey images (N, H, W) on one canvas, a caption under each (e.g. 'pred shirt 97%\ntrue
+    """Small images (uint8 (H, W) grey or (C, H, W); see as_display) on one canvas, a caption under each (e.g. 'pred shirt 97%\ntrue
     t-shirt'); None entries are empty cells (e.g. the end of a short row); at least one image."""
-    images = list(images)
+    images = [None if im is None else as_display(im) for im in images]
     ncols = max(1, min(ncols, len(images)))
     pad = 14  # pixels between tiles: room for two caption lines
     canvas, (h, w), nrows = _mosaic(images, ncols, pad=pad)
     fig, ax = _subplots(figsize=(1.15 * ncols, 1.3 * nrows + 0.3), dpi=110)
-    _image_axes(fig, ax, canvas, "gray", vmin=0, vmax=255)
+    _image_axes(fig, ax, canvas, "gray", vmin=0, vmax=1)
     for i, caption in enumerate(captions[:len(images)]):
         if images[i] is not None and caption:
             r, c = divmod(i, ncols)

@@ -55,6 +55,12 @@ def run_status(run: dict, path: Path) -> list[str]:
     if resolved.get("start_step"):
         notes.append(f"Resumed at step {resolved['start_step']:,} (config.json records the last start).")
     train_n, test_n = resolved.get("train_examples"), resolved.get("test_examples")
+    if config.get("data", "fashion-mnist") != "fashion-mnist":  # an image folder: its own sizes
+        count = lambda n: f"{n:,}" if isinstance(n, int) else "?"  # noqa: E731
+        notes.append(f"Data {config['data']}: {count(train_n)} training and {count(test_n)} test (validation) "
+                     "images" + (f" (--limit-train {config['limit_train']})" if config.get("limit_train") else "")
+                     + ".")
+        return notes
     for verb, noun, n, full, flag in (("Trained", "training", train_n, FULL_TRAIN, "limit_train"),
                                       ("Tested", "test", test_n, FULL_TEST, "limit_test")):
         if config.get(flag) or (n and n < full):

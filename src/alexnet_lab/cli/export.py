@@ -1,0 +1,58 @@
+"""`alexnet-lab export`: write a checkpoint's model as ONNX or TorchScript, then check the file
+against PyTorch on a few test images and print that check."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from alexnet_lab.cli.options import positive_int
+from alexnet_lab.engine.export import FORMATS, ModelFile, compare_outputs, export_model
+from alexnet_lab.engine.inference import load_trained, metadata
+from alexnet_lab.engine.builders import splits_for
+from alexnet_lab.data import to_float_batch
+from alexnet_lab.errors import UserError
+
+NAME = "export"
+HELP = "export a checkpoint as ONNX (run with onnxruntime) or TorchScript, checked against PyTorch"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt or best.pt of a run")
+    parser.add_argument("--format", choices=FORMATS, default="onnx", help="file format")
+    parser.add_argument("--out", required=True, metavar="FILE", help="file to write (e.g. model.onnx)")
+    parser.add_argument("--check-images", type=positive_int, default=8,
+                        help="test images to compare the exported model on")
+
+
+def check_inputs(config, meta: dict, n: int) -> tuple[torch.Tensor, str]:
+    """The first n test images of the run's data as model inputs; random inputs if the data is gone."""
+    try:
+        splits = splits_for(config.replace(limit_train=1, limit_test=n))
+    except UserError as exc:
+        print(f"note: the run's test data is not available ({exc}); checking on random inputs.", file=sys.stderr)
+        gen = torch.Generator().manual_seed(0)
+        size = meta["input_size"]
+        return torch.rand(n, meta["in_channels"], size, size, generator=gen), f"{n} random inputs"
+    return to_float_batch(splits.test_images, meta["input_size"], meta["center_crop"]), \
+        f"the first {len(splits.test_images)} test images"
+
+
+def run(args) -> int:
+    model, config, payload = load_trained(args.checkpoint, torch.device("cpu"))
+    meta = metadata(config, payload)
+    out = export_model(model, meta, args.format, args.out)
+    exported = ModelFile(out)
+    images, what = check_inputs(config, meta, args.check_images)
+    check = compare_outputs(model, exported, images)
+    print(f"Wrote {out} ({args.format}, {out.stat().st_size / 2**20:.1f} MiB): {meta['model']}, input "
+          f"{meta['input']}; classes: {', '.join(meta['class_names'])}.")
+    verdict = "match" if check["within_tolerance"] else "DO NOT match"
+    print(f"Check on {what}: {exported.kind} and PyTorch outputs {verdict} (largest logit difference "
+          f"{check['max_abs_diff']:.2e}; tolerance {check['tolerance']}); same top-1 class for "
+          f"{check['top1_agree']}/{check['images']} images.")
+    if not check["within_tolerance"]:
+        raise UserError(f"The exported model's outputs differ from PyTorch's beyond the tolerance; do not use "
+                        f"'{out}'.")
+    return 0

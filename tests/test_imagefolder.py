@@ -1,0 +1,190 @@
+"""Image folders as a data source: layout, split, channels, bad files, the decode cache, and a short
+training run on generated images that learns well above chance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet_lab import UserError
+from alexnet_lab.cli import main
+from alexnet_lab.data import imagefolder
+from alexnet_lab.data.imagefolder import load_image_folder, split_indices
+from alexnet_lab.data.sources import load_source
+from imagedata import make_shapes
+
+THREE = ("circle", "cross", "square")
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Every test gets its own user cache (the decode cache lives there)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def add_bad_files(folder):
+    """A 0-byte PNG, a truncated JPEG and a text file named .png: three kinds of unreadable image."""
+    (folder / "empty.png").write_bytes(b"")
+    good = sorted(folder.glob("*.jpg"))[0].read_bytes()
+    (folder / "cut.jpg").write_bytes(good[: len(good) // 3])
+    (folder / "notes.png").write_text("not an image")
+    return sorted(str(folder / n) for n in ("cut.jpg", "empty.png", "notes.png"))
+
+
+def test_training_on_a_generated_folder_learns_and_keeps_class_names(tmp_path, capsys, one_thread):
+    root = make_shapes(tmp_path / "shapes", per_class=120, train_val=True, classes=THREE, val_per_class=30)
+    bad = add_bad_files(root / "train" / "cross")
+    (root / "train" / "square" / "nested" / "deeper").mkdir(parents=True)  # images at any depth count
+    make_shapes(tmp_path / "extra", per_class=2, classes=("square",))
+    for i, f in enumerate(sorted((tmp_path / "extra" / "square").iterdir())):
+        f.rename(root / "train" / "square" / "nested" / "deeper" / f"x{i}{f.suffix}")
+    out = tmp_path / "run"
+    argv = ["train", "--data", f"imagefolder:{root}", "--model", "lenet-modern", "--epochs", "30",
+            "--batch-size", "32", "--lr", "0.1", "--momentum", "0.9", "--schedule", "onecycle",
+            "--label-smoothing", "0.1", "--init", "default", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "Skipped 3 unreadable image file(s)" in err
+    assert all(err.count(f"'{path}'") == 1 for path in bad)  # each bad file listed once, by path
+    assert "362 train / 90 val images (train/val folders), 3x28x28" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_acc"] > 0.55  # chance is 1/3
+    payload = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert payload["class_names"] == list(THREE)
+    assert payload["model_kwargs"] == {"in_channels": 3, "num_classes": 3}
+
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert f"test acc {summary['test_acc']:.4f}" in text
+    assert all(name in text for name in THREE)
+    image = sorted((root / "val" / "square").iterdir())[0]
+    assert main(["predict", "--checkpoint", str(out / "checkpoint.pt"), "--device", "cpu", str(image)]) == 0
+    guesses = capsys.readouterr().out.split(": ", 1)[1]
+    assert sorted(g.rsplit(" ", 1)[0] for g in guesses.strip().split(", ")) == sorted(THREE)
+
+
+def test_strict_refuses_bad_files(tmp_path):
+    root = make_shapes(tmp_path / "s", per_class=4, classes=THREE[:2])
+    add_bad_files(root / "circle")
+    with pytest.raises(UserError, match=r"3 image file\(s\) could not be read \(--strict\)"):
+        load_image_folder(root, 16, strict=True)
+    data = load_image_folder(root, 16)
+    assert len(data.skipped) == 3 and len(data.train_labels) + len(data.val_labels) == 8
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda r: None, "does not exist or is not a folder"),
+    (lambda r: r.mkdir(), "has no class folders"),
+    (lambda r: make_shapes(r, per_class=3, classes=("circle",)), r"has only one class folder \('circle'\)"),
+    (lambda r: (make_shapes(r, per_class=3, classes=THREE[:2]), (r / "zebra").mkdir(),
+                (r / "zebra" / "readme.txt").write_text("x")), "Class folder '.*zebra' holds no image files"),
+    (lambda r: (make_shapes(r, per_class=3, classes=THREE[:2]),
+                [p.write_bytes(b"") for p in (r / "circle").iterdir()]),
+     "'circle'.* have no readable training image"),
+    (lambda r: (make_shapes(r, per_class=3, train_val=True, classes=THREE[:2]),
+                make_shapes(r / "val", per_class=1, classes=("zebra",))), "class folders that .* lacks: zebra"),
+])
+def test_clear_errors_for_unusable_folders(tmp_path, setup, message):
+    root = tmp_path / "data"
+    setup(root)
+    with pytest.raises(UserError, match=message):
+        load_image_folder(root, 16)
+
+
+def test_stratified_split_is_seeded_disjoint_and_keeps_every_class():
+    labels = np.repeat(np.arange(4), [10, 5, 2, 1])
+    good = np.ones(len(labels), dtype=bool)
+    good[3] = False  # an unreadable file takes part in neither split
+    train, val = split_indices(labels, good, None, 0.2, seed=7)
+    again = split_indices(labels, good, None, 0.2, seed=7)
+    assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
+    assert not set(train) & set(val) and set(train) | set(val) == set(np.flatnonzero(good))
+    assert sorted(np.bincount(labels[val], minlength=4).tolist()) == [0, 1, 1, 2]  # round(0.2 n), >= 1 if n >= 2
+    assert set(labels[train]) == {0, 1, 2, 3}
+    other = split_indices(labels, good, None, 0.2, seed=8)
+    assert not np.array_equal(val, other[1])
+
+
+def test_channels_default_to_gray_only_when_every_image_is_gray(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "g"
+    for name, value in (("dark", 30), ("light", 220)):
+        (root / name).mkdir(parents=True)
+        for i, size in enumerate([(20, 30), (50, 40), (16, 16)]):
+            Image.new("L", size, value + i).save(root / name / f"{i}.png")
+    assert load_source(f"imagefolder:{root}", image_size=12).train_images.shape[1:] == (1, 12, 12)
+    Image.new("RGB", (10, 10), (200, 10, 10)).save(root / "light" / "colour.jpg")
+    data = load_source(f"imagefolder:{root}", image_size=12)
+    assert data.train_images.shape[1:] == (3, 12, 12) and data.class_names == ("dark", "light")
+    assert load_source(f"imagefolder:{root}", image_size=12, channels=1).train_images.shape[1] == 1
+
+
+def test_decoding_matches_pillow_reference(tmp_path):
+    """Shorter side to S, centre square: checked against Pillow's resize of the centre box."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(30, 50, 3), dtype=np.uint8)  # wide: crop columns 10..40
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(pixels).save(tmp_path / name / "x.png")
+    data = load_image_folder(tmp_path, 20, val_fraction=0.5)
+    reference = Image.fromarray(pixels).resize((20, 20), Image.Resampling.BILINEAR, box=(10, 0, 40, 30))
+    assert np.array_equal(data.train_images[0], np.asarray(reference).transpose(2, 0, 1))
+
+
+def test_cache_is_reused_and_invalidated_when_a_file_changes(tmp_path, monkeypatch):
+    root = make_shapes(tmp_path / "s", per_class=6, classes=THREE)
+    in_memory = load_image_folder(root, 24)  # under the limit: decoded in memory, nothing written
+    assert in_memory.cache_file is None and not (tmp_path / "cache").exists()
+    monkeypatch.setenv(imagefolder.ENV_MEMORY_LIMIT, "0")  # everything is "too large": memory-mapped
+    first = load_image_folder(root, 24)
+    assert first.cache_file is not None and first.cache_file.is_file()
+    assert isinstance(first.train_images.base, np.memmap) or isinstance(first.train_images, np.memmap)
+    np.testing.assert_array_equal(first.train_images, in_memory.train_images)
+    np.testing.assert_array_equal(first.val_labels, in_memory.val_labels)
+
+    decoded = []
+    real = imagefolder.load_image
+    monkeypatch.setattr(imagefolder, "load_image", lambda *a: decoded.append(a) or real(*a))
+    second = load_image_folder(root, 24)
+    assert decoded == [] and second.cache_file == first.cache_file  # reused: nothing decoded
+    np.testing.assert_array_equal(second.train_images, first.train_images)
+
+    from PIL import Image
+    changed = sorted((root / "square").glob("*.png"))[0]
+    Image.new("RGB", (33, 33), (255, 0, 0)).save(changed)
+    third = load_image_folder(root, 24)
+    assert third.cache_file != first.cache_file and len(decoded) == 18  # decoded again, all of it
+    assert not first.cache_file.exists() and third.cache_file.exists()  # the stale version is removed
+    assert load_image_folder(root, 32).cache_file not in (first.cache_file, third.cache_file)  # size is in the key
+
+
+def test_resume_on_an_image_folder_continues_the_same_run(tmp_path, monkeypatch, one_thread):
+    """A resumed run re-reads the folder (here from the memory-mapped cache) into the same split."""
+    monkeypatch.setenv(imagefolder.ENV_MEMORY_LIMIT, "0")
+    root = make_shapes(tmp_path / "s", per_class=10, classes=THREE)
+    common = ["--data", f"imagefolder:{root}", "--model", "speednet", "--batch-size", "8", "--lr", "0.05",
+              "--momentum", "0.9", "--augment", "--deterministic", "--device", "cpu"]
+    assert main(["train", *common, "--epochs", "1", "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", "--resume", str(tmp_path / "a"), "--epochs", "2"]) == 0
+    assert main(["train", *common, "--epochs", "2", "--out", str(tmp_path / "b")]) == 0
+    a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=True) for r in ("a", "b"))
+    assert a["class_names"] == b["class_names"] == list(THREE)
+    for key, value in a["model_state"].items():
+        assert torch.equal(value, b["model_state"][key]), key
+
+
+def test_one_data_path_for_both_sources(tiny_data):
+    """Fashion-MNIST through the same source: gray (N, 28, 28), or the gray channel repeated for --channels 3."""
+    gray = load_source("fashion-mnist", data_dir=str(tiny_data))
+    rgb = load_source("fashion-mnist", data_dir=str(tiny_data), channels=3)
+    assert gray.train_images.shape == (64, 28, 28) and rgb.train_images.shape == (64, 3, 28, 28)
+    assert all(torch.equal(rgb.test_images[:, c], gray.test_images) for c in range(3))
+    assert gray.class_names[0] == "t-shirt" and len(gray.class_names) == 10
+    with pytest.raises(UserError, match="--data must be 'fashion-mnist' or 'imagefolder:DIR'"):
+        load_source("imagefolder:")
