@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test setup data clean
+.PHONY: run test setup data browser notebook clean
 
 run: setup
 	$(VENV)/bin/alexnet-lab chapter $(ARGS)
@@ -12,7 +12,7 @@ run: setup
 test: setup
 	$(PY) -m pytest
 
-setup: $(STAMP) data
+setup: $(STAMP) data browser
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,25 @@ data:
 	else \
 	  echo "Fashion-MNIST not installed system-wide; alexnet-lab downloads it on first use"; \
 	fi
+
+# Headless Chromium for the test that renders a run report (tests/test_report.py); skipped without it.
+browser:
+	@if command -v chromium >/dev/null; then \
+	  echo "Chromium: $$(command -v chromium)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "apt could not install chromium; the report's browser test will be skipped"; \
+	else \
+	  echo "Chromium not installed (needs root and apt); the report's browser test will be skipped"; \
+	fi
+
+# The chapter as a notebook in JupyterLab (not needed for run/test): its own pinned requirements.
+notebook: $(STAMP) $(VENV)/.notebook-installed
+	$(VENV)/bin/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) notebooks/alexnet.ipynb
+
+$(VENV)/.notebook-installed: requirements-notebook.lock
+	$(PY) -m pip install --quiet -r requirements-notebook.lock
+	touch $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

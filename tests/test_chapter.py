@@ -50,6 +50,8 @@ def test_make_run_job_end_to_end_on_cpu(tmp_path, monkeypatch, real_data, capsys
     assert printed.startswith("AlexNet layer shapes")
     assert "Conv2d output shape:\t torch.Size([1, 96, 54, 54])" in printed
     assert f"Results in {out}/" in printed
+    assert printed.splitlines()[-1].startswith(f"Report: {out / 'report.html'}")  # the last line names it
+    assert "Tested on the first 2,000 of the 10,000 test images" in (out / "report.html").read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train_examples"] == 1280 and summary["model"] == "alexnet"
     assert {"curves.png", "curves.svg", "checkpoint.pt", "metrics.jsonl", "config.json"} <= {p.name for p in out.iterdir()}

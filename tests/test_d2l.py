@@ -77,6 +77,7 @@ def test_the_chapters_code_runs_unchanged_but_for_its_import(tmp_path):
 
     assert figure.read_text().lstrip().startswith("<?xml") and "<svg" in figure.read_text()
     assert result.stderr.count(f"figure saved to {figure}") == 1
+    assert "\r" not in result.stderr  # stderr is a pipe (like an IDE's run window): points, no progress bar
 
 
 def book_lenet() -> nn.Sequential:

@@ -39,12 +39,14 @@ def test_offline_and_missing_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.slow  # real Fashion-MNIST, through a file:// mirror
-def test_download_from_mirror_verifies_checksums(tmp_path, monkeypatch, real_data):
+def test_download_from_mirror_verifies_checksums(tmp_path, monkeypatch, real_data, capsys):
     mirror = tmp_path / "mirror"
     shutil.copytree(real_data, mirror)
     monkeypatch.setenv(fm.ENV_MIRROR, mirror.as_uri() + "/")
     target = tmp_path / "downloaded"
     ds = fm.load_fashion_mnist(target)  # incomplete explicit root: downloaded into it
+    err = capsys.readouterr().err  # not a terminal: one plain line per file, no progress bar
+    assert err.count("Downloading file://") == 4 and "\r" not in err
     assert ds.source == str(target)
     assert ds.train_images.shape == (60000, 28, 28)
     assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in real_data.iterdir())

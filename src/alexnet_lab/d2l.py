@@ -250,6 +250,8 @@ class Animator:
                  yscale="linear", fmts=("-", "m--", "g-.", "r:"), nrows=1, ncols=1, figsize=(3.5, 2.5)):
         if legend is None:
             legend = []
+        if xlim is not None and xlim[0] == xlim[1]:  # train_ch6 for 1 epoch: xlim [1, 1] is singular
+            xlim = [xlim[0] - 1, xlim[1]]
         self.display = _notebook_display()
         if self.display is not None:
             use_svg_display()
@@ -369,8 +371,9 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device):
 
 
 def _progress_bar(total: int, animator: Animator):
-    """A tqdm bar on stderr in a terminal; none in a notebook, where the figure is the progress."""
-    if animator.display is not None:
+    """A tqdm bar on stderr in a terminal; none in a notebook (the figure is the progress) or when
+    stderr is a file, a pipe or an IDE's run window (the Animator's printed points are the progress)."""
+    if animator.display is not None or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
     return tqdm(total=total, unit="batch", file=sys.stderr, dynamic_ncols=True, desc="train_ch6", leave=False)

@@ -13,6 +13,7 @@ Definitions (used in every number `bench` prints):
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -178,6 +179,7 @@ def run_bench(config: TrainConfig, bench: BenchConfig, splits: Splits, pipelines
     with backend_flags(device, deterministic=False):
         if "reference" in pipelines:
             result["reference"] = {"precision": "fp32", "memory_format": "NCHW", "workers": bench.workers,
+                                   "cpus": usable_cpus(),
                                    **_pipeline_result(bench_reference(config, bench, splits, device, size), *timing)}
         if "project" in pipelines:
             windows, precision = bench_project(config, bench, splits, device, size)
@@ -198,6 +200,11 @@ def run_bench(config: TrainConfig, bench: BenchConfig, splits: Splits, pipelines
     if "reference" in result and "project" in result:
         result["ratio"] = result["project"]["examples_per_sec"] / result["reference"]["examples_per_sec"]
     return result
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one), as torch counts them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _device_name(device: torch.device) -> str:
@@ -231,4 +238,9 @@ def format_report(result: dict) -> str:
     lines.append(f"matmul peak ({side}^3): {peaks}")
     if "ratio" in result:
         lines.append(f"project / reference: {result['ratio']:.2f}x examples/s")
+    ref = result.get("reference", {})
+    if ref.get("workers", 0) > ref.get("cpus", 1 << 30):
+        book = " (the book's choice: d2l.get_dataloader_workers())" if ref["workers"] == D2L_NUM_WORKERS else ""
+        lines.append(f"note: the reference pipeline runs {ref['workers']} DataLoader worker processes{book} "
+                     f"on this machine's {ref['cpus']} CPUs, on purpose (torch's warning about it is silenced)")
     return "\n".join(lines)

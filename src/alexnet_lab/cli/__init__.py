@@ -20,7 +20,7 @@ from alexnet_lab.errors import UserError
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
 COMMANDS = ["chapter", "summary", "train", "evaluate", "predict", "export", "bench",
             "profile", "sweep", "compare",  # profile, sweep, compare: the chapter's exercises
-            "record"]
+            "record", "report", "visualize"]
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

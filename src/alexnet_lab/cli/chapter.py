@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from alexnet_lab.analysis.shapes import format_shapes
 from alexnet_lab.cli.options import add_data, add_device, positive_float
-from alexnet_lab.cli.train import train_and_report
+from alexnet_lab.cli.train import add_output, train_and_report
 from alexnet_lab.engine.builders import input_size, load_splits
 from alexnet_lab.engine.config import TrainConfig, make_config
 from alexnet_lab.engine.device import resolve_device
@@ -28,6 +28,7 @@ def add_arguments(parser) -> None:
     add_device(parser)
     add_data(parser)
     parser.add_argument("--out", default=None, help="run folder (default: runs/<timestamp>-alexnet)")
+    add_output(parser)
 
 
 def run(args) -> int:
@@ -49,7 +50,7 @@ def run(args) -> int:
         print(f"Running the book's full recipe on {device}: about {step:.3f} s per step x {steps:,} steps "
               f"≈ {step * steps / 60:.1f} min of training (plus evaluation).")
     with claim_run_dir(args.out if args.out is not None else default_run_dir(config.model)) as out:
-        train_and_report(config, out, splits=splits)
+        train_and_report(config, out, splits=splits, progress=args.progress, report=args.report)
     return 0
 
 

@@ -1,8 +1,13 @@
-"""What a person sees while training: the plan, a tqdm bar with live metrics, the chapter's lines."""
+"""What a person sees while training: the plan, progress, the chapter's lines.
+
+Progress is a tqdm bar in a terminal; when stderr is redirected (a log file, nohup, CI) it is one
+plain, flushed line per logged point instead (`--progress bar|log|none` chooses).
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 
 from tqdm import tqdm
 
@@ -21,12 +26,51 @@ def _processes(info: dict, batch_size: int) -> str:
     return f" (global: {world_size} processes x {batch_size // world_size})" if world_size > 1 else ""
 
 
+PROGRESS_MODES = ("auto", "bar", "log", "none")
+
+
+def add_progress(parser) -> None:
+    parser.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
+                        help="bar: a live progress bar; log: one plain line per logged point (epoch, step, "
+                             "loss, acc, examples/s, ETA); none: only the plan and the results; auto: bar "
+                             "in a terminal, log when stderr is redirected")
+
+
+def progress_mode(mode: str, stream) -> str:
+    """auto -> bar when `stream` is a terminal, else log (no carriage returns in log files)."""
+    if mode != "auto":
+        return mode
+    isatty = getattr(stream, "isatty", None)
+    return "bar" if isatty is not None and isatty() else "log"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def log_line(row: dict, total_steps: int, epochs: float, examples_per_sec: float, eta_s: float | None) -> str:
+    """One logged point as a plain line, e.g. for a log file."""
+    parts = [f"epoch {row['epoch']:.2f}/{epochs:g}", f"step {row['step']:,}/{total_steps:,}",
+             f"loss {row['train_loss']:.4f}", f"train acc {row['train_acc']:.4f}"]
+    if "test_acc" in row:
+        parts.append(f"test acc {row['test_acc']:.4f}")
+    parts.append(f"{examples_per_sec:,.1f} examples/s")
+    if eta_s is not None:
+        parts.append(f"ETA {_duration(eta_s)}")
+    return "  ".join(parts)
+
+
 class ConsoleReporter(Callback):
-    def __init__(self, config, out=None, stream=None):
+    def __init__(self, config, out=None, stream=None, mode: str = "auto"):
         self.config = config
         self.out = out
         self.stream = stream or sys.stderr  # looked up now, not at import (tests swap sys.stderr)
+        self.mode = progress_mode(mode, self.stream)
         self.bar = None
+        self.start = None  # (time, step, examples) when this process started (a resumed run: its first step)
 
     def on_train_start(self, info: dict) -> None:
         c = self.config
@@ -37,18 +81,37 @@ class ConsoleReporter(Callback):
               f"{c.epochs:g} epoch(s) = "
               f"{info['total_steps']:,} steps.", file=self.stream)
         print(f"Data: {info['data_source']}" + (f"   Output: {self.out}" if self.out else ""), file=self.stream)
-        self.bar = tqdm(total=info["total_steps"], initial=info["start_step"], unit="step",
-                        file=self.stream, dynamic_ncols=True, desc=c.model)
+        self.info = info
+        self.start = (time.perf_counter(), info["start_step"], info.get("start_examples", 0))  # the loop starts next
+        if self.mode == "bar":
+            self.bar = tqdm(total=info["total_steps"], initial=info["start_step"], unit="step",
+                            file=self.stream, dynamic_ncols=True, desc=c.model)
 
     def on_step(self, step: int) -> None:
-        self.bar.update(1)
+        if self.bar is not None:
+            self.bar.update(1)
 
     def on_log(self, row: dict) -> None:
+        if self.mode == "log":
+            self._print_line(row)
+        if self.bar is None:
+            return
         post = {"epoch": f"{row['epoch']:.2f}", "loss": f"{row['train_loss']:.3f}",
                 "train_acc": f"{row['train_acc']:.3f}"}
         if "test_acc" in row:
             post["test_acc"] = f"{row['test_acc']:.3f}"
         self.bar.set_postfix(post, refresh=True)
+
+    def _print_line(self, row: dict) -> None:
+        """examples/s: training examples over the wall time since this process started training
+        (evaluation included, unlike the closing line's d2l definition, so that the ETA holds)."""
+        started, first_step, first_examples = self.start
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        steps = row["step"] - first_step
+        per_step = elapsed / steps if steps > 0 else None
+        rate = (row["examples"] - first_examples) / elapsed
+        eta = per_step * (self.info["total_steps"] - row["step"]) if per_step else None
+        print(log_line(row, self.info["total_steps"], self.config.epochs, rate, eta), file=self.stream, flush=True)
 
     def on_train_end(self, summary: dict) -> None:
         if self.bar is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from alexnet_lab.cli.interrupt import GracefulInterrupt, ImmediateExit, Interrupted
 from alexnet_lab.cli.options import add_training, flag_name, training_overrides
-from alexnet_lab.cli.progress import ConsoleReporter, chapter_lines
+from alexnet_lab.cli.progress import ConsoleReporter, add_progress, chapter_lines
 from alexnet_lab.engine import distributed
 from alexnet_lab.engine.checkpoint import check_resumable, check_same_data, load_checkpoint
 from alexnet_lab.engine.config import TrainConfig, make_config
@@ -22,6 +22,7 @@ from alexnet_lab.engine.builders import Splits, splits_for
 from alexnet_lab.engine.preflight import preflight
 from alexnet_lab.engine.trainer import StopRequested, fit
 from alexnet_lab.errors import UserError
+from alexnet_lab.reports.report import build_report
 from alexnet_lab.reports.run_dir import RunWriter, claim_run_dir, default_run_dir
 
 NAME = "train"
@@ -47,6 +48,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--allow-data-change", action="store_true",
                         help="with --resume: continue even though the data differ from those the run "
                              "started with (their fingerprint is saved in the checkpoint)")
+    add_output(parser)
+
+
+def add_output(parser) -> None:
+    """What a run shows while it trains and leaves at the end (shared with `chapter`)."""
+    add_progress(parser)
+    parser.add_argument("--no-report", dest="report", action="store_false",
+                        help="do not write report.html into the run folder at the end")
 
 
 def config_from_args(args) -> TrainConfig:
@@ -58,7 +67,8 @@ def resume_hint(out: Path) -> str:
 
 
 def train_and_report(config: TrainConfig, out: Path | None, *, splits: Splits | None = None,
-                     resume: dict | None = None, env: distributed.DistEnv = distributed.DistEnv()) -> dict:
+                     resume: dict | None = None, env: distributed.DistEnv = distributed.DistEnv(),
+                     progress: str = "auto", report: bool = True) -> dict:
     """Train `config` into run folder `out`, showing progress; return the summary.
 
     The first Ctrl-C/SIGTERM stops at the next step boundary with a checkpoint, the second at
@@ -76,7 +86,7 @@ def train_and_report(config: TrainConfig, out: Path | None, *, splits: Splits | 
             raise SystemExit(interrupt.exit_code or 130) from None  # rank 0 says how to resume
     rows = resume["run_state"]["metrics"] if resume is not None else None
     writer = RunWriter(out, config.to_dict(), rows=rows)
-    reporter = ConsoleReporter(config, out)
+    reporter = ConsoleReporter(config, out, mode=progress)
     # The full recipe, as saved in config.json: a preset is just a named config.
     print(f"Config ({config.preset}): " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()
                                                     if k not in ("preset", "data_dir")), flush=True)
@@ -86,7 +96,8 @@ def train_and_report(config: TrainConfig, out: Path | None, *, splits: Splits | 
             summary = fit(config, [writer, reporter, interrupt], **fit_kwargs)
     except StopRequested as stop:
         raise Interrupted(f"Interrupted at step {stop.payload['run_state']['step']}; checkpoint saved in "
-                          f"{out / 'checkpoint.pt'}; resume with: {resume_hint(out)}",
+                          f"{out / 'checkpoint.pt'}; resume with: {resume_hint(out)} (the run so far: "
+                          f"alexnet-lab report {shlex.quote(str(out))})",
                           interrupt.exit_code) from None
     except ImmediateExit as stop:
         saved = (f"the last checkpoint ({out / 'checkpoint.pt'}) is intact; resume with: {resume_hint(out)}"
@@ -103,8 +114,20 @@ def train_and_report(config: TrainConfig, out: Path | None, *, splits: Splits | 
     print(f"wall-clock {time.perf_counter() - started:.1f} s"
           + (f"; reached test acc {config.target_accuracy} in {summary['time_to_target_s']:.1f} s"
              if summary.get("time_to_target_s") is not None else ""))
-    print(f"Results in {out}/: summary.json, metrics.jsonl, curves.svg, curves.png, checkpoint.pt")
+    print(f"Results in {out}/: summary.json, metrics.jsonl, curves.svg, curves.png, checkpoint.pt", flush=True)
+    if report:
+        write_report(out, summary["device"], config.data_dir)
     return summary
+
+
+def write_report(out: Path, device: str, data_dir: str | None) -> None:
+    """The run's report.html, named on the last line; a problem with it never fails the finished run."""
+    try:
+        path = build_report([out], device=device, data_dir=data_dir)
+    except (UserError, OSError, RuntimeError) as exc:  # RuntimeError: e.g. out of GPU memory while evaluating
+        print(f"Report not written ({type(exc).__name__}: {exc}); try: alexnet-lab report {shlex.quote(str(out))}")
+        return
+    print(f"Report: {path}   (open it in a browser; every figure is inside the file)")
 
 
 def _load_splits(config: TrainConfig, env: distributed.DistEnv) -> Splits:
@@ -164,7 +187,7 @@ def resume_run(args, env: distributed.DistEnv) -> int:
         preflight(config, len(splits.train_images), env.world_size)
         if not check_same_data(payload, splits.fingerprint, out, allow=args.allow_data_change) and env.is_main:
             print("Note: --allow-data-change: the data differ from those the run started with; continuing on them.")
-        _resume_in(out, config, saved, payload, splits, env)
+        _resume_in(out, config, saved, payload, splits, env, progress=args.progress, report=args.report)
     return 0
 
 
@@ -181,7 +204,7 @@ def _check_not_finished(out: Path, step: int, config: TrainConfig, saved: TrainC
 
 
 def _resume_in(out: Path, config: TrainConfig, saved: TrainConfig, payload: dict, splits: Splits,
-               env: distributed.DistEnv) -> None:
+               env: distributed.DistEnv, *, progress: str = "auto", report: bool = True) -> None:
     step = payload["run_state"].get("step", 0)
     if not env.is_main:
         train_and_report(config, None, splits=splits, resume=payload, env=env)
@@ -191,7 +214,7 @@ def _resume_in(out: Path, config: TrainConfig, saved: TrainConfig, payload: dict
     if config.epochs != saved.epochs and config.schedule != "constant":
         print(f"Note: the {config.schedule} learning-rate schedule now spans {config.epochs:g} epochs, so the "
               f"learning rate continues from where a {config.epochs:g}-epoch schedule is at step {step}.")
-    train_and_report(config, out, splits=splits, resume=payload, env=env)
+    train_and_report(config, out, splits=splits, resume=payload, env=env, progress=progress, report=report)
 
 
 def run(args) -> int:
@@ -210,7 +233,8 @@ def run(args) -> int:
             with ExitStack() as held:  # the run folder is this process's until the run ends
                 out = distributed.shared_outcome(  # a bad --out stops every rank, reported once
                     env, lambda: held.enter_context(claim_run_dir(out_dir)), run_here=env.is_main)
-                train_and_report(config, out, splits=splits, env=env)
+                train_and_report(config, out, splits=splits, env=env, progress=args.progress,
+                                 report=args.report)
             return 0
     except UserError:
         if distributed.launched_rank() != 0:  # the ranks share config and data: rank 0 reports it

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -156,7 +157,10 @@ def _download_one(url: str, dest: Path, sha256: str) -> None:
                     "to another mirror, or install/copy the files (see --data-dir)."
                 ) from None
             total = int(response.headers.get("Content-Length") or 0) or None
-            with response, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+            if not sys.stderr.isatty():  # a log file: one plain line instead of a progress bar
+                print(f"Downloading {url}" + (f" ({total / 1e6:.1f} MB)" if total else ""), file=sys.stderr,
+                      flush=True)
+            with response, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=None) as bar:
                 for chunk in iter(lambda: response.read(1 << 16), b""):
                     _write(out, chunk, dest)
                     bar.update(len(chunk))

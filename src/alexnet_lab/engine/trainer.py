@@ -188,7 +188,7 @@ def start_info(run: Run, state: RunState) -> dict:
             "total_steps": run.total_steps, "num_epochs": math.ceil(run.total_steps / run.steps_per_epoch),
             "train_examples": len(run.splits.train_images), "test_examples": len(run.splits.test_images),
             "data_source": run.splits.source, "input_size": run.train_loader.resize, "start_step": state.step,
-            "world_size": run.world_size, "params": sum(p.numel() for p in run.step.model.parameters())}
+            "start_examples": state.examples, "world_size": run.world_size, "params": sum(p.numel() for p in run.step.model.parameters())}
 
 
 def train_one_epoch(run: Run, state: RunState) -> None:

@@ -161,6 +161,19 @@ def write_json(path: Path, data: dict) -> None:
         os.replace(tmp, path)
 
 
+def environment() -> dict:
+    """Where a run ran (versions, machine), recorded in config.json for the report."""
+    import platform
+
+    import torch
+
+    env = {"python": platform.python_version(), "torch": str(torch.__version__), "platform": platform.platform(),
+           "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        env["gpu"] = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
+    return env
+
+
 class RunWriter(Callback):
     """Writes the run folder as training goes (only on the process that owns the files)."""
 
@@ -182,7 +195,7 @@ class RunWriter(Callback):
 
     def on_train_start(self, info: dict) -> None:
         self.info = info
-        write_json(self.out / "config.json", {**self.config, "resolved": info})
+        write_json(self.out / "config.json", {**self.config, "resolved": {**info, "environment": environment()}})
 
     def on_log(self, row: dict) -> None:
         self.rows.append(row)
