@@ -27,3 +27,9 @@ def fmnist_net(in_channels: int = 1, num_classes: int = 10, widths: tuple[int, i
         nn.Dropout(p=0.1),
         nn.Linear(w3, num_classes),                          # (B, 10)
     )
+
+
+@register_model("fmnist-net-s", input_size=28,
+                description="fmnist-net at half the channels (16/32/64/128): a quarter of the FLOPs")
+def fmnist_net_s(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
+    return fmnist_net(in_channels, num_classes, widths=(16, 32, 64, 128))

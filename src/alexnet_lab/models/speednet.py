@@ -20,3 +20,9 @@ def speednet(in_channels: int = 1, num_classes: int = 10,
         nn.Flatten(),                                      # (B, 9 * w3)
         nn.Linear(9 * w3, num_classes),                    # (B, 10)
     )
+
+
+@register_model("speednet-wide", input_size=28,
+                description="speednet with twice the channels (32/64/128), for the speed ladder's middle rungs")
+def speednet_wide(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
+    return speednet(in_channels, num_classes, widths=(32, 64, 128))
