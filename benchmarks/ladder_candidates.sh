@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The recipe search behind docs/RECORDS.md ("How the rungs were found"): the candidates tried for
+# each rung, in one process per rung, under the shared CPU lock with nothing else running:
+#   flock /tmp/alexnet-lab-cpu.lock benchmarks/ladder_candidates.sh [RUNG...]
+# RUNG is one of 883 90 92 94 94-ablation (default: 883 90 92). Prints one JSON line per candidate
+# (mean/min test accuracy, mean seconds per run, share of seeds reaching the rung's target) and the
+# load average before each rung. A candidate is PRESET:key=value,... over the presets in
+# engine/config.py; the old presets are spelled out as overrides of today's.
+set -euo pipefail
+PY=${PYTHON:-python}
+cd "$(dirname "$0")/.."
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
+search() {  # search RUNG SEEDS TARGET CANDIDATES...
+    echo "== rung $1 ($(date -u +%FT%TZ); load average: $(cut -d' ' -f1-3 /proc/loadavg))"
+    local seeds=$2 target=$3
+    shift 3
+    $PY benchmarks/ladder_search.py --seeds "$seeds" --target "$target" "$@"
+}
+for rung in ${*:-883 90 92}; do
+    case $rung in
+    883)  # the first speedrun recipe was 0.8 epoch at batch 256 with label smoothing 0.1; today's is 0.55
+        search 883 5 0.883 \
+            'speedrun:epochs=0.8,batch_size=256,label_smoothing=0.1' \
+            'speedrun:epochs=0.7,batch_size=256,label_smoothing=0.1' \
+            'speedrun:epochs=0.8,batch_size=256' \
+            'speedrun:epochs=0.8,batch_size=128,lr=0.05,label_smoothing=0.1' \
+            'speedrun:epochs=0.6,batch_size=256' \
+            'speedrun:epochs=0.6,batch_size=128,lr=0.05' \
+            'speedrun:epochs=0.6,lr=0.08' 'speedrun:epochs=0.6' 'speedrun:epochs=0.6,lr=0.12' \
+            'speedrun:epochs=0.6,momentum=0.8' 'speedrun:epochs=0.6,warmup_frac=0.3' \
+            'speedrun' 'speedrun:epochs=0.5' ;;
+    90)
+        search 90 5 0.90 \
+            'speedrun-90:epochs=1' 'speedrun-90:epochs=1.25' 'speedrun-90' \
+            'speedrun-90:label_smoothing=0' 'speedrun-90:batch_size=192' ;;
+    92)
+        search 92 2 0.92 \
+            'speedrun-92:epochs=3,lr=0.1' 'speedrun-92:lr=0.1' 'speedrun-92' \
+            'speedrun-92:model=speednet-wide,epochs=2,lr=0.1' 'speedrun-92:model=speednet-wide,epochs=2.5,lr=0.1' \
+            'speedrun-92:model=speednet-wide,epochs=3,lr=0.1' \
+            'speedrun-92:model=fmnist-net-s,epochs=1.5,lr=0.1' 'speedrun-92:model=fmnist-net-s,epochs=2,lr=0.1' ;;
+    94)  # the 10-epoch rows are the first speedrun-94 recipe: flips+translate, flip-translate TTA
+        search 94 1 0.94 'speedrun-94:epochs=6,augment=True,tta=flip-translate' \
+            'speedrun-94:epochs=10,augment=True,tta=flip-translate' 'speedrun-94'
+        search 94 2 0.94 'speedrun-94:epochs=7' ;;
+    94-ablation)  # one trick taken away at a time from that first recipe, seed 0 (2.5-7 min a row)
+        search 94-ablation 1 0.94 \
+            'speedrun-94:epochs=10,augment=True' 'speedrun-94:epochs=10' \
+            'speedrun-94:epochs=10,augment=True,tta=flip-translate,label_smoothing=0' \
+            'speedrun-94:epochs=10,augment=True,tta=flip-translate,precision=fp32,channels_last=False' ;;
+    *) echo "unknown rung $rung (one of 883 90 92 94 94-ablation)" >&2; exit 2 ;;
+    esac
+done
+echo "== done ($(date -u +%FT%TZ); load average: $(cut -d' ' -f1-3 /proc/loadavg))"
