@@ -2,7 +2,7 @@
 # The recipe search behind docs/RECORDS.md ("How the rungs were found"): the candidates tried for
 # each rung, in one process per rung, under the shared CPU lock with nothing else running:
 #   flock /tmp/alexnet-lab-cpu.lock benchmarks/ladder_candidates.sh [RUNG...]
-# RUNG is one of 883 90 92 94 94-ablation (default: 883 90 92). Prints one JSON line per candidate
+# RUNG is one of 883 883-ablation 90 92 94 94-ablation (default: 883 90 92). Prints one JSON line per candidate
 # (mean/min test accuracy, mean seconds per run, share of seeds reaching the rung's target) and the
 # load average before each rung. A candidate is PRESET:key=value,... over the presets in
 # engine/config.py; the old presets are spelled out as overrides of today's.
@@ -29,6 +29,14 @@ for rung in ${*:-883 90 92}; do
             'speedrun:epochs=0.6,lr=0.08' 'speedrun:epochs=0.6' 'speedrun:epochs=0.6,lr=0.12' \
             'speedrun:epochs=0.6,momentum=0.8' 'speedrun:epochs=0.6,warmup_frac=0.3' \
             'speedrun' 'speedrun:epochs=0.5' ;;
+    883-ablation)  # airbench's style: A0-A4 add one trick at a time (A4 is the preset), B1-B4 on top
+        search 883-ablation 5 0.883 \
+            'speedrun:precision=fp32,channels_last=False,nesterov=False,schedule=constant,lr=0.05' \
+            'speedrun:precision=fp32,channels_last=False,nesterov=False' \
+            'speedrun:precision=fp32,channels_last=False' \
+            'speedrun:channels_last=False' 'speedrun' \
+            'speedrun:label_smoothing=0.1' 'speedrun:ema_decay=0.99' 'speedrun:tta=translate' \
+            'speedrun:augment=True,tta=flip-translate' ;;
     90)
         search 90 5 0.90 \
             'speedrun-90:epochs=1' 'speedrun-90:epochs=1.25' 'speedrun-90' \
@@ -48,7 +56,7 @@ for rung in ${*:-883 90 92}; do
             'speedrun-94:epochs=10,augment=True' 'speedrun-94:epochs=10' \
             'speedrun-94:epochs=10,augment=True,tta=flip-translate,label_smoothing=0' \
             'speedrun-94:epochs=10,augment=True,tta=flip-translate,precision=fp32,channels_last=False' ;;
-    *) echo "unknown rung $rung (one of 883 90 92 94 94-ablation)" >&2; exit 2 ;;
+    *) echo "unknown rung $rung (one of 883 883-ablation 90 92 94 94-ablation)" >&2; exit 2 ;;
     esac
 done
 echo "== done ($(date -u +%FT%TZ); load average: $(cut -d' ' -f1-3 /proc/loadavg))"

@@ -201,7 +201,7 @@ PRESETS: dict[str, dict] = {
                      precision="auto", channels_last=True, log_points_per_epoch=1),
     # The speed ladder (docs/RECORDS.md; targets in RECORD_TARGETS). speedrun-90: speednet for 1.5
     # epochs (5 seeds: 1 / 1.25 / 1.5 epochs gave 0.8950 / 0.8999 / 0.9046 mean). Test-time
-    # augmentation did not pay for speednet (translate: 0.889 vs 0.892; flip: 0.77, untrained mirror).
+    # augmentation does not pay for speednet this short (speedrun + translate TTA: 0.8826 vs 0.8852).
     "speedrun-90": dict(model="speednet", epochs=1.5, batch_size=256, lr=0.1, momentum=0.9, nesterov=True,
                         schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1, init="default",
                         precision="auto", channels_last=True, log_points_per_epoch=1),
