@@ -39,6 +39,9 @@ def test_evaluations_counts_what_fit_evaluates():
     # 1.5 epochs with a target: 5 points in epoch 1; batches 2 and 4 and the last step in epoch 2
     assert estimate.evaluations(config.replace(epochs=1.5, target_accuracy=0.9), 100) == 8
     assert estimate.evaluations(config.replace(epochs=1.5), 100) == 2
+    # --eval-every: epochs 3 and 6 of 7.5, then after the last step; 0: only after the last step
+    assert estimate.evaluations(config.replace(epochs=7.5, eval_every=3), 100) == 3
+    assert estimate.evaluations(config.replace(epochs=7.5, eval_every=0), 100) == 1
 
 
 @pytest.mark.slow  # real Fashion-MNIST, AlexNet at 224x224

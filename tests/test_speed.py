@@ -114,6 +114,20 @@ def test_precision_choice_per_device(monkeypatch):
 
 # --- --target-accuracy ----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("eval_every, tested_steps", [(1, [10, 20, 25]), (2, [20, 25]), (0, [25])])
+def test_eval_every_picks_the_tested_epoch_ends(one_thread, eval_every, tested_steps):
+    """--eval-every N tests at every Nth epoch end and always after the last step (the ladder's
+    presets use 0: one evaluation, at the end), as the time estimate counts them."""
+    from alexnet_lab.engine import estimate
+
+    config = make_config("d2l", model="lenet", epochs=2.5, batch_size=10, lr=0.1, device="cpu",
+                         eval_every=eval_every)
+    summary = fit(config, [rows := Rows()], splits=_bar_splits(100, 20, noisy_test=True))
+    tested = [r["step"] for r in rows.rows if "test_acc" in r]
+    assert tested == tested_steps and len(tested) == estimate.evaluations(config, 100)
+    assert summary["test_acc"] == rows.rows[-1]["test_acc"]
+
+
 class Rows(Callback):
     def __init__(self):
         self.rows = []
@@ -272,11 +286,3 @@ def test_target_accuracy_evaluates_at_every_log_point(one_thread):
     assert not summary["reached_target"]
     tested = [r["step"] for r in rows.rows if "test_acc" in r]
     assert tested == [2, 4, 6, 8, 10, 12, 14, 15] and len(tested) == estimate.evaluations(config, 100)
-
-
-class Rows(Callback):
-    def __init__(self):
-        self.rows = []
-
-    def on_log(self, row):
-        self.rows.append(row)

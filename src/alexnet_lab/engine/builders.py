@@ -12,7 +12,7 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from alexnet_lab.data import CLASS_NAMES, BatchLoader
+from alexnet_lab.data import CLASS_NAMES, BatchLoader, to_float_batch
 from alexnet_lab.data.augment_2012 import CROP_FRACTION
 from alexnet_lab.data.fingerprint import data_fingerprint
 from alexnet_lab.data.sources import load_source
@@ -107,6 +107,14 @@ def make_loaders(config: TrainConfig, splits: Splits, device: torch.device,
                        shuffle=False, resize=size, device=device, rank=rank, world_size=world_size,
                        even_shards=False, center_crop=uses_2012_crops(config))
     return train, test
+
+
+WHITENING_IMAGES = 2048  # training images a whitening layer is fitted to (models/whitening.py)
+
+
+def whitening_images(config: TrainConfig, splits: Splits) -> torch.Tensor:
+    """The first training images as the model sees them (float, at its input size, not augmented)."""
+    return to_float_batch(splits.train_images[:WHITENING_IMAGES], input_size(config))
 
 
 def init_weights(model: nn.Module) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from alexnet_lab.engine.builders import evaluation_batch_size, input_size
-from alexnet_lab.engine.config import TrainConfig, make_config
+from alexnet_lab.engine.config import TrainConfig, make_config, tests_at_epoch_end
 from alexnet_lab.engine.device import autocast, synchronize
 from alexnet_lab.engine.step import build_training_step, to_model_input
 from alexnet_lab.models import get_spec
@@ -73,12 +73,14 @@ def total_steps(config: TrainConfig, train_examples: int) -> int:
 
 
 def evaluations(config: TrainConfig, train_examples: int) -> int:
-    """Test-set evaluations `fit` runs: one per epoch end; with a target accuracy, one per log point
-    (the most it runs: it stops at the first that reaches the target)."""
+    """Test-set evaluations `fit` runs: at the epoch ends --eval-every picks and after the last step;
+    with a target accuracy, one per log point (the most it runs: it stops at the first that reaches
+    the target)."""
     per_epoch = steps_per_epoch(config, train_examples)
     steps = total_steps(config, train_examples)
     if config.target_accuracy is None:
-        return math.ceil(steps / per_epoch)
+        epochs = math.ceil(steps / per_epoch)
+        return sum(tests_at_epoch_end(config, e, e == epochs) for e in range(1, epochs + 1))
     log_every = max(1, per_epoch // config.log_points_per_epoch)
     count = 0
     for step in range(1, steps + 1):

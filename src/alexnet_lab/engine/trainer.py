@@ -13,13 +13,14 @@ import torch
 from torch import nn
 
 from alexnet_lab.engine import checkpoint as ckpt
-from alexnet_lab.engine.config import TrainConfig
+from alexnet_lab.engine.config import TrainConfig, tests_at_epoch_end
 from alexnet_lab.engine.distributed import agree_to_stop, seed_per_rank
 from alexnet_lab.engine.device import autocast, backend_flags, resolve_device, synchronize
-from alexnet_lab.engine.builders import Splits, make_loaders, model_options, splits_for
+from alexnet_lab.engine.builders import Splits, make_loaders, model_options, splits_for, whitening_images
 from alexnet_lab.engine.step import TrainingStep, build_training_step, to_model_input
 from alexnet_lab.engine.tta import tta_logits
 from alexnet_lab.errors import UserError
+from alexnet_lab.models.whitening import whitening_layers
 
 
 class Callback:
@@ -157,6 +158,8 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
               steps_per_epoch, total_steps)
     run.emit("on_train_start", start_info(run, state))
     run.wall_start = time.perf_counter() - state.wall_seconds
+    if state.step == 0:
+        fit_whitening(run)
     with backend_flags(device, config.deterministic):
         step.model.train()
         while state.step < total_steps and not state.reached:
@@ -166,6 +169,16 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
     summary = summarize(run, state)
     run.emit("on_train_end", summary)
     return summary
+
+
+def fit_whitening(run: Run) -> None:
+    """Whitening layers (models/whitening.py) take their filters from the first training images, on
+    the clock as airbench counts it; a resumed run has them in its checkpoint."""
+    layers = whitening_layers(run.step.model)
+    if layers:
+        images = whitening_images(run.config, run.splits)
+        for layer in layers:
+            layer.fit(images)
 
 
 def restore(step: TrainingStep, resume: dict) -> RunState:
@@ -229,7 +242,8 @@ def train_one_epoch(run: Run, state: RunState) -> None:
 
 def log_point(run: Run, state: RunState, end_of_epoch: bool) -> None:
     """A point of the training curves: the epoch's running means (a sync point: they are shown), the
-    test accuracy at epoch ends (at every point with a target accuracy), and the checkpoints due."""
+    test accuracy at the epoch ends --eval-every asks for and after the last step (at every point with
+    a target accuracy), and the checkpoints due."""
     train_loss, train_acc = epoch_means(run, state)
     state.step_seconds += time.perf_counter() - state.chunk_start
     if not math.isfinite(train_loss):
@@ -238,7 +252,8 @@ def log_point(run: Run, state: RunState, end_of_epoch: bool) -> None:
            "examples": state.examples, "train_loss": train_loss, "train_acc": train_acc,
            "lr": run.step.scheduler.get_last_lr()[0]}
     is_best = False
-    if run.config.target_accuracy is not None or end_of_epoch:
+    if run.config.target_accuracy is not None or (
+            end_of_epoch and tests_at_epoch_end(run.config, state.epoch + 1, state.step == run.total_steps)):
         is_best = evaluate_point(run, state, row)
     state.wall_seconds = run.elapsed()
     row["elapsed_s"] = state.wall_seconds
