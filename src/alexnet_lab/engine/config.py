@@ -200,6 +200,13 @@ PRESETS: dict[str, dict] = {
     "fast": dict(model="alexnet", epochs=2, batch_size=128, lr=0.02, momentum=0.9, nesterov=True,
                  weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1,
                  init="xavier", precision="auto", channels_last=True),
+    # The chapter's AlexNet to the book's 0.883 in one epoch (60,000 examples, half of `fast`'s): the
+    # same recipe at batch 32 (4x the steps of the book's batch 128) and peak lr 0.02. One full run on
+    # a 2-core AMD EPYC: test acc 0.8928 in 806 s at 77.7 examples/s (docs/RECORDS.md); batch 64 at lr
+    # 0.03 gave 0.8825. `fast` keeps batch 128, whose steps are faster per example on a CPU and a GPU.
+    "one-epoch": dict(model="alexnet", epochs=1, batch_size=32, lr=0.02, momentum=0.9, nesterov=True,
+                      weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1,
+                      init="xavier", precision="auto", channels_last=True, log_points_per_epoch=4),
     # Any registered model, tuned for the least wall-clock time to 0.883 test accuracy: a small
     # BatchNorm CNN at 28x28 for 0.55 of an epoch (one-cycle), batch 192, no label smoothing; one
     # test evaluation, at the end (a full test pass costs about a sixth of an epoch of training).
@@ -230,6 +237,13 @@ PRESETS: dict[str, dict] = {
                         weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.2,
                         init="default", precision="auto", channels_last=True, eval_every=0,
                         log_points_per_epoch=1),
+    # speedrun-95: speedrun-94's network and recipe trained 45 epochs with flips + translate augmentation
+    # and flip-translate test-time augmentation. Seed 0 in the search (docs/RECORDS.md): 40 epochs
+    # reached 0.9491 in 503 s.
+    "speedrun-95": dict(model="fmnist-net-s", epochs=45, batch_size=256, lr=0.2, momentum=0.9, nesterov=True,
+                        weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.2,
+                        init="default", augment=True, tta="flip-translate", precision="auto",
+                        channels_last=True, eval_every=0, log_points_per_epoch=1),
     # Exercise 2.2: fmnist-net's recipe for >= 94% test accuracy in under 15 minutes on a 2-core CPU.
     "best": dict(model="fmnist-net", epochs=10, batch_size=256, lr=0.2, momentum=0.9, nesterov=True,
                  weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1,
@@ -240,7 +254,7 @@ PRESETS: dict[str, dict] = {
 # The speed ladder: each preset's target test accuracy (full 10,000-image test set, mean over
 # seeds), as `alexnet-lab record` judges it. docs/RECORDS.md holds the measured times.
 RECORD_TARGETS: dict[str, float] = {"speedrun": 0.883, "speedrun-90": 0.90, "speedrun-92": 0.92,
-                                    "speedrun-94": 0.94}
+                                    "speedrun-94": 0.94, "speedrun-95": 0.95}
 
 
 def preset_names() -> list[str]:
