@@ -250,6 +250,15 @@ def test_fast_preset_is_the_chapters_alexnet_at_224():
     assert make_config("d2l").precision == "fp32"  # the book's recipe stays fp32
 
 
+def test_one_epoch_preset_is_fast_in_one_epoch_at_batch_32():
+    """What docs/RECORDS.md claims: the chapter's AlexNet and the `fast` recipe (peak lr 0.02 too);
+    only the batch, the length and the curve's points changed."""
+    fast, one = make_config("fast").to_dict(), make_config("one-epoch").to_dict()
+    changed = {k for k in fast if fast[k] != one[k]}
+    assert changed == {"epochs", "batch_size", "log_points_per_epoch", "preset"} and one["lr"] == 0.02
+    assert (one["epochs"], one["batch_size"], one["model"]) == (1, 32, "alexnet")
+
+
 def test_speedrun_preset_uses_a_registered_model():
     config = make_config("speedrun")
     assert config.model in list_models() and get_spec(config.model).input_size == 28

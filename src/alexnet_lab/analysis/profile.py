@@ -77,17 +77,21 @@ def trace_layers(model: nn.Module, layers: list[tuple[str, nn.Module]], input_sh
 def layer_costs(name: str, layer: nn.Module, r: dict, states: int) -> dict:
     """One layer's row of the profile from its traced shapes (see `profile_model` for definitions)."""
     params = sum(p.numel() for p in layer.parameters(recurse=False))
+    trained = sum(p.numel() for p in layer.parameters(recurse=False) if p.requires_grad)
+    weight = getattr(layer, "weight", None)
+    trains_weight = isinstance(weight, torch.Tensor) and weight.requires_grad  # frozen: a whitening layer
     fwd = forward_flops(layer, r["in_shape"], r["out_shape"])
-    bwd = fwd * (2 if r["input_needs_grad"] else 1)
+    bwd = fwd * (int(trains_weight) + int(r["input_needs_grad"]))
     in_bytes, out_bytes, w_bytes = 4 * math.prod(r["in_shape"]), 4 * math.prod(r["out_shape"]), 4 * params
+    grad_bytes = 4 * trained
     moved = (in_bytes + w_bytes + out_bytes                       # forward
-             + out_bytes + in_bytes + w_bytes + w_bytes           # backward: dy, x, w in; dw out
+             + out_bytes + in_bytes + w_bytes + grad_bytes        # backward: dy, x, w in; dw out
              + (in_bytes if r["input_needs_grad"] else 0))        # backward: dx out
     return {
         "name": name, "type": type(layer).__name__, "output_shape": list(r["out_shape"]),
         "params": params, "forward_flops": fwd, "backward_flops": bwd,
-        "activation_bytes": r["activation_bytes"], "weight_bytes": w_bytes, "grad_bytes": w_bytes,
-        "optimizer_bytes": states * w_bytes, "state_bytes": (2 + states) * w_bytes,
+        "activation_bytes": r["activation_bytes"], "weight_bytes": w_bytes, "grad_bytes": grad_bytes,
+        "optimizer_bytes": states * grad_bytes, "state_bytes": w_bytes + (1 + states) * grad_bytes,
         "bytes_moved": moved, "intensity": (fwd + bwd) / moved,
     }
 
@@ -95,8 +99,9 @@ def layer_costs(name: str, layer: nn.Module, r: dict, states: int) -> dict:
 def profile_model(model: nn.Module, input_shape: tuple[int, ...], optimizer: str = "momentum") -> dict:
     """Per-layer costs of one fp32 training step (forward + backward) on a random probe batch, on the CPU.
 
-    backward_flops: grad of the weights (as many FLOPs as the forward) plus grad of the input
-    (as many again) unless the layer's input needs no gradient (the first layer's image).
+    backward_flops: grad of the weights (as many FLOPs as the forward; none for a frozen weight) plus
+    grad of the input (as many again) unless the layer's input needs no gradient (the first layer's
+    image). Gradients and optimizer buffers are counted for the trained parameters only.
     activation_bytes: bytes of the tensors autograd saves for the backward during this layer's
     forward, measured with saved_tensors_hooks; each storage counted once (at the first layer that
     saves it); parameters and buffers excluded. state_bytes: weights + gradients + optimizer buffers
