@@ -61,11 +61,12 @@ def test_fit_whitens_from_the_training_images_and_keeps_the_filters_frozen(one_t
     labels = torch.from_numpy(rng.integers(0, 10, 96))
     splits = Splits(images, labels, images[:32], labels[:32], "synthetic")
     config = make_config("speedrun-94", model="fmnist-net-sw", epochs=1, batch_size=32, device="cpu",
-                         precision="fp32", channels_last=False)
+                         precision="fp32", channels_last=False, ema_decay=0.9)
     fit(config, [saved := LastCheckpoint()], splits=splits)
     state = saved.payload["model_state"]
     expected_weight, _ = patch_whitening_filters(whitening_images(config, splits), kernel_size=3)
-    torch.testing.assert_close(state["0.weight"], expected_weight)   # a buffer: fitted, never trained
+    torch.testing.assert_close(state["0.weight"], expected_weight)   # frozen: fitted, never trained
+    torch.testing.assert_close(saved.payload["ema_state"]["module"]["0.weight"], expected_weight)  # EMA too
     fitted_bias = patch_whitening_filters(whitening_images(config, splits), kernel_size=3)[1]
     assert not torch.allclose(state["0.bias"], fitted_bias)            # the bias trains
 
