@@ -35,6 +35,18 @@ def test_ema_follows_the_closed_form():
     assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10_000) == 0.9
 
 
+def test_ema_copies_frozen_parameters_instead_of_averaging_them():
+    live = nn.Linear(3, 2)
+    live.weight.requires_grad_(False)
+    ema = WeightEMA(live, decay=0.9)
+    with torch.no_grad():
+        live.weight.fill_(2.0)  # set after the copy was made, as a whitening layer's filters are
+        live.bias.fill_(2.0)
+    ema.update(live)
+    torch.testing.assert_close(ema.module.weight, live.weight)
+    assert not torch.allclose(ema.module.bias, live.bias)  # trained: averaged
+
+
 def test_ema_copies_buffers_and_leaves_live_model_alone():
     live = nn.BatchNorm1d(4)
     ema = WeightEMA(live, decay=0.5)

@@ -1,7 +1,7 @@
 """Exponential moving average of a model's weights (Polyak averaging), for evaluation.
 
-The average is a second copy of the model; after every optimizer step its floating-point
-parameters move towards the live ones and its buffers (BatchNorm statistics) are copied.
+The average is a second copy of the model; after every optimizer step its trained floating-point
+parameters move towards the live ones; frozen parameters and buffers (BatchNorm statistics) are copied.
 """
 
 from __future__ import annotations
@@ -34,11 +34,14 @@ class WeightEMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         weight = 1.0 - self.decay_at(self.updates)
-        ema_params = [p for p in self.module.parameters() if p.is_floating_point()]
-        live_params = [p for p in model.parameters() if p.is_floating_point()]
-        torch._foreach_lerp_(ema_params, live_params, weight)
-        for ema_b, live_b in zip(self.module.buffers(), model.buffers()):
-            ema_b.copy_(live_b)
+        pairs = list(zip(self.module.parameters(), model.parameters()))
+        trained = [(e, p) for e, p in pairs if p.requires_grad and p.is_floating_point()]
+        torch._foreach_lerp_([e for e, _ in trained], [p for _, p in trained], weight)
+        # Frozen parameters (a whitening layer's filters, set from data after this copy was made) and
+        # buffers (BatchNorm statistics) are copied, not averaged.
+        for ema_t, live_t in [*((e, p) for e, p in pairs if not p.requires_grad),
+                              *zip(self.module.buffers(), model.buffers())]:
+            ema_t.copy_(live_t)
         self.updates += 1
 
     def state_dict(self) -> dict:

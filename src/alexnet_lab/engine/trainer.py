@@ -179,8 +179,6 @@ def fit_whitening(run: Run) -> None:
         images = whitening_images(run.config, run.splits)
         for layer in layers:
             layer.fit(images)
-        if run.step.ema is not None:  # the average starts from the fitted model, not the unfitted copy
-            run.step.ema.module.load_state_dict(run.step.model.state_dict())
 
 
 def restore(step: TrainingStep, resume: dict) -> RunState:
