@@ -14,7 +14,7 @@ import sys
 import torch
 
 from alexnet_lab.analysis.bench import BenchConfig, format_report, run_bench
-from alexnet_lab.engine.builders import load_splits
+from alexnet_lab.engine.builders import splits_for
 from alexnet_lab.engine.config import make_config
 
 
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--json-out", required=True)
     args = p.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
-    splits = load_splits(args.data_dir, args.limit_train, 1)
+    splits = splits_for(make_config("fast", data_dir=args.data_dir, limit_train=args.limit_train, limit_test=1))
 
     def bench(batch: int, pipelines=("reference", "project"), **timing) -> dict:
         """`alexnet-lab bench` (the `fast` preset's step for the project) at `batch`."""

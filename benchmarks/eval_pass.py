@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from alexnet_lab.engine.builders import load_splits, make_loaders, model_options
+from alexnet_lab.engine.builders import make_loaders, model_options, splits_for
 from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.step import build_training_step
 from alexnet_lab.engine.trainer import evaluate
@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    splits = load_splits()
+    splits = splits_for(make_config("d2l"))  # the whole Fashion-MNIST, shared by the presets
     for preset in args.presets:
         config = make_config(preset, device=args.device)
         step = build_training_step(config, model_kwargs=model_options(splits))

@@ -14,7 +14,7 @@ import json
 
 from alexnet_lab.analysis.record import run_record
 from alexnet_lab.engine.config import make_config
-from alexnet_lab.engine.builders import load_splits
+from alexnet_lab.engine.builders import splits_for
 
 
 def parse_candidate(text: str) -> tuple[str, dict]:
@@ -37,7 +37,7 @@ def main() -> None:
                         help="only for the 'reached' fraction (seeds whose final accuracy reached it); runs keep "
                              "their fixed schedule")
     args = parser.parse_args()
-    splits = load_splits()
+    splits = splits_for(make_config("speedrun"))  # the whole Fashion-MNIST, shared by the candidates
     for text in args.candidates:
         preset, overrides = parse_candidate(text)
         config = make_config(preset, **overrides)

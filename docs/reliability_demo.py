@@ -100,7 +100,7 @@ def hostile(a: Path, tiny: list[str], offline: dict) -> None:
     run = OUT / "F"
     shutil.rmtree(run, ignore_errors=True)
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom alexnet_lab.reports.run_dir import claim_run_dir\n"
+        "import sys, time\nfrom alexnet_lab.engine.run_dir import claim_run_dir\n"
         "with claim_run_dir(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)\n"), str(run)],
         env=ENV, stdout=subprocess.PIPE, text=True)
     holder.stdout.readline()

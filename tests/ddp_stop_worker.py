@@ -10,7 +10,7 @@ from pathlib import Path
 from alexnet_lab.engine import distributed
 from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.trainer import Callback, StopRequested, fit
-from alexnet_lab.reports.run_dir import RunWriter
+from alexnet_lab.engine.run_dir import RunWriter
 
 
 class StopAt(Callback):

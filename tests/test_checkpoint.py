@@ -19,7 +19,7 @@ from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.trainer import fit
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model
-from alexnet_lab.reports.run_dir import RunWriter
+from alexnet_lab.engine.run_dir import RunWriter
 
 
 def small_payload(value: float = 1.0) -> dict:
@@ -102,7 +102,7 @@ def test_kill_during_save_leaves_the_previous_file(tmp_path, monkeypatch):
 def test_unwritable_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(UserError, match="Cannot write checkpoint in .*Not a directory"):
+    with pytest.raises(UserError, match="Saving checkpoint .* failed: Not a directory. .*no checkpoint was written"):
         ckpt.save_checkpoint(blocker / "checkpoint.pt", small_payload())
 
 

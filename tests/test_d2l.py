@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from alexnet_lab import d2l
-from alexnet_lab.engine.builders import load_splits
+from alexnet_lab.engine.builders import splits_for
+from alexnet_lab.engine.config import make_config
 from alexnet_lab.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,7 +181,7 @@ def test_epochs_can_be_shrunk_by_environment(monkeypatch):
 
 def test_load_data_fashion_mnist_gives_the_books_batches(monkeypatch):
     monkeypatch.setenv("ALEXNET_LAB_D2L_LIMIT", "300")
-    raw = load_splits(None, 300, 300)
+    raw = splits_for(make_config("d2l", limit_train=300, limit_test=300))
     train_iter, test_iter = d2l.load_data_fashion_mnist(128)
     assert len(train_iter) == len(test_iter) == 3
     test_batches = list(test_iter)

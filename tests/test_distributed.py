@@ -3,6 +3,7 @@ process, and checkpoints that resume under a different number of processes (CPU,
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from alexnet_lab.data.loader import BatchLoader
 from alexnet_lab.engine import distributed
 from alexnet_lab.engine.checkpoint import load_checkpoint
 from alexnet_lab.engine.config import make_config
-from alexnet_lab.engine.builders import load_splits, prepare_model
+from alexnet_lab.engine.builders import prepare_model, splits_for
 from alexnet_lab.engine.trainer import Callback, evaluate, fit
 from alexnet_lab.errors import UserError
 
@@ -123,7 +124,7 @@ def _torchrun(args, tmp_path):
 
 @pytest.fixture(scope="module")
 def splits():
-    return load_splits(None, RECIPE["limit_train"], RECIPE["limit_test"])
+    return splits_for(make_config("d2l", **RECIPE))
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +197,123 @@ def test_checkpoint_from_two_processes_resumes_in_one(tmp_path, splits, single_p
     assert resumed["train_examples"] == reference["train_examples"]
     assert resumed["train_loss"] == pytest.approx(reference["train_loss"], rel=LOSS_RTOL)
     assert resumed["test_acc"] == pytest.approx(reference["test_acc"], abs=ACC_TOLERANCE)
+
+
+# --- leaving the job: together, without an abort, and never waiting forever --------------------------
+
+@pytest.mark.filterwarnings("ignore:.*reduce_op.*:FutureWarning")  # gc.get_objects meets a deprecated alias
+def test_teardown_frees_ddp_before_destroying_the_process_group(tmp_path, splits, monkeypatch):
+    """A DDP module (with its reducer, which holds the group) left in cyclic garbage is freed by the
+    first collection; if that comes during the interpreter's shutdown, after the group was destroyed,
+    gloo's threads abort the process ("terminate called without an active exception", 1 run in 8).
+    In a fresh process `fit` leaves one: the first lazy import inside it keeps fit's frame, and with it
+    the model, in a reference cycle. teardown frees such garbage while the group still exists."""
+    import gc
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    def live_ddp():
+        return sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    gc.disable()  # as when no collection happens to run before the process exits
+    try:
+        fit(make_config("d2l", **RECIPE), [], splits=splits.head(128, 64), wrap_model=DistributedDataParallel)
+        cycle = [DistributedDataParallel(torch.nn.Linear(2, 2))]  # and one in cyclic garbage for certain
+        cycle.append(cycle)
+        del cycle
+        assert live_ddp() >= 1
+        seen = []
+        destroy = dist.destroy_process_group
+        monkeypatch.setattr(dist, "destroy_process_group", lambda *a: (seen.append(live_ddp()), destroy(*a)))
+        distributed.teardown(distributed.DistEnv(rank=0, world_size=2, backend="gloo"))
+        assert seen == [0] and not dist.is_initialized()
+    finally:
+        gc.enable()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_a_collective_that_times_out_or_loses_its_peer_is_a_clear_error(monkeypatch):
+    env = distributed.DistEnv(rank=1, world_size=2, backend="gloo", timeout_s=5.0)
+    monkeypatch.setattr(distributed, "init_from_env", lambda device, timeout_s: env)
+    gloo = "[third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv operation"
+    with pytest.raises(distributed.RankTimeout, match=r"Process 1 of 2 waited more than 5 s \(--ddp-timeout\)"):
+        with distributed.session("cpu", 5.0):
+            raise RuntimeError(gloo)
+    with pytest.raises(distributed.PeerFailure, match=r"Process 1 of 2 lost its connection to the others"):
+        with distributed.session("cpu", 5.0):
+            raise RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:21443")
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):  # other failures stay as they are
+        with distributed.session("cpu", 5.0):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x5 and 6x7)")
+
+
+def _torchrun_proc(args, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "ALEXNET_LAB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", *args]
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has exited
+
+
+def _workers(launcher_pid: int) -> dict[int, int]:
+    """{rank: pid} of the processes torchrun started (its children, with RANK in their environment)."""
+    ranks = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        rank = next((v[5:] for v in environ if v.startswith(b"RANK=")), None)
+        if ppid == launcher_pid and rank is not None:
+            ranks[int(rank)] = int(entry.name)
+    return ranks
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's workers in /proc (Linux)")
+def test_a_rank_that_stops_answering_ends_the_job_after_ddp_timeout(tmp_path, splits):
+    """SIGSTOP one rank mid-training: the other gives up after --ddp-timeout with a message naming it."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in {**RECIPE, "epochs": 1000}.items()]
+    proc = _torchrun_proc(["-m", "alexnet_lab", "train", *flags, "--ddp-timeout", "5", "--no-report",
+                           "--out", str(out)], tmp_path)
+    stopped = None
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "config.json").exists():  # written when training starts, past every start-up wait
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        workers = _workers(proc.pid)
+        stopped = workers[1]
+        os.kill(stopped, signal.SIGSTOP)
+        started = time.monotonic()
+        while _alive(workers[0]):
+            assert time.monotonic() - started < 60, "rank 0 kept waiting for the stopped rank"
+            time.sleep(0.1)
+        waited = time.monotonic() - started
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)  # lets it meet torchrun's SIGTERM
+        try:
+            stdout, stderr = proc.communicate(timeout=90)
+        finally:
+            proc.kill()
+    assert 4 < waited < 45
+    assert proc.returncode != 0
+    assert "Process 0 of 2 waited more than 5 s (--ddp-timeout) for the others in a collective operation" in stderr
+    assert not re.search(r"\[rank\d\]: Traceback", stderr), stderr  # none from a rank (torchrun prints its own)
+

@@ -16,7 +16,7 @@ from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.builders import Splits
 from alexnet_lab.engine.trainer import fit
 from alexnet_lab.models import build_model, get_spec
-from alexnet_lab.reports.run_dir import RunWriter
+from alexnet_lab.engine.run_dir import RunWriter
 
 
 

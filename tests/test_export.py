@@ -11,7 +11,7 @@ from alexnet_lab.cli import main
 from alexnet_lab.engine import make_config, fit
 from alexnet_lab.engine.export import ModelFile
 from alexnet_lab.engine.inference import load_trained
-from alexnet_lab.reports.run_dir import RunWriter
+from alexnet_lab.engine.run_dir import RunWriter
 from fakedata import one_thread
 from imagedata import make_shapes
 

@@ -29,10 +29,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 @pytest.fixture(autouse=True)
 def offline_one_thread(monkeypatch):
     """No downloads; one intra-op thread; curves as empty files (figures are tested elsewhere)."""
-    import alexnet_lab.reports.run_dir as run_dir
+    import alexnet_lab.cli.running as cli_train
 
     monkeypatch.setenv("ALEXNET_LAB_OFFLINE", "1")
-    monkeypatch.setattr(run_dir, "plot_curves", lambda runs, paths, title: [Path(p).touch() for p in paths])
+    monkeypatch.setattr(cli_train, "plot_curves", lambda runs, paths, title: [Path(p).touch() for p in paths])
     with fakedata.one_thread():
         yield
 
@@ -55,7 +55,7 @@ def last_line(capsys) -> str:
 # --- 1. one run folder, one process ------------------------------------------------------------------
 
 def test_a_locked_run_folder_is_refused_naming_the_holder(data_dir, tmp_path, capsys):
-    from alexnet_lab.reports.run_dir import LOCK_NAME, RunDirLock
+    from alexnet_lab.engine.run_dir import LOCK_NAME, RunDirLock
 
     out = tmp_path / "run"
     out.mkdir()
@@ -78,7 +78,7 @@ def test_a_locked_run_folder_is_refused_naming_the_holder(data_dir, tmp_path, ca
 
 def test_a_stale_lock_of_a_dead_process_does_not_block(data_dir, tmp_path, capsys):
     """Another process (plain Python, no torch) holds the folder's lock, then dies by SIGKILL."""
-    LOCK_NAME = ".lock"  # noqa: N806  (reports/run_dir.py's lock file)
+    LOCK_NAME = ".lock"  # noqa: N806  (engine/run_dir.py's lock file)
     out = tmp_path / "run"
     out.mkdir()
     proc = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
@@ -364,7 +364,7 @@ def test_ctrl_c_during_start_up_imports_exits_130_without_a_traceback(data_dir, 
 
 def test_ctrl_c_after_the_last_step_does_not_exit_0(data_dir, tmp_path, monkeypatch, capsys):
     """SIGINT during the final evaluation: the run finishes its save, then exits 130, saying so."""
-    import alexnet_lab.cli.train as train_cli
+    import alexnet_lab.engine.run as train_cli
 
     class SignalAfterLastStep(Callback):
         def on_step(self, step):
@@ -399,7 +399,7 @@ def test_the_second_signal_restores_the_default_handlers():
 
 
 def test_ctrl_c_while_loading_data_exits_130(data_dir, tmp_path, monkeypatch, capsys):
-    import alexnet_lab.cli.train as train_cli
+    import alexnet_lab.engine.run as train_cli
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -413,10 +413,14 @@ def test_ctrl_c_while_loading_data_exits_130(data_dir, tmp_path, monkeypatch, ca
 def test_resume_removes_temp_files_of_a_killed_save(data_dir, tmp_path):
     out = tmp_path / "r"
     assert main(train_args(data_dir, out)) == 0
-    torn = out / ".checkpoint.pt.k1ll3d.tmp"  # what a SIGKILL in the middle of a save leaves
+    torn = out / ".alexnet-lab-0123456789ab.tmp"  # what a SIGKILL in the middle of a save leaves
     torn.write_bytes(b"PK\x03\x04 torn")
+    private = out / ".alexnet-lab-ba9876543210.tmp"  # ... and in the middle of an export-style write
+    private.mkdir()
+    (private / "f.onnx").write_bytes(b"torn")
     assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
-    assert not torn.exists() and load_checkpoint(out / "checkpoint.pt")["run_state"]["step"] == 4
+    assert not torn.exists() and not private.exists()
+    assert load_checkpoint(out / "checkpoint.pt")["run_state"]["step"] == 4
 
 
 # --- 14. --out "", resume advice, a folder as --checkpoint ------------------------------------------

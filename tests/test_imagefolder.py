@@ -179,6 +179,65 @@ def test_resume_on_an_image_folder_continues_the_same_run(tmp_path, monkeypatch,
         assert torch.equal(value, b["model_state"][key]), key
 
 
+def rewrite_in_place(path):
+    """New pixels in the same BMP (uncompressed: same dimensions, same byte size), its modification
+    time set back: what make, rsync --size-only or a stat-keyed cache take for an unchanged file."""
+    import os
+
+    from PIL import Image
+
+    before = os.stat(path)
+    with Image.open(path) as img:
+        size, mode = img.size, img.mode
+    Image.new(mode, size, (255, 0, 255)).save(path, format="BMP")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def test_a_file_rewritten_in_place_with_size_and_mtime_kept_is_decoded_again(tmp_path, monkeypatch):
+    monkeypatch.setenv(imagefolder.ENV_MEMORY_LIMIT, "0")  # memory-mapped, through the cache
+    root = make_shapes(tmp_path / "s", per_class=6, classes=THREE)
+    first = load_image_folder(root, 24)
+    first_pixels = (np.array(first.train_images), np.array(first.val_images))
+    rewrite_in_place(sorted(root.rglob("*.bmp"))[0])
+    decoded = []
+    real = imagefolder.load_image
+    monkeypatch.setattr(imagefolder, "load_image", lambda *a: decoded.append(a) or real(*a))
+    second = load_image_folder(root, 24)
+    assert second.cache_file != first.cache_file and len(decoded) == 18  # not served from the cache
+    magenta = np.array([255, 0, 255], dtype=np.uint8)[:, None, None]
+    now = np.concatenate([second.train_images, second.val_images])
+    assert sum(bool((image == magenta).all()) for image in now) == 1  # the new pixels, decoded
+    assert not any(bool((image == magenta).all()) for image in np.concatenate(first_pixels))
+
+
+def test_resume_refuses_a_folder_whose_file_was_rewritten_in_place_with_size_and_mtime_kept(tmp_path, monkeypatch,
+                                                                                             capsys, one_thread):
+    monkeypatch.setenv(imagefolder.ENV_MEMORY_LIMIT, "0")  # the second read would come from the cache
+    root = make_shapes(tmp_path / "s", per_class=4, classes=THREE)
+    out = tmp_path / "run"
+    assert main(["train", "--data", f"imagefolder:{root}", "--model", "lenet", "--batch-size", "4", "--epochs", "1",
+                 "--device", "cpu", "--no-report", "--out", str(out)]) == 0
+    rewrite_in_place(sorted(root.rglob("*.bmp"))[0])
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"The data differ from those the run in '{out}' was trained on" in err, err
+
+
+def test_the_cache_key_never_blocks_on_a_file_that_is_not_regular(tmp_path):
+    """A FIFO named like an image is hashed as "not a regular file" at once (opened non-blocking),
+    never read: the decoder then reports it."""
+    import os
+
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    assert imagefolder.content_hash(fifo).startswith("not a regular file")
+    (tmp_path / "y.png").write_bytes(b"abc")
+    import hashlib
+    assert imagefolder.content_hash(tmp_path / "y.png") == hashlib.blake2b(b"abc", digest_size=16).hexdigest()
+
+
 def test_one_data_path_for_both_sources(tiny_data):
     """Fashion-MNIST through the same source: gray (N, 28, 28), or the gray channel repeated for --channels 3."""
     gray = load_source("fashion-mnist", data_dir=str(tiny_data))

@@ -14,7 +14,7 @@ from alexnet_lab.analysis.record import run_record, statistics_of, target_of
 from alexnet_lab.cli import main
 from alexnet_lab.engine.config import RECORD_TARGETS, make_config
 from alexnet_lab.engine.ema import WeightEMA
-from alexnet_lab.engine.builders import load_splits
+from alexnet_lab.engine.builders import Splits, splits_for
 from alexnet_lab.engine.trainer import evaluate, fit
 from alexnet_lab.engine.tta import shift, tta_logits, views
 
@@ -105,7 +105,7 @@ def test_tta_is_used_only_at_evaluation(tiny_data, one_thread):
     finally:
         trainer.tta_logits = real
     assert calls and not any(calls)  # every TTA forward ran with the model in eval mode
-    splits = load_splits(str(tiny_data))
+    splits = splits_for(base)
     runs = {mode: fit(base.replace(tta=mode), splits=splits) for mode in ("none", "flip")}
     assert runs["none"]["train_loss"] == runs["flip"]["train_loss"]  # training did not see TTA
     assert runs["none"]["train_acc"] == runs["flip"]["train_acc"]
@@ -132,7 +132,7 @@ def test_ema_run_evaluates_and_resumes_the_average(tmp_path, tiny_data, one_thre
     from alexnet_lab.models import build_model
     model = build_model(config.model)
     model.load_state_dict(evaluated_state(payload))
-    _, test_loader = make_loaders(config, load_splits(str(tiny_data)), torch.device("cpu"))
+    _, test_loader = make_loaders(config, splits_for(config), torch.device("cpu"))
     assert evaluate(model, test_loader, torch.device("cpu"))["accuracy"] == summary["test_acc"]
 
 
@@ -147,9 +147,8 @@ def test_record_statistics_on_a_fake_clock():
         return {"test_acc": acc, "wall_seconds": wall, "time_to_target_s": None}
 
     config = make_config("speedrun", device="cpu")
-    fake_splits = type("S", (), {"train_images": torch.zeros(5, 28, 28), "train_labels": torch.zeros(5),
-                                 "test_images": torch.zeros(3, 28, 28), "test_labels": torch.zeros(3),
-                                 "source": "fake"})()
+    fake_splits = Splits(torch.zeros(5, 28, 28, dtype=torch.uint8), torch.zeros(5, dtype=torch.int64),
+                         torch.zeros(3, 28, 28, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64), "fake")
     result = run_record(config, 3, splits=fake_splits, train=fake_fit)
     assert seen == [10_000, 0, 1, 2]  # one warm-up first, then the seeds
     assert result["target"] == 0.883

@@ -24,7 +24,7 @@ from alexnet_lab.engine.checkpoint import check_resumable, load_checkpoint
 from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.trainer import Callback, StopRequested, TrainingDiverged, fit
 from alexnet_lab.models import registry
-from alexnet_lab.reports.run_dir import RunWriter, read_metrics
+from alexnet_lab.engine.run_dir import RunWriter, read_metrics
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TIMING = {"elapsed_s"}  # the only fields of a metrics row that may differ between equal runs
@@ -35,10 +35,10 @@ TIMING_STATE = {"step_seconds", "wall_seconds", "time_to_target_s", "metrics"}
 def offline_one_thread(monkeypatch):
     """No downloads; one intra-op thread (on a shared 2-core machine 2 threads run ~10x slower);
     curves written as empty files (matplotlib costs ~0.5 s a figure; plots are tested elsewhere)."""
-    import alexnet_lab.reports.run_dir as run_dir
+    import alexnet_lab.cli.running as cli_train
 
     monkeypatch.setenv("ALEXNET_LAB_OFFLINE", "1")
-    monkeypatch.setattr(run_dir, "plot_curves", lambda runs, paths, title: [Path(p).touch() for p in paths])
+    monkeypatch.setattr(cli_train, "plot_curves", lambda runs, paths, title: [Path(p).touch() for p in paths])
     with fakedata.one_thread():
         yield
 
@@ -169,7 +169,7 @@ def train_args(data_dir, out, *extra):
 
 def signal_at(monkeypatch, step: int, *signums):
     """Make `train` send itself `signums` after step `step` (a real signal through the real handler)."""
-    import alexnet_lab.cli.train as train_cli
+    import alexnet_lab.engine.run as train_cli
 
     class SendSignal(Callback):
         def on_step(self, s):
@@ -316,12 +316,13 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(data_dir, tmp_path
     real_prepare = step.prepare_model
     monkeypatch.setattr(step, "prepare_model", lambda *a, **k: models.append(real_prepare(*a, **k)) or models[-1])
     out = tmp_path / "r"
-    # Step 20 is no log point (those are every 3rd batch of an epoch), so the NaN weights are
-    # first seen by the --checkpoint-every save at step 20, which must refuse to write them.
+    # 4 epochs of 16 steps: log points every 3rd batch of an epoch (64 steps / 20 points = 3). Step 20
+    # is no log point, so the NaN weights are first seen by the --checkpoint-every save at step 20,
+    # which must refuse to write them.
     with pytest.raises(TrainingDiverged, match=r"non-finite \(NaN or inf\) by step 20 \(epoch 2\).*lower --lr"):
-        run_fit(config_for(data_dir, checkpoint_every=1), out, [PoisonAt(models, 20)])
+        run_fit(config_for(data_dir, checkpoint_every=1, epochs=4), out, [PoisonAt(models, 20)])
     kept = load_checkpoint(out / "checkpoint.pt")
-    assert kept["run_state"]["step"] == 18  # step 19 was a log point, which saves only at epoch ends
+    assert kept["run_state"]["step"] == 19  # step 19, a log point, is saved by --checkpoint-every too
     assert all(torch.isfinite(v).all() for v in kept["model_state"].values())
 
 
@@ -413,7 +414,7 @@ def test_unwritable_out(data_dir, tmp_path, capsys):
 def test_full_disk_while_saving(data_dir, tmp_path, monkeypatch, capsys):
     """The epoch-2 save meets a full disk inside torch.save (which reports it as a RuntimeError from
     its zip writer): the documented message, exit 2, epoch 1's checkpoint intact, no temp file."""
-    monkeypatch.setattr(os, "fdopen", fakedata.FullDisk(files_ok=2))  # epoch 1: checkpoint.pt, best.pt
+    monkeypatch.setattr(os, "fdopen", fakedata.FullDisk(files_ok=5))  # metrics.jsonl/.csv, config.json, epoch 1: checkpoint.pt, best.pt
     out = tmp_path / "r"
     assert main(train_args(data_dir, out)) == 2
     err = capsys.readouterr().err
@@ -529,8 +530,8 @@ def test_full_disk_while_plotting(data_dir, tmp_path, monkeypatch, capsys):
     torn figure or temp file is left (figures are written atomically too)."""
     import matplotlib.figure
 
+    import alexnet_lab.cli.running as cli_train
     import alexnet_lab.reports.plots as plots
-    import alexnet_lab.reports.run_dir as run_dir
 
     def half_then_full(self, target, **kwargs):
         data = b"<svg partial"
@@ -540,12 +541,12 @@ def test_full_disk_while_plotting(data_dir, tmp_path, monkeypatch, capsys):
             Path(target).write_bytes(data)
         raise OSError(28, "No space left on device")  # the kernel's error names no file
 
-    monkeypatch.setattr(run_dir, "plot_curves", plots.plot_curves)  # undo the fixture's stub
+    monkeypatch.setattr(cli_train, "plot_curves", plots.plot_curves)  # undo the fixture's stub
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_then_full)
     out = tmp_path / "r"
     assert main(train_args(data_dir, out)) == 2
     err = capsys.readouterr().err
-    assert f"error: No space left on device while writing '{out / 'curves.svg'}'. Free disk space" in err
+    assert f"error: Cannot write '{out / 'curves.svg'}': No space left on device. Free disk space" in err
     assert "Traceback" not in err
     assert not (out / "curves.svg").exists() and not list(out.glob(".*.tmp"))
 

@@ -130,9 +130,10 @@ def test_no_report_flag_and_report_command(tiny_run, tmp_path, capsys):
 def test_visualize_writes_filters_and_feature_maps(tiny_run, tmp_path, capsys):
     out, data = tiny_run
     assert main(["visualize", "--checkpoint", str(out / "best.pt"), "--data-dir", str(data),
-                 "--out", str(tmp_path), "--device", "cpu"]) == 0
+                 "--out", str(tmp_path), "--device", "cpu", "--maps", "4"]) == 0
     printed = capsys.readouterr().out
     assert "First-layer filters (6 of 5x5)" in printed and "6x28x28, 16x10x10" in printed
+    assert "4 strongest channels per convolution" in printed
     for name in ("filters.png", "feature_maps.png"):
         with Image.open(tmp_path / name) as im:
             assert im.size[0] > 200 and np.asarray(im.convert("L")).std() > 10
@@ -287,7 +288,7 @@ def test_a_failing_report_does_not_fail_the_finished_run(tiny_run, tmp_path, mon
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr("alexnet_lab.cli.train.build_report", broken)
+    monkeypatch.setattr("alexnet_lab.cli.running.build_report", broken)
     run = tmp_path / "run"
     assert main(["train", "--model", "lenet", "--epochs", "0.5", "--batch-size", "16", "--data-dir", str(data),
                  "--out", str(run), "--progress", "none"]) == 0

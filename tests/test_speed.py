@@ -1,5 +1,5 @@
 """Speed features: fast numerics agree with fp32, --target-accuracy stops at the first evaluation at
-or above the target, `bench` times both pipelines, and the fast/speedrun presets are well formed.
+or above the target, and `bench` times both pipelines.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from alexnet_lab.analysis.bench import BenchConfig, flops_per_example, matmul_pe
 from alexnet_lab.analysis.reference_pipeline import PILFashionMNIST, reference_loader, to_tensor
 from alexnet_lab.cli import main
 from alexnet_lab.data.loader import to_float_batch
-from alexnet_lab.engine.config import PRESETS, make_config
+from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.device import autocast, resolve_precision
-from alexnet_lab.engine.builders import Splits, input_size, prepare_model
+from alexnet_lab.engine.builders import Splits, prepare_model
 from alexnet_lab.engine.step import to_model_input
 from alexnet_lab.engine.trainer import Callback, fit
-from alexnet_lab.models import get_spec, list_models
 
 # bf16 keeps 8 significant bits (relative rounding 2^-9 per value); a few layers of it move the
 # logits of these small models by well under 3% of their range. Where fp32's top-2 margin is larger
@@ -239,30 +238,6 @@ def test_bench_rejects_bad_settings():
         run_bench(make_config("fast", model="lenet", batch_size=32, device="cpu"), BenchConfig(), splits)
     with pytest.raises(UserError, match="steps"):
         BenchConfig(steps=0)
-
-
-# --- presets and the speedrun model ---------------------------------------------------------------
-
-def test_fast_preset_is_the_chapters_alexnet_at_224():
-    config = make_config("fast")
-    assert config.model == "alexnet" and input_size(config) == 224 and config.epochs <= 2
-    assert config.precision == "auto" and config.channels_last
-    assert make_config("d2l").precision == "fp32"  # the book's recipe stays fp32
-
-
-def test_one_epoch_preset_is_fast_in_one_epoch_at_batch_32():
-    """What docs/RECORDS.md claims: the chapter's AlexNet and the `fast` recipe (peak lr 0.02 too);
-    only the batch, the length and the curve's points changed."""
-    fast, one = make_config("fast").to_dict(), make_config("one-epoch").to_dict()
-    changed = {k for k in fast if fast[k] != one[k]}
-    assert changed == {"epochs", "batch_size", "log_points_per_epoch", "preset"} and one["lr"] == 0.02
-    assert (one["epochs"], one["batch_size"], one["model"]) == (1, 32, "alexnet")
-
-
-def test_speedrun_preset_uses_a_registered_model():
-    config = make_config("speedrun")
-    assert config.model in list_models() and get_spec(config.model).input_size == 28
-    assert set(PRESETS) >= {"d2l", "fast", "speedrun"}
 
 
 def test_the_speed_estimate_times_the_step_fit_runs(monkeypatch, one_thread):

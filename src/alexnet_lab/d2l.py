@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from alexnet_lab import files
 from alexnet_lab.data.loader import BatchLoader
-from alexnet_lab.engine.builders import init_weights, load_splits
+from alexnet_lab.engine.builders import init_weights, splits_for
+from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.device import backend_flags
 from alexnet_lab.engine.step import book_step, correct_count
 from alexnet_lab.errors import UserError
@@ -119,7 +121,7 @@ def load_data_fashion_mnist(batch_size: int, resize: int | None = None):
     limit = _env_positive_int(ENV_LIMIT)
     if limit is not None:
         print(f"d2l: using the first {limit} examples of each split ({ENV_LIMIT})", file=sys.stderr)
-    splits = load_splits(None, limit, limit)
+    splits = splits_for(make_config("d2l", limit_train=limit, limit_test=limit))  # Fashion-MNIST, as the book's
     # The book's DataLoader reshuffles from torch's global generator; seeding from it keeps
     # torch.manual_seed(...) meaningful here too.
     seed = int(torch.randint(0, 2**31 - 1, ()))
@@ -308,10 +310,11 @@ class Animator:
             self.path = Path(os.environ.get(ENV_FIGURE) or DEFAULT_FIGURE).resolve()
         try:
             self.fig.tight_layout()
-            self.fig.savefig(self.path)
-        except OSError as exc:
-            raise UserError(f"d2l.Animator cannot write its figure to '{self.path}': {exc.strerror}. "
-                            f"Set {ENV_FIGURE} to a writable path.") from None
+            with files.atomic_writer(self.path) as fh:
+                self.fig.savefig(fh, format=self.path.suffix.lstrip(".") or None)
+        except files.WriteError as exc:
+            raise UserError(f"d2l.Animator cannot write its figure: {exc} Or set {ENV_FIGURE} to a writable "
+                            "path.") from None
         if first:
             _write(f"d2l.Animator: figure saved to {self.path} (redrawn at every point)")
 

@@ -35,6 +35,11 @@ PIPELINES = ("reference", "project")
 D2L_LR = PRESETS["d2l"]["lr"]  # the reference step's; its cost does not depend on it
 
 
+# The peak needs a matmul large enough to saturate the device (GPU_PEAK_SIZE on a GPU), not more:
+# memory grows as n^2 (3 x 4 n^2 bytes in fp32) and time as n^3 (a CPU takes minutes at 16384).
+MAX_PEAK_SIZE = 16384
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """How to time; what to time is a TrainConfig (the project pipeline's recipe and numerics; the
@@ -49,6 +54,10 @@ class BenchConfig:
         for name in ("steps", "repeats", "peak_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"bench: --{name.replace('_', '-')} must be at least 1.")
+        if self.peak_size > MAX_PEAK_SIZE:
+            raise UserError(f"bench: --peak-size must be at most {MAX_PEAK_SIZE}, got {self.peak_size}: the "
+                            "peak is measured on three n x n matrices (3 GiB in fp32 at the limit), and one "
+                            "matmul costs 2 n^3 FLOP (8.8e12 at the limit).")
         if self.warmup < 0 or self.workers < 0:
             raise UserError("bench: --warmup and --workers must be >= 0.")
 

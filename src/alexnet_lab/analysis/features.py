@@ -10,8 +10,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from alexnet_lab.data.loader import to_float_batch
-from alexnet_lab.engine.device import autocast
 from alexnet_lab.errors import UserError
 
 
@@ -65,34 +63,19 @@ def strongest_channels(maps: torch.Tensor, count: int) -> list[int]:
     return strength.argsort(descending=True)[:count].tolist()
 
 
-@torch.no_grad()
-def predict_probabilities(model: nn.Module, images_u8: torch.Tensor, input_size: int, device: torch.device,
-                          precision: str = "fp32", channels_last: bool = False, center_crop: bool = False,
-                          batch_size: int = 256) -> torch.Tensor:
-    """Softmax probabilities (N, classes) on the CPU for (N, H, W) or (N, C, H, W) uint8 images,
-    prepared as in evaluation (`center_crop`: the 2012 models' centre crop), batch by batch."""
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        for start in range(0, len(images_u8), batch_size):
-            x = to_float_batch(images_u8[start:start + batch_size].to(device), input_size, center_crop)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(precision, device):
-                logits = model(x)
-            out.append(torch.softmax(logits.float(), dim=1).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, 0)
-
-
 def prediction_summary(probs: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                       top_pairs: int = 5) -> dict:
+                       top_pairs: int = 5, predicted: torch.Tensor | None = None) -> dict:
     """Accuracy, confusion matrix (rows: true, columns: predicted), per-class accuracy, the most
-    confused (true, predicted) pairs and the mistakes ordered from the most confident down."""
+    confused (true, predicted) pairs and the mistakes ordered from the most confident down.
+
+    `predicted`: the classes an evaluation counted (the argmax of its logits; default: of `probs`), so
+    that these numbers are that evaluation's even where two classes' probabilities round to a tie."""
     labels = labels.cpu().long()
-    confidence, predicted = probs.max(dim=1)
+    if predicted is None:
+        confidence, predicted = probs.max(dim=1)
+    else:
+        predicted = predicted.cpu().long()
+        confidence = probs.gather(1, predicted.unsqueeze(1)).squeeze(1)
     confusion = np.bincount((labels * num_classes + predicted).numpy(),
                             minlength=num_classes * num_classes).reshape(num_classes, num_classes)
     totals = confusion.sum(axis=1)

@@ -16,7 +16,7 @@ from typing import Callable
 from alexnet_lab.analysis.machine import describe_machine
 from alexnet_lab.engine.config import RECORD_TARGETS, TrainConfig
 from alexnet_lab.engine.device import resolve_device
-from alexnet_lab.engine.builders import Splits, load_splits
+from alexnet_lab.engine.builders import Splits, splits_for
 from alexnet_lab.engine.trainer import fit
 from alexnet_lab.errors import UserError
 
@@ -35,9 +35,8 @@ def target_of(config: TrainConfig) -> float:
 
 
 def warmup_splits(splits: Splits) -> Splits:
-    return Splits(splits.train_images[:WARMUP_TRAIN_EXAMPLES], splits.train_labels[:WARMUP_TRAIN_EXAMPLES],
-                  splits.test_images[:WARMUP_TEST_EXAMPLES], splits.test_labels[:WARMUP_TEST_EXAMPLES],
-                  splits.source)
+    """The first examples of the record's own data (its classes kept: the warm-up builds the same model)."""
+    return splits.head(WARMUP_TRAIN_EXAMPLES, WARMUP_TEST_EXAMPLES)
 
 
 def seed_result(seed: int, summary: dict, target: float) -> dict:
@@ -69,7 +68,9 @@ def run_record(config: TrainConfig, seeds: int, *, target: float | None = None, 
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}.")
     target = target if target is not None else target_of(config)
-    splits = splits or load_splits(config.data_dir, config.limit_train, config.limit_test)
+    # The config's data (--data, --data-dir, limits), read once: every seed trains on the same images
+    # (an image folder's validation split is drawn with the first seed, config.seed).
+    splits = splits or splits_for(config)
     device = resolve_device(config.device)
     start = time.perf_counter()
     train(config.replace(seed=config.seed + 10_000), splits=warmup_splits(splits))
@@ -83,11 +84,12 @@ def run_record(config: TrainConfig, seeds: int, *, target: float | None = None, 
     return {"preset": config.preset, "target": target, "seeds": seeds, "rows": rows,
             "warmup_s": warmup_s, "compile": config.compile, "config": config.to_dict(),
             "train_examples": len(splits.train_images), "test_examples": len(splits.test_images),
+            "data": config.data, "data_source": splits.source,
             "machine": describe_machine(device), **statistics_of(rows)}
 
 
 def json_line(result: dict) -> dict:
     """The one-line summary `record --json` prints last."""
-    keys = ("preset", "target", "seeds", "mean_acc", "min_acc", "mean_time_s", "max_time_s", "reached")
+    keys = ("preset", "target", "seeds", "mean_acc", "min_acc", "mean_time_s", "max_time_s", "reached", "data")
     return {**{k: result[k] for k in keys}, "device": result["machine"]["device"],
             "machine": result["machine"]}

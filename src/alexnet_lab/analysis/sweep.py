@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from alexnet_lab import files
 from alexnet_lab.engine.config import TrainConfig
 
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
@@ -51,7 +52,7 @@ def train_measured(config: TrainConfig, out: Path) -> dict:
 
     from alexnet_lab.engine.device import resolve_device
     from alexnet_lab.engine.trainer import Callback, fit
-    from alexnet_lab.reports.run_dir import RunWriter
+    from alexnet_lab.engine.run_dir import RunWriter
 
     device = resolve_device(config.device)
     before: dict = {}
@@ -64,7 +65,7 @@ def train_measured(config: TrainConfig, out: Path) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     result = {"batch_size": config.batch_size, "lr": config.lr, "device": str(device)}
     try:
-        summary = fit(config, [RunWriter(out, config.to_dict()), MemoryProbe()])
+        summary = fit(config, [RunWriter(out, config.to_dict()), MemoryProbe()])  # no curves: `compare` draws them
         result.update(status="ok", test_acc=summary["test_acc"], train_acc=summary["train_acc"],
                       train_loss=summary["train_loss"], examples_per_sec=summary["examples_per_sec"],
                       steps=summary["steps"], wall_seconds=summary["wall_seconds"])
@@ -132,7 +133,7 @@ def main(argv: list[str]) -> int:
     out = Path(argv[1])
     out.mkdir(parents=True, exist_ok=True)
     result = train_measured(config, out)
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    files.write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -12,59 +12,110 @@ import importlib
 import sys
 
 import alexnet_lab
+from alexnet_lab.cli import signals
+from alexnet_lab.cli.signals import ImmediateExit, Interrupted, StartupSignals
 from alexnet_lab.errors import UserError
 
-# Nothing heavy is imported at module level (torch comes with the commands), so a Ctrl-C while the
-# program starts up is caught in main() like any other.
+# Nothing heavy is imported at module level (torch comes with the commands), so main() installs its
+# signal handler before torch, numpy or any command is imported.
 
-# Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
-COMMANDS = ["chapter", "summary", "train", "evaluate", "predict", "export", "bench",
-            "profile", "sweep", "compare",  # profile, sweep, compare: the chapter's exercises
-            "record", "report", "visualize"]
+# Each command is a module cli/<name>.py defining NAME, add_arguments(parser) and run(args) -> int; its
+# one-line help is here, so `alexnet-lab --help` and `--version` import no command (and so no torch).
+COMMANDS = {
+    'chapter': 'the chapter end to end: layer shapes, then train AlexNet (full recipe on a GPU, a budget on CPU)',
+    'summary': "print each layer's output shape for a probe input (the chapter's first printout)",
+    'train': "train a model (default: the chapter's AlexNet with the book's d2l recipe)",
+    'evaluate': "evaluate a checkpoint on its test data (Fashion-MNIST's test set, or the image folder's validation split)",
+    'predict': "classify image files (any size/mode; prepared like the model's training data: 28x28 grayscale for Fashion-MNIST, the folder's decoding for image folders)",
+    'export': 'export a checkpoint as ONNX (run with onnxruntime) or TorchScript, checked against PyTorch',
+    'bench': "time the training step of the book's pipeline and of this project's (examples/s, FLOP/s)",
+    'profile': 'per-layer FLOPs, parameters, activation/weight memory and arithmetic intensity of a training step',
+    'sweep': 'train once per batch size; table and plots of test accuracy, examples/s and peak memory',
+    'compare': 'compare finished runs: a table of configs and results, and overlaid training curves',
+    'record': "time a preset to its target test accuracy over several seeds (the speed ladder's records)",
+    'report': 'write report.html for a run folder (or one page comparing several runs): open it in any browser',
+    'visualize': "PNGs of a checkpoint's first-layer filters and of an image's feature maps through each convolution",
+    'presets': 'list the presets (targets, measured results), or print one as YAML for train --config',
+}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default only when it has one (None means "the preset's value")."""
+    """Shows a flag's default only when it has one worth saying: not None ("the preset's value"), not an
+    on/off switch's True/False (the flag's name says it), not an empty text."""
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False or "%(default)" in (action.help or ""):
+        if action.default in (None, "") or isinstance(action.default, bool) or "%(default)" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands=None) -> argparse.ArgumentParser:
+    """The parser; only the `commands` given (default: all) are imported and get their flags, so a
+    command's parser costs only its own imports."""
+    commands = COMMANDS if commands is None else commands
     parser = argparse.ArgumentParser(
         prog="alexnet-lab",
         description="The AlexNet chapter of Dive into Deep Learning: train, inspect and measure AlexNet "
                     "on Fashion-MNIST.")
     parser.add_argument("--version", action="version", version=f"alexnet-lab {alexnet_lab.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
+    for name, text in COMMANDS.items():
+        cmd = sub.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter,
+                             allow_abbrev=False)  # --data is not an abbreviation of --data-dir
+        if name not in commands:
+            continue
         module = importlib.import_module(f"alexnet_lab.cli.{name}")
-        cmd = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP,
-                             formatter_class=_HelpFormatter)
         module.add_arguments(cmd)
-        cmd.set_defaults(run=module.run)
+        # A command that trains keeps Ctrl-C recorded until training starts (cli/signals.py).
+        cmd.set_defaults(run=module.run, keeps_startup_signals=getattr(module, "KEEPS_STARTUP_SIGNALS", False))
+        signals.check("while starting up")  # between two imports: a safe point
     return parser
 
 
+def _named_command(argv: list[str]) -> list[str]:
+    """The command `argv` names (its first word that is one), as a list; none for --help/--version."""
+    return [word for word in argv if word in COMMANDS][:1]
+
+
+def _safe_streams() -> None:
+    """Make printing never fail on a character the terminal's encoding lacks (PYTHONIOENCODING=ascii,
+    LANG=C, a log file): such characters of a class name or a path are written as backslash escapes
+    (\\xe9, \\u732b) instead of raising UnicodeEncodeError after the run. The encoding is kept."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # not a TextIOWrapper (replaced by a caller), closed
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        parser = build_parser()  # imports every command, and with them torch
-    except KeyboardInterrupt:  # Ctrl-C while starting up
-        print("alexnet-lab: interrupted.", file=sys.stderr)
-        return 130
-    args = parser.parse_args(argv)
-    try:
-        return _run(args)
-    except KeyboardInterrupt:  # Ctrl-C outside a training loop (loading data, downloading, ...)
-        print(f"alexnet-lab {args.command}: interrupted.", file=sys.stderr)
-        return 130
+    # First of all: from here on Ctrl-C/SIGTERM are recorded, never raised in the middle of an import
+    # (see signals.StartupSignals), and acted on at safe points: exit 130/143, no traceback.
+    with StartupSignals() as startup:
+        _safe_streams()
+        try:
+            argv = sys.argv[1:] if argv is None else argv
+            parser = build_parser(_named_command(argv))  # imports that command, and with it torch
+            args = parser.parse_args(argv)
+            signals.check("while starting up")
+        except (Interrupted, ImmediateExit, KeyboardInterrupt) as exc:
+            print("alexnet-lab: interrupted.", file=sys.stderr)
+            return getattr(exc, "exit_code", 130)
+        if not args.keeps_startup_signals:
+            startup.release()  # the command handles Ctrl-C itself (KeyboardInterrupt) from here
+        startup.announce = True
+        try:
+            code = _run(args)
+        except (KeyboardInterrupt, ImmediateExit) as exc:  # Ctrl-C outside a training loop (loading data, ...)
+            print(f"alexnet-lab {args.command}: interrupted.", file=sys.stderr)
+            return getattr(exc, "exit_code", 130)
+        if code == 0 and signals.pending() is not None:  # a signal after the command's last safe point
+            print(f"alexnet-lab {args.command}: interrupted after it had finished.", file=sys.stderr)
+            return startup.exit_code
+        return code
 
 
 def _run(args) -> int:
-    from alexnet_lab.cli.interrupt import Interrupted
-
     try:
         return int(args.run(args) or 0)
     except UserError as exc:

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 from alexnet_lab.analysis.shapes import format_shapes
 from alexnet_lab.cli.options import add_data, add_device, positive_float
-from alexnet_lab.cli.train import add_output, train_and_report
-from alexnet_lab.engine.builders import input_size, load_splits
+from alexnet_lab.cli.running import add_output, tensorboard_on, train_and_report
+from alexnet_lab.engine.builders import input_size, splits_for
 from alexnet_lab.engine.config import TrainConfig, make_config
 from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.engine.estimate import BudgetPlan, plan_budget, seconds_per_step, total_steps
 from alexnet_lab.models import build_model
-from alexnet_lab.reports.run_dir import claim_run_dir, default_run_dir
+from alexnet_lab.engine.run_dir import claim_run_dir, default_run_dir
 
 NAME = "chapter"
-HELP = "the chapter end to end: layer shapes, then train AlexNet (full recipe on a GPU, a budget on CPU)"
 FULL_COMMAND = "alexnet-lab train --preset d2l"
 
 
@@ -32,12 +31,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    tensorboard = tensorboard_on(args.tensorboard)  # asked for without the package: refused before any work
     print("AlexNet layer shapes for one 1x224x224 image (the chapter's printout):")
     print(format_shapes(build_model("alexnet"), (1, 1, 224, 224)))
     print()
     device = resolve_device(args.device or "auto")
     config = make_config("d2l", device=str(device), data_dir=args.data_dir)
-    splits = load_splits(config.data_dir)
+    splits = splits_for(config)
     train_examples, test_examples = len(splits.train_images), len(splits.test_images)
     if device.type == "cpu" and not args.full:
         plan = plan_budget(config, args.budget_minutes * 60, train_examples, test_examples)
@@ -50,7 +50,8 @@ def run(args) -> int:
         print(f"Running the book's full recipe on {device}: about {step:.3f} s per step x {steps:,} steps "
               f"≈ {step * steps / 60:.1f} min of training (plus evaluation).")
     with claim_run_dir(args.out if args.out is not None else default_run_dir(config.model)) as out:
-        train_and_report(config, out, splits=splits, progress=args.progress, report=args.report)
+        train_and_report(config, out, splits=splits, progress=args.progress, report=args.report,
+                         tensorboard=tensorboard)
     return 0
 
 

@@ -7,16 +7,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from alexnet_lab import files
+from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.errors import UserError
-from alexnet_lab.reports.run_dir import make_output_dir, read_run
+from alexnet_lab.engine.run_dir import make_output_dir, read_run
 from alexnet_lab.reports.plots import plot_comparison
 
 NAME = "compare"
-HELP = "compare finished runs: a table of configs and results, and overlaid training curves"
 
-# Config keys always shown; any other key is shown only where the runs differ.
-ALWAYS = ("model", "preset", "epochs", "batch_size", "lr")
-HIDDEN = ("data_dir", "log_points_per_epoch", "checkpoint_every", "preset")
+# Config keys always shown: the model and the preset a run started from, then the settings declared
+# compare="always"; those declared compare="never" (bookkeeping) are hidden; any other key is shown
+# only where the runs differ.
+ALWAYS = ("model", "preset", *(f.name for f in TrainConfig.flag_fields() if f.metadata["compare"] == "always"))
+HIDDEN = tuple(f.name for f in TrainConfig.flag_fields() if f.metadata["compare"] == "never")
 RESULTS = (("test acc", "test_acc", "{:.4f}"), ("best test", "best_test_acc", "{:.4f}"),
            ("train acc", "train_acc", "{:.4f}"), ("train loss", "train_loss", "{:.4f}"),
            ("examples/s", "examples_per_sec", "{:,.1f}"), ("train s", "step_seconds", "{:,.1f}"),
@@ -65,7 +68,7 @@ def run(args) -> int:
     out = make_output_dir(args.out)
     plot_comparison([(label, r["metrics"]) for label, r in zip(labels, runs)],
                     [out / "compare.png", out / "compare.svg"], args.title)
-    (out / "compare.json").write_text(json.dumps(
+    files.write_text(out / "compare.json", json.dumps(
         {"runs": [{"label": label, "path": r["path"], "config": r["config"], "summary": r["summary"]}
                   for label, r in zip(labels, runs)]}, indent=2) + "\n")
     print(f"Curves: {out / 'compare.png'}, {out / 'compare.svg'}; table: {out / 'compare.json'}")

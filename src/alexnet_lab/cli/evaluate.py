@@ -1,4 +1,5 @@
-"""`alexnet-lab evaluate`: test accuracy, per-class accuracy and a confusion matrix of a checkpoint."""
+"""`alexnet-lab evaluate`: test accuracy, per-class accuracy and a confusion matrix of a checkpoint,
+measured as its run measured it (precision, TTA, batch), and compared with the run's own number."""
 
 from __future__ import annotations
 
@@ -7,17 +8,15 @@ import sys
 from pathlib import Path
 
 from alexnet_lab.cli.options import add_config_flag, add_data, add_data_source, add_device
-from alexnet_lab.engine.builders import make_loaders, splits_for
-from alexnet_lab.engine.checkpoint import class_names
+from alexnet_lab.engine.checkpoint import class_names, model_kwargs
 from alexnet_lab.engine.device import resolve_device
+from alexnet_lab.engine.evaluation import checkpoint_test_split, evaluate_checkpoint, run_test_record, why_it_differs
 from alexnet_lab.engine.inference import load_trained
-from alexnet_lab.engine.trainer import evaluate
 from alexnet_lab.errors import UserError
 from alexnet_lab.reports.plots import plot_confusion
-from alexnet_lab.reports.run_dir import make_output_dir, write_json
+from alexnet_lab.engine.run_dir import make_output_dir, read_run, write_json
 
 NAME = "evaluate"
-HELP = "evaluate a checkpoint on its test data (Fashion-MNIST's test set, or the image folder's validation split)"
 
 
 def add_arguments(parser) -> None:
@@ -25,44 +24,98 @@ def add_arguments(parser) -> None:
     add_data(parser)
     add_data_source(parser)
     add_device(parser)
-    add_config_flag(parser, "limit_test")
+    add_config_flag(parser, "limit_test", help="use the first N test examples (default: the run's test set)")
+    add_config_flag(parser, "tta", help="test-time augmentation (default: the run's, so that the accuracy is "
+                                        "the run's own; none to see the model alone)")
+    add_config_flag(parser, "precision", help="autocast precision (default: the run's, resolved for this device "
+                                              "as training resolved it; fp32 for full precision)")
     parser.add_argument("--out", default=None, help="folder for confusion.png (default: the checkpoint's)")
+
+
+def test_split(args, config, payload):
+    """The run's test split unless told otherwise (--data-dir, --data, --limit-test, ...)."""
+    channels = model_kwargs(payload)["in_channels"]  # a model takes only these
+    if args.channels is not None and args.channels != channels:
+        raise UserError(f"--channels {args.channels} does not fit {args.checkpoint}: its model takes "
+                        f"{channels}-channel images. Drop --channels: evaluate reads the data with the "
+                        "model's channels.")
+    data = {k: getattr(args, k) for k in ("data", "val_fraction", "strict") if getattr(args, k) is not None}
+    splits = checkpoint_test_split(config, payload, data_dir=args.data_dir, limit=args.limit_test, **data)
+    for note in splits.notes:
+        print(note, file=sys.stderr)
+    return splits
 
 
 def run(args) -> int:
     device = resolve_device(args.device or "auto")
-    model, config, payload = load_trained(args.checkpoint, device)
+    model, run_config, payload = load_trained(args.checkpoint, device)
     names = class_names(payload)
-    # The run's own data and split unless told otherwise; --data must then have the same classes.
-    overrides = {k: v for k, v in vars(args).items() if k in ("data", "channels", "val_fraction", "strict")
-                 and v is not None}
-    config = config.replace(limit_test=args.limit_test, limit_train=1, data_dir=args.data_dir, **overrides)
-    splits = splits_for(config)
-    for note in splits.notes:
-        print(note, file=sys.stderr)
-    if tuple(splits.class_names) != names:
-        raise UserError(f"The data's classes ({', '.join(splits.class_names)}) are not the ones "
-                        f"{args.checkpoint} was trained on ({', '.join(names)}).")
-    _, test_loader = make_loaders(config, splits, device)
-    result = evaluate(model, test_loader, device, "fp32", False, len(names))
-    confusion = result["confusion"]
+    splits = test_split(args, run_config, payload)
+    config = run_config.replace(**{k: getattr(args, k) for k in ("tta", "precision") if getattr(args, k)})
+    result = evaluate_checkpoint(model, config, splits, device)
     print(f"test acc {result['accuracy']:.4f} ({result['correct']}/{result['examples']}), "
           f"loss {result['loss']:.4f}, model {config.model}, {args.checkpoint}")
+    reasons = why_it_differs(payload, run_config, result["settings"], splits)
+    print("  " + describe_settings(result["settings"], payload, same=not reasons))
+    record = run_test_record(payload)
+    print("  " + compare_with_run(result["accuracy"], record, reasons, the_runs_number(args.checkpoint, record)))
+    per_class = print_per_class(result["confusion"], names)
+    out = make_output_dir(args.out if args.out is not None else Path(args.checkpoint).parent)
+    plot_confusion(result["confusion"].numpy(), names, out / "confusion.png",
+                   f"{config.model}: test acc {result['accuracy']:.4f}")
+    write_json(out / "evaluation.json",
+               {"checkpoint": str(args.checkpoint), "test_acc": result["accuracy"], "test_loss": result["loss"],
+                "examples": result["examples"], "per_class_acc": per_class,
+                "confusion": result["confusion"].tolist(), "settings": result["settings"],
+                "run_test_acc": record["test_acc"] if record else None, "differs_from_run_because": reasons})
+    print(f"Confusion matrix: {out / 'confusion.png'}; numbers: {out / 'evaluation.json'}")
+    return 0
+
+
+def describe_settings(settings: dict, payload: dict, same: bool) -> str:
+    weights = "the EMA of the weights" if payload.get("ema_state") is not None else "the weights"
+    return (f"measured on {weights} in {settings['precision']} on {settings['device']}, TTA {settings['tta']}, "
+            f"test batches of {settings['batch_size']}" + (": as the run measured it" if same else ""))
+
+
+def the_runs_number(checkpoint, record: dict | None) -> str:
+    """What the run's number at this checkpoint is called: summary.json's final test acc when the
+    checkpoint is the run's last state (a finished run's checkpoint.pt), its best when it is that."""
+    if record is None:
+        return ""
+    try:
+        summary = read_run(Path(checkpoint).parent)["summary"] or {}
+    except UserError:  # no run folder around the checkpoint (a copied file), or a damaged one
+        summary = {}
+    if summary.get("steps") == record["step"] and summary.get("test_acc") == record["test_acc"]:
+        return f"summary.json's final test acc {record['test_acc']:.4f} (step {record['step']:,})"
+    if summary.get("best_test_acc") == record["test_acc"]:
+        return f"summary.json's best test acc {record['test_acc']:.4f} (step {record['step']:,})"
+    return f"the run's test acc {record['test_acc']:.4f} at this checkpoint's step {record['step']:,}"
+
+
+def compare_with_run(accuracy: float, record: dict | None, reasons: list[str], runs_number: str) -> str:
+    """One line: whether this number is the run's own for these weights, and if not, why."""
+    how = "; ".join(reasons)
+    if record is None:
+        return ("the run did not test these weights (saved between test evaluations), so there is no number "
+                "of its own to compare with" + (f"; measured with {how}" if reasons else ""))
+    if accuracy == record["test_acc"]:
+        return f"the same as {runs_number}" + (f", though measured differently: {how}" if reasons else "")
+    if reasons:
+        return f"differs from {runs_number} because of: {how}"
+    return (f"differs from {runs_number} although measured as the run measured it: the machine or the "
+            "software (torch, its kernels) differ from the run's")
+
+
+def print_per_class(confusion, names) -> dict:
+    """Print per-class accuracy; return it for JSON (which has no NaN: a class without examples is null)."""
     width = max(12, *(len(n) for n in names))
     print(f"{'class':<{width}} {'accuracy':>8} {'count':>6}")
     per_class = {}
     for i, name in enumerate(names):
         total = int(confusion[i].sum())
         acc = int(confusion[i, i]) / total if total else float("nan")
-        per_class[name] = acc
+        per_class[name] = acc if math.isfinite(acc) else None
         print(f"{name:<{width}} {acc:>8.4f} {total:>6}")
-    out = make_output_dir(args.out if args.out is not None else Path(args.checkpoint).parent)
-    plot_confusion(confusion.numpy(), names, out / "confusion.png",
-                   f"{config.model}: test acc {result['accuracy']:.4f}")
-    # JSON has no NaN: a class with no test example gets null.
-    per_class = {name: (acc if math.isfinite(acc) else None) for name, acc in per_class.items()}
-    write_json(out / "evaluation.json",
-               {"checkpoint": str(args.checkpoint), "test_acc": result["accuracy"], "test_loss": result["loss"],
-                "examples": result["examples"], "per_class_acc": per_class, "confusion": confusion.tolist()})
-    print(f"Confusion matrix: {out / 'confusion.png'}; numbers: {out / 'evaluation.json'}")
-    return 0
+    return per_class

@@ -7,29 +7,31 @@ import sys
 
 import torch
 
+from alexnet_lab import files
 from alexnet_lab.cli.options import positive_int
 from alexnet_lab.engine.export import FORMATS, ModelFile, compare_outputs, export_model
 from alexnet_lab.engine.inference import load_trained, metadata
-from alexnet_lab.engine.builders import splits_for
+from alexnet_lab.engine.evaluation import checkpoint_test_split
 from alexnet_lab.data import to_float_batch
 from alexnet_lab.errors import UserError
 
 NAME = "export"
-HELP = "export a checkpoint as ONNX (run with onnxruntime) or TorchScript, checked against PyTorch"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt or best.pt of a run")
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="file format")
-    parser.add_argument("--out", required=True, metavar="FILE", help="file to write (e.g. model.onnx)")
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="file to write (e.g. model.onnx); the format comes from --format, not the name")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file (never the checkpoint read)")
     parser.add_argument("--check-images", type=positive_int, default=8,
                         help="test images to compare the exported model on")
 
 
-def check_inputs(config, meta: dict, n: int) -> tuple[torch.Tensor, str]:
+def check_inputs(config, payload: dict, meta: dict, n: int) -> tuple[torch.Tensor, str]:
     """The first n test images of the run's data as model inputs; random inputs if the data is gone."""
     try:
-        splits = splits_for(config.replace(limit_train=1, limit_test=n))
+        splits = checkpoint_test_split(config, payload, limit=n)
     except UserError as exc:
         print(f"note: the run's test data is not available ({exc}); checking on random inputs.", file=sys.stderr)
         gen = torch.Generator().manual_seed(0)
@@ -40,11 +42,12 @@ def check_inputs(config, meta: dict, n: int) -> tuple[torch.Tensor, str]:
 
 
 def run(args) -> int:
+    files.check_output_file(args.out, force=args.force, inputs=(args.checkpoint,))
     model, config, payload = load_trained(args.checkpoint, torch.device("cpu"))
     meta = metadata(config, payload)
     out = export_model(model, meta, args.format, args.out)
     exported = ModelFile(out)
-    images, what = check_inputs(config, meta, args.check_images)
+    images, what = check_inputs(config, payload, meta, args.check_images)
     check = compare_outputs(model, exported, images)
     print(f"Wrote {out} ({args.format}, {out.stat().st_size / 2**20:.1f} MiB): {meta['model']}, input "
           f"{meta['input']}; classes: {', '.join(meta['class_names'])}.")

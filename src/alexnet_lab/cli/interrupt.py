@@ -5,40 +5,12 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
 import threading
 
+from alexnet_lab.cli import signals
+from alexnet_lab.cli.signals import SIGNALS, ImmediateExit, Interrupted, exit_code, say  # noqa: F401
 from alexnet_lab.engine.trainer import Callback
-
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def exit_code(signum: int) -> int:
-    """The shell's convention: 128 + signal number (130 for SIGINT, 143 for SIGTERM)."""
-    return 128 + int(signum)
-
-
-class ImmediateExit(BaseException):
-    """A second signal: leave at once, without another checkpoint.
-
-    A BaseException so that no `except Exception` on the way swallows it; `finally` blocks still
-    run, so a checkpoint being written is removed as a temp file, never left torn.
-    """
-
-    def __init__(self, signum: int):
-        super().__init__(f"second {signal.Signals(signum).name}")
-        self.signum = signum
-        self.exit_code = exit_code(signum)
-
-
-class Interrupted(Exception):
-    """Raised by the CLI after a stop on a signal; `cli.main` prints it and returns `exit_code`."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class GracefulInterrupt(Callback):
@@ -47,6 +19,8 @@ class GracefulInterrupt(Callback):
     Second one: `ImmediateExit` is raised wherever the main thread is (a third one kills the
     process outright). Handlers are installed only
     inside `with` (and only in the main thread, where Python allows it) and restored on exit.
+    It takes over from `signals.StartupSignals`: a signal that arrived during start-up counts as
+    the first one.
     """
 
     def __init__(self, stream=None):
@@ -58,6 +32,7 @@ class GracefulInterrupt(Callback):
         if threading.current_thread() is threading.main_thread():
             for signum in SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
+            self.signum = signals.take() if self.signum is None else self.signum
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -77,12 +52,7 @@ class GracefulInterrupt(Callback):
                   "checkpoint, then stopping. Press Ctrl-C again to quit at once.\n")
 
     def _say(self, text: str) -> None:
-        # Unbuffered write: a handler may interrupt a print to the same stream (re-entrant print fails).
-        stream = self.stream or sys.stderr
-        try:
-            os.write(stream.fileno(), text.encode())
-        except (AttributeError, OSError, ValueError):
-            stream.write(text)  # streams without a file descriptor (pytest's capture)
+        say(text, self.stream)
 
     def should_stop(self) -> bool:
         return self.signum is not None

@@ -7,10 +7,8 @@ takes the training recipe (train, sweep); other commands pick single fields with
 from __future__ import annotations
 
 import argparse
-import types
-import typing
 
-from alexnet_lab.engine.config import TrainConfig, preset_names
+from alexnet_lab.engine.config import TrainConfig, choices_of, field_types, flag_name, preset_names
 
 GROUPS = {"recipe": "recipe (overrides the preset)", "numerics": "numerics", "data": "data and run"}
 
@@ -39,29 +37,29 @@ def positive_float(text: str) -> float:
     return value
 
 
-def flag_name(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")
-
-
-def _value_type(annotation) -> type:
-    """int for `int`, `int | None` and `Optional[int]`; likewise float, str, bool."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return annotation
+def _parse_type(kind: type, value_range: tuple | None):
+    """What argparse converts a flag's text with: positive_int / positive_float where the declared range
+    starts at 1 (a whole number) or above 0 (a number), so `--epochs -1` is refused as it is parsed."""
+    if value_range is not None:
+        low, _, open_ends = value_range
+        if kind is int and low >= 1:
+            return positive_int
+        if kind is float and (low > 0 or (low == 0 and "low" in open_ends)):
+            return positive_float
+    return kind
 
 
 def add_config_flag(container, name: str, **overrides) -> None:
     """Add the flag of TrainConfig field `name` to a parser or argument group: help, type and choices
-    from the field's metadata; default None (= the preset's value). `overrides` go to add_argument."""
+    from the field's declaration; default None (= the preset's value). `overrides` go to add_argument."""
     field = {f.name: f for f in TrainConfig.flag_fields()}[name]
-    meta = field.metadata
-    kind = _value_type(typing.get_type_hints(TrainConfig)[name])
-    kwargs: dict = {"default": None, "help": meta["help"]}
+    kind, _ = field_types()[name]
+    kwargs: dict = {"default": None, "help": field.metadata["help"]}
     if kind is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     else:
-        kwargs["type"] = {int: positive_int, float: positive_float}[kind] if meta["positive"] else kind
-        choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
+        kwargs["type"] = _parse_type(kind, field.metadata["range"])
+        choices = choices_of(field)
         if choices:
             kwargs["choices"] = choices
     kwargs.update(overrides)
@@ -103,8 +101,7 @@ def add_data_source(parser) -> None:
 
 def add_adaptation(parser: argparse.ArgumentParser) -> None:
     """The data a model is built for, as `train` adapts it (summary, profile)."""
-    parser.add_argument("--channels", type=int, choices=(1, 3), default=None,
-                        help="input channels (default: the model's, 1 except for alexnet-2012)")
+    add_config_flag(parser, "channels", help="input channels (default: the model's, 1 except for alexnet-2012)")
     parser.add_argument("--num-classes", type=positive_int, default=None,
                         help="output classes (default: the model's, 10 except for alexnet-2012's 1000)")
 
@@ -122,10 +119,24 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     add_config_flag(parser, "device")
 
 
-def add_training(parser: argparse.ArgumentParser) -> None:
-    """--preset and a flag for every TrainConfig setting; unset flags keep the preset's value."""
-    add_preset(parser)
+def add_training(parser: argparse.ArgumentParser, default: str = "d2l", what: str = "the book's recipe") -> None:
+    """--preset, --config and a flag for every TrainConfig setting; unset flags keep the file's, then
+    the preset's value."""
+    add_preset(parser, default, what)
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="a YAML or JSON file of settings ('alexnet-lab presets NAME' prints one; a run's "
+                             "config.json works as is); precedence: preset < file < flags")
     add_config_flags(parser)
+
+
+def config_from_args(args: argparse.Namespace, default_preset: str = "d2l"):
+    """The TrainConfig the command line asks for: --preset (else the file's, else `default_preset`),
+    then --config FILE's settings, then the flags given."""
+    from alexnet_lab.engine.config_file import read_config_file, resolve_config
+
+    file_values = read_config_file(args.config) if getattr(args, "config", None) else None
+    preset = args.preset or (None if file_values and file_values.get("preset") else default_preset)
+    return resolve_config(preset, file_values, training_overrides(args))
 
 
 def training_overrides(args: argparse.Namespace) -> dict:

@@ -11,8 +11,6 @@ from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.engine.inference import images_to_input, load_trained, metadata
 
 NAME = "predict"
-HELP = ("classify image files (any size/mode; prepared like the model's training data: 28x28 grayscale "
-        "for Fashion-MNIST, the folder's decoding for image folders)")
 
 
 def add_arguments(parser) -> None:

@@ -12,10 +12,9 @@ from alexnet_lab.cli.options import add_adaptation, add_device, add_model, model
 from alexnet_lab.models import check_input_size, get_spec
 from alexnet_lab.errors import UserError
 from alexnet_lab.reports.plots import plot_profile
-from alexnet_lab.reports.run_dir import make_output_dir
+from alexnet_lab.engine.run_dir import make_output_dir
 
 NAME = "profile"
-HELP = "per-layer FLOPs, parameters, activation/weight memory and arithmetic intensity of a training step"
 
 
 def add_arguments(parser) -> None:

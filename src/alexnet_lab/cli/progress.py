@@ -11,6 +11,7 @@ import time
 
 from tqdm import tqdm
 
+from alexnet_lab.engine.config import TrainConfig, per_rank_batch
 from alexnet_lab.engine.trainer import Callback
 
 
@@ -21,9 +22,9 @@ def chapter_lines(summary: dict) -> str:
             f"{summary['examples_per_sec']:.1f} examples/sec on {summary['device']}")
 
 
-def _processes(info: dict, batch_size: int) -> str:
+def _processes(info: dict, config: TrainConfig) -> str:
     world_size = info.get("world_size", 1)
-    return f" (global: {world_size} processes x {batch_size // world_size})" if world_size > 1 else ""
+    return f" (global: {world_size} processes x {per_rank_batch(config, world_size)})" if world_size > 1 else ""
 
 
 PROGRESS_MODES = ("auto", "bar", "log", "none")
@@ -77,7 +78,7 @@ class ConsoleReporter(Callback):
         size = info["input_size"]
         print(f"Training {c.model} ({info['params']:,} parameters), preset '{c.preset}', on {info['device']} "
               f"in {info['precision']}: {info['train_examples']:,} train / {info['test_examples']:,} test "
-              f"images at {size}x{size}, batch {c.batch_size}{_processes(info, c.batch_size)}, lr {c.lr}, "
+              f"images at {size}x{size}, batch {c.batch_size}{_processes(info, c)}, lr {c.lr}, "
               f"{c.epochs:g} epoch(s) = "
               f"{info['total_steps']:,} steps.", file=self.stream)
         print(f"Data: {info['data_source']}" + (f"   Output: {self.out}" if self.out else ""), file=self.stream)

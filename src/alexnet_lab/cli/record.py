@@ -9,17 +9,15 @@ import sys
 
 from alexnet_lab.analysis.machine import format_machine
 from alexnet_lab.analysis.record import json_line, run_record
-from alexnet_lab.cli.options import add_training, positive_int, training_overrides
-from alexnet_lab.engine.config import RECORD_TARGETS, make_config
+from alexnet_lab.cli.options import add_training, config_from_args, positive_int
+from alexnet_lab.engine.config import RECORD_TARGETS
 
 NAME = "record"
-HELP = "time a preset to its target test accuracy over several seeds (the speed ladder's records)"
 
 
 def add_arguments(parser) -> None:
-    add_training(parser)
-    parser.set_defaults(preset="speedrun")
-    parser.description = (f"{HELP}. The ladder: " + ", ".join(f"{p} ({t})" for p, t in RECORD_TARGETS.items())
+    add_training(parser, "speedrun", "the fastest rung")
+    parser.description = (f"{parser.description}. The ladder: " + ", ".join(f"{p} ({t})" for p, t in RECORD_TARGETS.items())
                           + ". Other presets need --target-accuracy (then the run evaluates 5 times per "
                             "epoch and stops at the target). Flags override the preset, as in `train`.")
     parser.add_argument("--seeds", type=positive_int, default=5,
@@ -43,12 +41,13 @@ def format_summary(result: dict) -> str:
         f"max {result['max_time_s']:.2f}   (seeds that missed the target count their whole run)",
         f"  reached    {result['reached']:.0%} of seeds; mean accuracy "
         f"{'meets' if result['mean_acc'] >= result['target'] else 'MISSES'} the target",
+        f"  data       {result['data_source']}",
         f"  warm-up    {result['warmup_s']:.2f} s untimed" + (" (includes torch.compile)" if result["compile"] else ""),
         f"  machine    {format_machine(result['machine'])}"])
 
 
 def run(args) -> int:
-    config = make_config(args.preset, **training_overrides(args))
+    config = config_from_args(args, default_preset="speedrun")
     print(f"record: {config.preset} ({config.model}, {config.epochs:g} epochs, batch {config.batch_size}), "
           f"{args.seeds} seeds after one warm-up", flush=True)
     result = run_record(config, args.seeds, on_seed=lambda row: print(format_row(row), flush=True))

@@ -5,7 +5,6 @@ from alexnet_lab.cli.options import add_adaptation, add_model, model_for_args, p
 from alexnet_lab.models import check_input_size, get_spec
 
 NAME = "summary"
-HELP = "print each layer's output shape for a probe input (the chapter's first printout)"
 
 
 def add_arguments(parser) -> None:

@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 
 from alexnet_lab.analysis.sweep import sweep, sweep_configs
-from alexnet_lab.cli.options import add_training, positive_float, training_overrides
-from alexnet_lab.engine.config import make_config
+from alexnet_lab.cli.options import add_training, config_from_args, positive_float
+from alexnet_lab import files
 from alexnet_lab.errors import UserError
-from alexnet_lab.reports.run_dir import default_run_dir, prepare_run_dir
+from alexnet_lab.engine.run_dir import default_run_dir, prepare_run_dir
 from alexnet_lab.reports.plots import plot_sweep
 
 NAME = "sweep"
-HELP = "train once per batch size; table and plots of test accuracy, examples/s and peak memory"
 
 
 def batch_sizes(text: str) -> list[int]:
@@ -56,7 +55,7 @@ def run(args) -> int:
     sizes = batch_sizes(args.batch_sizes)
     if args.batch_size is not None:
         raise UserError("sweep takes --batch-sizes (comma-separated), not --batch-size.")
-    base = make_config(args.preset or "d2l", **training_overrides(args))
+    base = config_from_args(args)
     configs = sweep_configs(base, sizes, args.lr_scaling)
     out = prepare_run_dir(args.out or default_run_dir("sweep"))
     print(f"Sweeping batch sizes {sizes} for {base.model} (preset '{base.preset}', {base.epochs:g} epoch(s)"
@@ -72,7 +71,7 @@ def run(args) -> int:
     print(format_table(results))
     memory_kind = next((r["memory_kind"] for r in results if r.get("memory_kind")), "peak memory")
     print(f"Peak memory: {memory_kind}.")
-    (out / "sweep.json").write_text(json.dumps({"config": base.to_dict(), "lr_scaling": args.lr_scaling,
+    files.write_text(out / "sweep.json", json.dumps({"config": base.to_dict(), "lr_scaling": args.lr_scaling,
                                                 "results": results}, indent=2) + "\n")
     plot_sweep(results, [out / "sweep.png", out / "sweep.svg"], f"{base.model}: batch-size sweep")
     print(f"Table: {out / 'sweep.json'}; plots: {out / 'sweep.png'}, {out / 'sweep.svg'}; "

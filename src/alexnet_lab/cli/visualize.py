@@ -11,14 +11,13 @@ import torch
 from alexnet_lab.analysis.features import feature_maps, first_layer_filters, strongest_channels
 from alexnet_lab.cli.options import add_data, add_device, positive_int
 from alexnet_lab.data.loader import to_float_batch
-from alexnet_lab.engine.builders import splits_for
 from alexnet_lab.engine.device import resolve_device
+from alexnet_lab.engine.evaluation import checkpoint_test_split
 from alexnet_lab.engine.inference import images_to_input, load_trained, metadata
 from alexnet_lab.errors import UserError
 from alexnet_lab.reports.plots import plot_feature_maps, plot_filters
 
 NAME = "visualize"
-HELP = "PNGs of a checkpoint's first-layer filters and of an image's feature maps through each convolution"
 
 
 def add_arguments(parser) -> None:
@@ -29,20 +28,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                         help="--image, Fashion-MNIST models: invert dark-on-light images to light-on-dark")
     parser.add_argument("--test-index", type=int, default=0, help="without --image: which test image")
-    parser.add_argument("--channels", type=positive_int, default=8, help="feature maps shown per convolution")
+    parser.add_argument("--maps", type=positive_int, default=8, metavar="N",
+                        help="feature maps shown per convolution: the N channels that respond most")
     parser.add_argument("--out", default=None, help="folder for the PNGs (default: the checkpoint's)")
     add_device(parser)
     add_data(parser)
 
 
-def model_input(args, config, meta: dict) -> tuple[torch.Tensor, str]:
+def model_input(args, config, payload: dict, meta: dict) -> tuple[torch.Tensor, str]:
     """(1, C, S, S) float input as the model takes it, and what the image is."""
     if args.image is not None:
         return images_to_input([args.image], meta, args.invert), Path(args.image).name
     if args.test_index < 0:
         raise UserError(f"--test-index must be 0 or more, got {args.test_index}.")
-    splits = splits_for(config.replace(limit_train=1, limit_test=args.test_index + 1,
-                                       data_dir=args.data_dir or config.data_dir))
+    splits = checkpoint_test_split(config, payload, data_dir=args.data_dir, limit=args.test_index + 1)
     index = min(args.test_index, len(splits.test_images) - 1)
     x = to_float_batch(splits.test_images[index:index + 1], meta["input_size"], meta["center_crop"])
     return x, f"test image {index} ({meta['class_names'][int(splits.test_labels[index])]})"
@@ -57,13 +56,13 @@ def run(args) -> int:
     size = filters.shape[1]
     plot_filters(filters.numpy(), [out / "filters.png"],
                  title=f"{len(filters)} first-layer filters of {config.model}, {size}x{size}")
-    x, what = model_input(args, config, metadata(config, payload))
+    x, what = model_input(args, config, payload, metadata(config, payload))
     layers = feature_maps(model, x)
     for layer in layers:
-        layer["channels"] = strongest_channels(layer["maps"], args.channels)
-    plot_feature_maps(x[0], layers, [out / "feature_maps.png"], channels=args.channels,
+        layer["channels"] = strongest_channels(layer["maps"], args.maps)
+    plot_feature_maps(x[0], layers, [out / "feature_maps.png"], channels=args.maps,
                       title=f"{what} through each convolution of {config.model}")
     print(f"First-layer filters ({len(filters)} of {size}x{size}): {out / 'filters.png'}")
-    print(f"Feature maps of {what}, {args.channels} strongest channels per convolution "
+    print(f"Feature maps of {what}, {args.maps} strongest channels per convolution "
           f"({', '.join('x'.join(map(str, layer['shape'])) for layer in layers)}): {out / 'feature_maps.png'}")
     return 0

@@ -9,7 +9,6 @@ import gzip
 import hashlib
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alexnet_lab import files
 from alexnet_lab.data.idx import read_idx
 from alexnet_lab.errors import UserError
 
@@ -145,36 +145,31 @@ def download_fashion_mnist(folder: Path, mirror: str | None = None) -> None:
 def _download_one(url: str, dest: Path, sha256: str) -> None:
     from tqdm import tqdm  # imported here: only downloads need it
 
-    fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=60)
-            except (urllib.error.URLError, OSError) as exc:
-                raise UserError(
-                    f"Download of {url} failed ({exc}). Fix: check the network, set {ENV_MIRROR} "
-                    "to another mirror, or install/copy the files (see --data-dir)."
-                ) from None
-            total = int(response.headers.get("Content-Length") or 0) or None
-            if not sys.stderr.isatty():  # a log file: one plain line instead of a progress bar
-                print(f"Downloading {url}" + (f" ({total / 1e6:.1f} MB)" if total else ""), file=sys.stderr,
-                      flush=True)
-            with response, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=None) as bar:
-                for chunk in iter(lambda: response.read(1 << 16), b""):
-                    _write(out, chunk, dest)
-                    bar.update(len(chunk))
-            _write(out, b"", dest, flush=True)
+    def check(tmp: Path) -> None:
         got = _payload_digest_or_reason(tmp)
         if got != sha256:
             raise UserError(
                 f"Checksum mismatch for {url}: expected sha256 {sha256} of the content, got {got}. "
                 "The partial file was removed; try again or use another mirror."
             )
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    with files.atomic_writer(dest, verify=check) as out:
+        try:
+            response = urllib.request.urlopen(url, timeout=60)
+        except (urllib.error.URLError, OSError) as exc:
+            raise UserError(
+                f"Download of {url} failed ({exc}). Fix: check the network, set {ENV_MIRROR} "
+                "to another mirror, or install/copy the files (see --data-dir)."
+            ) from None
+        total = int(response.headers.get("Content-Length") or 0) or None
+        if not sys.stderr.isatty():  # a log file: one plain line instead of a progress bar
+            print(f"Downloading {url}" + (f" ({total / 1e6:.1f} MB)" if total else ""), file=sys.stderr,
+                  flush=True)
+        with response, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=None) as bar:
+            for chunk in iter(lambda: response.read(1 << 16), b""):
+                _write(out, chunk, dest)
+                bar.update(len(chunk))
+        _write(out, b"", dest, flush=True)
 
 
 def _write(out, chunk: bytes, dest: Path, flush: bool = False) -> None:

@@ -5,6 +5,8 @@ Fashion-MNIST-like 28x28 grayscale; damaged, unreadable or oversized files are r
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -20,33 +22,66 @@ GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La")
 def open_image(path: str | Path):
     """`PIL.Image.open` with the decompression-bomb limit, every failure a UserError naming the file.
 
-    Decoding is lazy in Pillow, so the body's own decoding errors (a truncated file) are mapped too.
+    Only a regular file is read: a FIFO named `x.png` would block the read forever, a device never
+    end. Decoding is lazy in Pillow, so the body of the `with` decodes too, and any exception there
+    is the file's fault: Pillow's decoders raise many kinds on damaged data (struct.error, IndexError,
+    TypeError, ZeroDivisionError, MemoryError, ... found by fuzzing DDS and AVIF files), all mapped to
+    a UserError. KeyboardInterrupt and other BaseExceptions pass.
     """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    with _open_regular_file(path) as fh:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                old_limit = Image.MAX_IMAGE_PIXELS
+                Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+                try:
+                    with Image.open(fh) as img:
+                        yield img
+                finally:
+                    Image.MAX_IMAGE_PIXELS = old_limit
+        except UserError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise UserError(f"Image '{path}' is too large (over {MAX_PIXELS:,} pixels; refused as a possible "
+                            "decompression bomb). Downscale it first.") from None
+        except UnidentifiedImageError:
+            raise UserError(f"'{path}' is not an image PIL can read (empty, or not an image format). "
+                            "Pass PNG, JPEG, BMP, GIF or similar files.") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise UserError(f"Image '{path}' is damaged or unreadable ({exc}).") from None
+        except Exception as exc:  # a decoder's own failure on damaged data
+            kind = type(exc).__name__
+            if type(exc).__module__ != "builtins":  # e.g. struct.error
+                kind = f"{type(exc).__module__}.{kind}"
+            raise UserError(f"Image '{path}' is damaged or unreadable ({kind} in the decoder: {exc}).") from None
+
+
+def _open_regular_file(path: Path):
+    """`path` opened for reading if it is a regular file (checked on the open file, so it cannot be
+    swapped in between); the open itself never blocks (O_NONBLOCK: a FIFO without a writer)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            old_limit = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-            try:
-                with Image.open(path) as img:
-                    yield img
-            finally:
-                Image.MAX_IMAGE_PIXELS = old_limit
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise UserError(f"Image '{path}' does not exist.") from None
-    except IsADirectoryError:
-        raise UserError(f"'{path}' is a folder, not an image file.") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UserError(f"Image '{path}' is too large (over {MAX_PIXELS:,} pixels; refused as a possible "
-                        "decompression bomb). Downscale it first.") from None
-    except UnidentifiedImageError:
-        raise UserError(f"'{path}' is not an image PIL can read (empty, or not an image format). "
-                        "Pass PNG, JPEG, BMP, GIF or similar files.") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise UserError(f"Image '{path}' is damaged or unreadable ({exc}).") from None
+    except OSError as exc:  # permission, a socket (ENXIO), a name too long, ...
+        raise UserError(f"Image '{path}' cannot be opened ({exc.strerror}).") from None
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        os.close(fd)
+        raise UserError(f"Image '{path}' cannot be read ({exc.strerror}).") from None
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise UserError(f"'{path}' is a folder, not an image file.")
+        kind = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+                stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "not a file")
+        raise UserError(f"'{path}' is {kind}, not a regular file, so it is not read as an image. "
+                        "Remove it or replace it with the image file.")
+    return os.fdopen(fd, "rb")
 
 
 def is_grayscale(path: str | Path) -> bool:

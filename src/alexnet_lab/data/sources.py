@@ -62,6 +62,11 @@ def load_source(spec: str = FASHION_MNIST, *, data_dir: str | None = None, image
             train_x, test_x = (x.unsqueeze(1).expand(-1, 3, -1, -1) for x in (train_x, test_x))
         return Dataset(train_x, train_y, test_x, test_y, CLASS_NAMES, ds.source)
     data = load_image_folder(folder, image_size, channels, strict, val_fraction, seed)
+    if len(data.val_labels) == 0:  # (an empty val/ folder is refused by load_image_folder)
+        raise UserError(f"Image folder '{folder}' cannot be split into training and validation images: every "
+                        "class has only one readable image, and a class gives validation images (--val-fraction) "
+                        "only when it has two or more. Add images to the class folders, or put validation "
+                        "images in DIR/val/<class>/ beside DIR/train/<class>/.")
     notes = []
     if data.skipped:
         notes.append(f"Skipped {len(data.skipped)} unreadable image file(s) (--strict refuses them):\n  "

@@ -16,7 +16,7 @@ from alexnet_lab.data import CLASS_NAMES, BatchLoader, to_float_batch
 from alexnet_lab.data.augment_2012 import CROP_FRACTION
 from alexnet_lab.data.fingerprint import data_fingerprint
 from alexnet_lab.data.sources import load_source
-from alexnet_lab.engine.config import TrainConfig
+from alexnet_lab.engine.config import TrainConfig, per_rank_batch
 from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model, check_input_size, get_spec
@@ -48,10 +48,10 @@ class Splits:
                       self.class_names, self.notes)
 
 
-def load_splits(data_dir: str | None = None, limit_train: int | None = None,
-                limit_test: int | None = None, **source_options) -> Splits:
-    """The data as uint8 tensors (Fashion-MNIST unless `source_options` say otherwise, see
-    `data.sources.load_source`); the limits keep the first N examples of each split."""
+def _load_splits(data_dir: str | None = None, limit_train: int | None = None,
+                 limit_test: int | None = None, **source_options) -> Splits:
+    """The data as uint8 tensors (`data.sources.load_source` with `source_options`); the limits keep
+    the first N examples of each split. Private: every command enters the data through `splits_for`."""
     ds = load_source(data_dir=data_dir, **source_options)
     splits = Splits(ds.train_images[:limit_train], ds.train_labels[:limit_train], ds.test_images[:limit_test],
                     ds.test_labels[:limit_test], ds.source, ds.class_names, ds.notes)
@@ -63,10 +63,20 @@ def load_splits(data_dir: str | None = None, limit_train: int | None = None,
 
 
 def splits_for(config: TrainConfig) -> Splits:
-    """The data a config trains on (its --data, --channels, --val-fraction, --strict, limits)."""
-    return load_splits(config.data_dir, config.limit_train, config.limit_test, spec=config.data,
-                       image_size=stored_size(config), channels=config.channels,
-                       val_fraction=config.val_fraction, seed=config.seed, strict=config.strict)
+    """The data a config trains and tests on: the one door into the data for every command (its --data,
+    --data-dir, --channels, --val-fraction, --strict, --limit-train/--limit-test; an image folder's
+    validation split is seeded by --seed)."""
+    return _load_splits(config.data_dir, config.limit_train, config.limit_test, spec=config.data,
+                        image_size=stored_size(config), channels=config.channels,
+                        val_fraction=config.val_fraction, seed=config.seed, strict=config.strict)
+
+
+def splits_for_model(config: TrainConfig, channels: int) -> Splits:
+    """The data of `config` for a trained model that takes `channels`-channel input: read as the
+    config says (reusing its image cache), and read again with `channels` when that gives others
+    (an image folder whose channels were inferred, since changed, or a --channels that differs)."""
+    splits = splits_for(config)
+    return splits if splits.channels == channels else splits_for(config.replace(channels=channels))
 
 
 def input_size(config: TrainConfig) -> int:
@@ -89,24 +99,27 @@ def evaluation_batch_size(config: TrainConfig, world_size: int = 1, device: torc
     """Test batches are at least 256 images, 1024 on a CUDA GPU (which that keeps busy; AlexNet at
     224x224 in fp32 needs ~2 GB of activations for it): no gradients are kept, so larger batches fit."""
     device = device if device is not None else resolve_device(config.device)
-    return max(config.batch_size // world_size, 1024 if device.type == "cuda" else 256)
+    return max(per_rank_batch(config, world_size), 1024 if device.type == "cuda" else 256)
 
 
 def make_loaders(config: TrainConfig, splits: Splits, device: torch.device,
                  rank: int = 0, world_size: int = 1) -> tuple[BatchLoader, BatchLoader]:
-    if config.batch_size % world_size:
-        raise UserError(f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
-                        f"number of processes ({world_size}).")
-    per_rank = config.batch_size // world_size
+    per_rank = per_rank_batch(config, world_size)
     size = input_size(config)
     train = BatchLoader(splits.train_images, splits.train_labels, per_rank, shuffle=True, resize=size,
                         device=device, augment=config.augment, seed=config.seed, drop_last=False,
                         rank=rank, world_size=world_size, augmentation=get_spec(config.model).augmentation)
+    return train, make_test_loader(config, splits, device, rank, world_size)
+
+
+def make_test_loader(config: TrainConfig, splits: Splits, device: torch.device,
+                     rank: int = 0, world_size: int = 1) -> BatchLoader:
+    """The test batches of every evaluation (training's and a checkpoint's): in order, at the input
+    size, centre-cropped for the 2012 crops, `evaluation_batch_size` images each."""
     # even_shards=False: under DDP every test example is evaluated exactly once (ranks may differ by one).
-    test = BatchLoader(splits.test_images, splits.test_labels, evaluation_batch_size(config, world_size, device),
-                       shuffle=False, resize=size, device=device, rank=rank, world_size=world_size,
+    return BatchLoader(splits.test_images, splits.test_labels, evaluation_batch_size(config, world_size, device),
+                       shuffle=False, resize=input_size(config), device=device, rank=rank, world_size=world_size,
                        even_shards=False, center_crop=uses_2012_crops(config))
-    return train, test
 
 
 WHITENING_IMAGES = 2048  # training images a whitening layer is fitted to (models/whitening.py)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 import alexnet_lab
+from alexnet_lab import files
 from alexnet_lab.errors import UserError
 
 FORMAT = "alexnet-lab-checkpoint/1"
@@ -60,37 +60,27 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     """
     path = Path(path)
     payload = {"format": FORMAT, "versions": versions(), **payload}
+    existed = path.is_file()
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise UserError(f"Cannot write checkpoint in '{path.parent}': {exc.strerror}. "
-                        "Choose a writable --out folder.") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
+        with files.atomic_writer(path) as fh:
             torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except (OSError, RuntimeError) as exc:
-        Path(tmp_name).unlink(missing_ok=True)
+    except files.WriteError as exc:
+        if exc.cause is None:  # refused (a symlink, a folder): the message says why
+            raise
+        cause = exc.cause
+    except RuntimeError as exc:
         # torch.save reports a failed write of its zip container as a RuntimeError ("[enforce fail at
         # inline_container.cc...]") whose __context__ is the OSError (ENOSPC, EFBIG, EIO, ...).
         cause = _cause(exc)
-        if cause is exc and not isinstance(exc, OSError):
+        if cause is exc:
             raise
         if not isinstance(cause, OSError):
             raise cause from None  # a second Ctrl-C while torch was writing
-        raise UserError(f"Saving checkpoint '{path}' failed: {cause.strerror or cause}. "
-                        "Free disk space or choose another --out; the previous checkpoint is intact.") from None
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    else:
+        return path
+    intact = "; the previous checkpoint is intact" if existed else "; no checkpoint was written"
+    raise UserError(f"Saving checkpoint '{path}' failed: {cause.strerror or cause}. "
+                    f"{files.advice(cause, '--out')}{intact}.") from None
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -169,7 +159,8 @@ RESUME_KEYS = ("model_name", "config", "model_state", "optimizer_state", "schedu
 
 
 def check_resumable(payload: dict, path: str | os.PathLike) -> None:
-    """Raise a UserError naming `path` unless the payload has every part a resume needs."""
+    """Raise a UserError naming `path` unless the payload has every part a resume needs, with weights
+    that fit its model. `schema.check_checkpoint(..., for_resume=True)` also checks each part's contents."""
     missing = [key for key in RESUME_KEYS if key not in payload]
     if missing:
         raise UserError(f"Checkpoint '{path}' lacks {', '.join(missing)}, so the run cannot resume from it "
@@ -204,17 +195,21 @@ def check_model_state(payload: dict, path: str | os.PathLike) -> None:
     with torch.device("meta"):
         model = build_model(payload["model_name"], **model_kwargs(payload))
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    state = payload["model_state"]
-    got = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)} \
-        if isinstance(state, dict) else {}
-    problems = ([f"missing {k}" for k in expected if k not in got]
-                + [f"unexpected {k}" for k in got if k not in expected]
-                + [f"{k} has shape {got[k]}, the model needs {expected[k]}"
-                   for k in expected if k in got and got[k] != expected[k]])
+    problems = state_problems(expected, payload["model_state"])
     if problems:
         more = f" and {len(problems) - 2} more" if len(problems) > 2 else ""
         raise UserError(f"Checkpoint '{path}' does not match model '{payload['model_name']}' "
                         f"({'; '.join(problems[:2])}{more}). It was written for another model or version.")
+
+
+def state_problems(expected: dict, state) -> list[str]:
+    """How a state_dict differs from the names and shapes `expected` ({name: shape}); [] if it fits."""
+    got = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)} \
+        if isinstance(state, dict) else {}
+    return ([f"missing {k}" for k in expected if k not in got]
+            + [f"unexpected {k}" for k in got if k not in expected]
+            + [f"{k} has shape {got[k]}, the model needs {expected[k]}"
+               for k in expected if k in got and got[k] != expected[k]])
 
 
 def check_same_data(payload: dict, fingerprint: dict, run_dir: str | os.PathLike, *, allow: bool = False) -> bool:

@@ -6,7 +6,11 @@ Unknown keys and impossible values raise `UserError`; nothing is silently correc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field, fields
 
 from alexnet_lab.data.sources import check_data_spec
@@ -16,99 +20,105 @@ from alexnet_lab.models import list_models
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+INDEXED_DEVICE = re.compile(r"(cuda|mps):\d{1,3}")  # one GPU of several (torchrun's ranks): not a flag choice
 SCHEDULES = ("constant", "onecycle", "cosine")
 INITS = ("xavier", "default")
-
-# Sane ranges of the numeric fields: (type, low, high, which ends are excluded). A value outside is a
-# typo, not a recipe; the bounds keep every derived number (steps, seeds, tensor sizes) representable.
-# Memory is checked against the machine separately (engine/preflight.py).
-RANGES = {
-    "epochs": (float, 0, 100_000, "low"),     # 100,000 epochs of Fashion-MNIST: 47 M steps at batch 128
-    "batch_size": (int, 1, 2**24, ""),
-    "lr": (float, 0, 1e4, "low"),              # an SGD learning rate above 1e4 only diverges
-    "momentum": (float, 0, 1, "high"),
-    "weight_decay": (float, 0, 1e4, ""),
-    "warmup_frac": (float, 0, 1, ""),
-    "label_smoothing": (float, 0, 1, "high"),
-    "ema_decay": (float, 0, 1, "high"),        # 0 turns the average off
-    "resize": (int, 1, 4096, ""),
-    "seed": (int, 0, 2**32 - 1, ""),           # numpy's seed range; data-order seeds derive from it
-    "limit_train": (int, 1, 2**40, ""),
-    "limit_test": (int, 1, 2**40, ""),
-    "log_points_per_epoch": (int, 1, 10_000, ""),
-    "eval_every": (int, 0, 100_000, ""),
-    "target_accuracy": (float, 0, 1, "low"),
-    "checkpoint_every": (int, 1, 2**40, ""),
-    "val_fraction": (float, 0, 1, "low high"),
-}
-OPTIONAL = ("resize", "limit_train", "limit_test", "target_accuracy", "checkpoint_every")  # None allowed
+COMPARE = ("always", "if different", "never")
 
 
-def setting(default, help: str, *, choices=None, positive: bool = False, resumable: bool = False,
-            group: str | None = "recipe"):
+def setting(default, help: str, *, range: tuple | None = None, choices=None, resumable: bool = False,
+            group: str | None = "recipe", bench: bool = False, compare: str = "if different"):
     """A config field that is also a command-line flag (`--field-name`), described once, here.
 
-    help: the flag's help text; choices: allowed values (a tuple, or a function returning a list);
-    positive: the flag rejects numbers < 1 (int) or <= 0 (float) as it parses them; resumable: may be
-    given with `train --resume`; group: where the flag is listed in --help (recipe, numerics, data, or
-    None for the top). The flag's type comes from the field's annotation (bool: --x/--no-x)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "positive": positive,
-                                            "resumable": resumable, "group": group})
+    The value's type is the field's annotation (bool: --x/--no-x); `X | None` fields may be None.
+    help: the flag's help text; range: (low, high) or (low, high, open ends: "low", "high" or "low high"),
+    the sane values of a number: outside is a typo, not a recipe (memory is checked against the machine
+    separately, engine/preflight.py); choices: allowed values (a tuple, or a function returning a list);
+    resumable: may be given with `train --resume`; group: where the flag is listed in --help (recipe,
+    numerics, data, or None for the top); bench: `bench` takes it (what one training step costs, and the
+    data it times); compare: when `compare` shows it: always, if different between the runs, or never
+    (bookkeeping that changes neither the weights nor the results)."""
+    if range is not None:
+        low, high, *ends = range
+        open_ends = ends[0] if ends else ""
+        if not set(open_ends.split()) <= {"low", "high"} or low > high:
+            raise ValueError(f"bad range {range!r}")
+        range = (low, high, open_ends)
+    if compare not in COMPARE:
+        raise ValueError(f"compare must be one of {COMPARE}, got {compare!r}")
+    return field(default=default, metadata={"help": help, "range": range, "choices": choices,
+                                            "resumable": resumable, "group": group, "bench": bench,
+                                            "compare": compare})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = setting("alexnet", "model from the registry", choices=list_models, group=None)
-    epochs: float = setting(10, "epochs to train (fractions allowed)", positive=True, resumable=True)
+    model: str = setting("alexnet", "model from the registry", choices=list_models, group=None, bench=True)
+    epochs: float = setting(10, "epochs to train (fractions allowed)",
+                            range=(0, 100_000, "low"),  # 100,000 epochs of Fashion-MNIST: 47 M steps at batch 128
+                            resumable=True, compare="always")
     batch_size: int = setting(128, "global batch size: under torchrun each of the N processes takes "
-                                   "batch-size/N examples per step (must divide evenly)", positive=True)
-    lr: float = setting(0.01, "(peak) learning rate", positive=True)
-    momentum: float = setting(0.0, "SGD momentum")
+                                   "batch-size/N examples per step (must divide evenly)", range=(1, 2**24),
+                              bench=True, compare="always")
+    lr: float = setting(0.01, "(peak) learning rate", range=(0, 1e4, "low"),  # above 1e4 SGD only diverges
+                        compare="always")
+    momentum: float = setting(0.0, "SGD momentum", range=(0, 1, "high"))
     nesterov: bool = setting(False, "Nesterov momentum (with --momentum > 0)")
-    weight_decay: float = setting(0.0, "L2 weight decay")
+    weight_decay: float = setting(0.0, "L2 weight decay", range=(0, 1e4))
     schedule: str = setting("constant", "learning-rate schedule, per step", choices=SCHEDULES)
-    warmup_frac: float = setting(0.25, "onecycle schedule: fraction of the steps spent warming up")
-    label_smoothing: float = setting(0.0, "cross-entropy label smoothing")
+    warmup_frac: float = setting(0.25, "onecycle schedule: fraction of the steps spent warming up", range=(0, 1))
+    label_smoothing: float = setting(0.0, "cross-entropy label smoothing", range=(0, 1, "high"))
     init: str = setting("xavier", "weight init: xavier (d2l's xavier_uniform_ on every Conv2d/Linear "
                                   "weight) or default (the model's own: PyTorch's, or for alexnet-2012 the "
                                   "paper's N(0, 0.01) with biases of 1)", choices=INITS)
-    resize: int | None = setting(None, "input side in pixels (default: the model's)", positive=True)
+    resize: int | None = setting(None, "input side in pixels (default: the model's)", range=(1, 4096), bench=True)
     augment: bool = setting(False, "random shift, flip, brightness/contrast jitter on the device "
                                    "(alexnet-2012: the paper's random crops, flips and PCA lighting)")
     ema_decay: float = setting(0.0, "evaluate an exponential moving average of the weights with this "
-                                    "decay per step (0: off)")
+                                    "decay per step (0: off)", range=(0, 1, "high"))
     tta: str = setting("none", "test-time augmentation at every test evaluation (flip only helps a model "
                                "trained with --augment)", choices=TTA_MODES)
     precision: str = setting("fp32", "autocast precision (auto: bf16 where fast)", choices=PRECISIONS,
-                             group="numerics")
-    channels_last: bool = setting(False, "NHWC memory format", group="numerics")
-    compile: bool = setting(False, "torch.compile", group="numerics")
+                             group="numerics", bench=True)
+    channels_last: bool = setting(False, "NHWC memory format", group="numerics", bench=True)
+    compile: bool = setting(False, "torch.compile", group="numerics", bench=True)
     device: str = setting("auto", "auto prefers cuda, then mps, then cpu (default: auto)", choices=DEVICES,
-                          resumable=True, group="numerics")
-    seed: int = setting(0, "seed for init, data order and augmentation")
+                          resumable=True, group="numerics", bench=True)  # or cuda:N (INDEXED_DEVICE)
+    seed: int = setting(0, "seed for init, data order and augmentation",
+                        range=(0, 2**32 - 1),  # numpy's seed range; data-order seeds derive from it
+                        bench=True)
     deterministic: bool = setting(False, "deterministic kernels (bit-exact resume)", group="numerics")
-    limit_train: int | None = setting(None, "use the first N training examples", positive=True, group="data")
-    limit_test: int | None = setting(None, "use the first N test examples", positive=True, group="data")
+    ddp_timeout: float = setting(300, "torchrun: seconds a process waits for the others in a collective "
+                                      "operation before the job ends with an error (a process that stopped "
+                                      "answering); longer than a checkpoint save takes",
+                                 range=(1, 86_400),  # seconds: a day at most
+                                 resumable=True, group="numerics", compare="never")
+    limit_train: int | None = setting(None, "use the first N training examples", range=(1, 2**40), group="data",
+                                      bench=True)
+    limit_test: int | None = setting(None, "use the first N test examples", range=(1, 2**40), group="data")
     log_points_per_epoch: int = setting(5, "points of the training curves per epoch (the chapter's figure "
-                                           "has 5)", positive=True, group="data")
+                                           "has 5)", range=(1, 10_000), group="data", compare="never")
     eval_every: int = setting(1, "evaluate the test set every N epochs and after the last step (0: only "
-                                 "after the last step, as the speed ladder's records do)", group="data")
+                                 "after the last step, as the speed ladder's records do)", range=(0, 100_000),
+                              group="data")
     target_accuracy: float | None = setting(
         None, "evaluate the test set at every log point (every steps-per-epoch // --log-points-per-epoch "
               "steps and at each epoch's end) instead of once per epoch; stop at the first test accuracy "
-              ">= this", group="data")
-    checkpoint_every: int | None = setting(None, "also checkpoint every N steps", positive=True,
-                                           resumable=True, group="data")
+              ">= this", range=(0, 1, "low"), group="data")
+    checkpoint_every: int | None = setting(None, "also checkpoint every N steps", range=(1, 2**40), resumable=True,
+                                           group="data", compare="never")
     data_dir: str | None = setting(
         None, "folder with the Fashion-MNIST IDX files (else $ALEXNET_LAB_DATA, the user cache, "
-              "/usr/share/datasets/fashion-mnist, then a download)", resumable=True, group="data")
+              "/usr/share/datasets/fashion-mnist, then a download)", resumable=True, group="data", bench=True,
+        compare="never")
     data: str = setting("fashion-mnist", "the data: fashion-mnist, or imagefolder:DIR with DIR/<class>/<image> "
                                          "(any format, size and mode Pillow reads; DIR/train/... and "
-                                         "DIR/val/... if present)", group="data")
+                                         "DIR/val/... if present)", group="data")  # checked by check_data_spec
     channels: int | None = setting(None, "input channels, 1 or 3 (default: the data's; image folders: 3 "
                                          "unless every image is gray)", choices=(1, 3), group="data")
     val_fraction: float = setting(0.2, "image folder without train/val folders: share of each class held "
-                                       "out for validation (stratified, seeded by --seed)", group="data")
+                                       "out for validation (stratified, seeded by --seed)",
+                                  range=(0, 1, "low high"), group="data")
     strict: bool = setting(False, "image folders: refuse unreadable image files instead of listing and "
                                   "skipping them", group="data")
     preset: str = "custom"        # the preset this config started from (not a flag: --preset picks it)
@@ -147,47 +157,111 @@ def tests_at_epoch_end(config: TrainConfig, epochs_done: int, last: bool) -> boo
     return last or (config.eval_every > 0 and epochs_done % config.eval_every == 0)
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+MIN_CURVE_POINTS = 20  # every run's curves get at least this many points (a 0.55-epoch speedrun too)
 
 
-def check_number(name: str, value) -> None:
-    """Raise a UserError unless `value` is a finite number of the field's type inside RANGES[name]."""
-    kind, low, high, open_ends = RANGES[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise UserError(f"Invalid configuration: {_flag(name)} must be "
-                        f"{'a whole number' if kind is int else 'a number'}, got {value!r}.")
-    if not math.isfinite(value):
-        raise UserError(f"Invalid configuration: {_flag(name)} must be a finite number, got {value}.")
+def target_check_every(config: TrainConfig, steps_per_epoch: int) -> int:
+    """Steps between two test evaluations of a run with --target-accuracy: --log-points-per-epoch a epoch."""
+    return max(1, steps_per_epoch // config.log_points_per_epoch)
+
+
+def target_check_due(config: TrainConfig, batch: int, steps_per_epoch: int, total_steps: int) -> bool:
+    """With --target-accuracy: whether the log point after `batch` batches of an epoch evaluates the test
+    set: the first log point at or after each multiple of target_check_every (the epoch's end always)."""
+    every = log_every(config, steps_per_epoch, total_steps)
+    return batch % target_check_every(config, steps_per_epoch) < every
+
+
+def log_every(config: TrainConfig, steps_per_epoch: int, total_steps: int) -> int:
+    """Steps between two points of the training curves: --log-points-per-epoch per epoch, and more
+    often in a short run, so that any run draws at least MIN_CURVE_POINTS points (or one per step).
+    Each point reads the running loss back from the device: a sync every this many steps (the extra
+    points of a short run do not evaluate the test set: see target_check_every)."""
+    return min(target_check_every(config, steps_per_epoch), max(1, total_steps // MIN_CURVE_POINTS))
+
+
+def flag_name(field_name: str) -> str:
+    """The command-line flag of a TrainConfig field: `batch_size` -> `--batch-size`."""
+    return "--" + field_name.replace("_", "-")
+
+
+@functools.cache
+def field_types() -> dict[str, tuple[type, bool]]:
+    """Each TrainConfig field's value type and whether it may be None, read from its annotation
+    (`int | None`: int, optional). The annotations are strings (`from __future__ import annotations`)."""
+    kinds = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        args = typing.get_args(hint) if union else (hint,)
+        (kind,) = [a for a in args if a is not type(None)]
+        kinds[name] = (kind, type(None) in args)
+    return kinds
+
+
+@functools.cache
+def _fields_by_name() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in fields(TrainConfig)}
+
+
+def choices_of(field: dataclasses.Field) -> tuple | None:
+    """A setting's allowed values (its `choices`, called if a function), or None if it declares none."""
+    choices = field.metadata.get("choices")
+    return tuple(choices() if callable(choices) else choices) if choices else None
+
+
+def check_setting(name: str, value) -> None:
+    """Raise a UserError unless `value` may be TrainConfig field `name`: of the annotated type (None only
+    for an `X | None` field), inside the declared range, one of the declared choices."""
+    kind, optional = field_types()[name]
+    if value is None and optional:
+        return
+    field = _fields_by_name()[name]
+    _check_type(name, kind, value)
+    if field.metadata.get("range"):
+        _check_range(name, value, *field.metadata["range"])
+    choices = choices_of(field)
+    if choices and value not in choices and not (name == "device" and INDEXED_DEVICE.fullmatch(value)):
+        also = " (or cuda:N)" if name == "device" else ""
+        raise UserError(f"Invalid configuration: {flag_name(name)} must be one of "
+                        f"{', '.join(map(str, choices))}{also}, got {value!r}.")
+
+
+def _check_type(name: str, kind: type, value) -> None:
+    if kind in (int, float):  # a float field takes a whole number too; bool is no number here
+        if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
+            raise UserError(f"Invalid configuration: {flag_name(name)} must be "
+                            f"{'a whole number' if kind is int else 'a number'}, got {value!r}.")
+        if not math.isfinite(value):
+            raise UserError(f"Invalid configuration: {flag_name(name)} must be a finite number, got {value}.")
+    elif not isinstance(value, kind):
+        raise UserError(f"Invalid configuration: {flag_name(name)} must be "
+                        f"{'true or false' if kind is bool else 'text'}, got {value!r}.")
+
+
+def _check_range(name: str, value, low, high, open_ends: str) -> None:
     below = value <= low if "low" in open_ends else value < low
     above = value >= high if "high" in open_ends else value > high
     if below or above:
         show = lambda x: str(x) if isinstance(x, int) else f"{x:g}"  # noqa: E731
         span = f"{'(' if 'low' in open_ends else '['}{show(low)}, {show(high)}{')' if 'high' in open_ends else ']'}"
-        raise UserError(f"Invalid configuration: {_flag(name)} must be in {span}, got {show(value)}.")
+        raise UserError(f"Invalid configuration: {flag_name(name)} must be in {span}, got {show(value)}.")
 
 
 def check_config(config: TrainConfig) -> None:
-    """Every numeric field finite and in its sane range; every choice one of its choices."""
-    def bad(msg):
-        raise UserError(f"Invalid configuration: {msg}")
-    for name in RANGES:
-        value = getattr(config, name)
-        if value is not None or name not in OPTIONAL:
-            check_number(name, value)
-    if config.precision not in PRECISIONS:
-        bad(f"--precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}.")
-    if config.device not in DEVICES and not config.device.startswith(("cuda:", "mps:")):
-        bad(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {config.device!r}.")
-    if config.schedule not in SCHEDULES:
-        bad(f"schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}.")
-    if config.init not in INITS:
-        bad(f"init must be one of {', '.join(INITS)}, got {config.init!r}.")
-    if config.tta not in TTA_MODES:
-        bad(f"--tta must be one of {', '.join(TTA_MODES)}, got {config.tta!r}.")
+    """One loop over the fields: each of its type, range and choices (check_setting); then the data
+    spec, which is no range (fashion-mnist or imagefolder:DIR)."""
+    for f in fields(TrainConfig):
+        check_setting(f.name, getattr(config, f.name))
     check_data_spec(config.data)
-    if config.channels not in (None, 1, 3):
-        bad(f"--channels must be 1 or 3, got {config.channels}.")
+
+
+def per_rank_batch(config: TrainConfig, world_size: int) -> int:
+    """Examples each of `world_size` processes takes per training step: --batch-size is the global
+    batch, split evenly, so a recipe means the same on 1 GPU and on 16."""
+    if config.batch_size % world_size:
+        raise UserError(f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
+                        f"number of processes ({world_size}).")
+    return config.batch_size // world_size
 
 
 # Presets: named overrides of the defaults. `d2l` is the book's train_ch6 recipe unchanged.

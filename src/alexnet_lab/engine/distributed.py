@@ -6,9 +6,12 @@ torchrun (or with one process) it returns a single-process `DistEnv` and touches
 
 from __future__ import annotations
 
+import datetime
+import gc
 import os
+import re
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -17,6 +20,10 @@ from alexnet_lab.errors import UserError
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 STOP_CHECK_EVERY = 10  # steps between the ranks' agreements on a stop request (one tiny all-reduce)
+DEFAULT_TIMEOUT_S = 300.0  # --ddp-timeout's default (TrainConfig.ddp_timeout): a wait in a collective
+# Start-up waits (one process per machine downloading or decoding the data while the others wait for it)
+# may take long on their own: they get at least torch's default limit of 30 minutes, as before.
+STARTUP_TIMEOUT_S = 1800.0
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,8 @@ class DistEnv:
     local_rank: int = 0
     device: str | None = None   # the device this rank trains on ("cuda:<local_rank>" or "cpu")
     backend: str | None = None  # nccl on CUDA, gloo on CPU; None when single-process
+    timeout_s: float = DEFAULT_TIMEOUT_S  # how long a collective waits for the other ranks
+    startup_group: object = field(default=None, compare=False, repr=False)  # gloo group for start-up waits
 
     @property
     def is_main(self) -> bool:
@@ -92,8 +101,20 @@ def pick_device(device: str, local_rank: int) -> tuple[str, str]:
     return f"cuda:{local_rank}", "nccl"
 
 
-def init_from_env(device: str = "auto") -> DistEnv:
-    """Join the process group torchrun set up; single-process `DistEnv` when WORLD_SIZE is absent or 1."""
+class PeerFailure(UserError):
+    """A collective operation failed because another process of the job ended or stopped answering;
+    every rank reports its own (the one at fault may say nothing)."""
+
+
+class RankTimeout(PeerFailure):
+    """A collective operation waited longer than --ddp-timeout: another process stopped answering."""
+
+
+def init_from_env(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> DistEnv:
+    """Join the process group torchrun set up; single-process `DistEnv` when WORLD_SIZE is absent or 1.
+
+    `timeout_s` bounds every wait in a collective (gloo and nccl alike): a rank that stops answering
+    (SIGSTOP, a debugger, a hung device) ends the job with `RankTimeout` instead of a silent wait."""
     world_size = launched_world_size()
     if world_size <= 1:
         return DistEnv()
@@ -106,11 +127,15 @@ def init_from_env(device: str = "auto") -> DistEnv:
     device_name, backend = pick_device(device, local_rank)
     if backend == "nccl":
         torch.cuda.set_device(device_name)
+    startup_group = None
     if not dist.is_initialized():
         # init_method env:// reads MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE.
         dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s),
                                 device_id=torch.device(device_name) if backend == "nccl" else None)
-    return DistEnv(rank, world_size, local_rank, device_name, backend)
+        startup_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(
+            seconds=max(timeout_s, STARTUP_TIMEOUT_S)))
+    return DistEnv(rank, world_size, local_rank, device_name, backend, timeout_s, startup_group)
 
 
 def seed_per_rank(seed: int, rank: int, step: int) -> None:
@@ -139,9 +164,14 @@ def agree_to_stop(requested: bool, step: int, device: torch.device) -> bool:
 
 
 def teardown(env: DistEnv, *, together: bool = True) -> None:
-    """Leave the job. `together` (a normal finish): wait for every rank first, since a rank that
-    tears gloo down while rank 0 is still writing the run folder can abort in gloo's C++ threads
-    ("terminate called without an active exception"). After an error, leave without waiting."""
+    """Leave the job (idempotent). `together` (a normal finish): wait for every rank first, so that
+    no rank tears its process group down while another still talks to it. After an error, leave
+    without waiting.
+
+    Before the group is destroyed, objects still holding it are freed: DDP's reducer and its pending
+    work outlive `fit` in reference cycles, and when the garbage collector first meets them during
+    the interpreter's shutdown, gloo's threads die with the process ("terminate called without an
+    active exception", exit -6; 1 run in 8 on 2 CPU processes)."""
     if env.distributed:
         import torch.distributed as dist
         if dist.is_initialized():
@@ -149,19 +179,48 @@ def teardown(env: DistEnv, *, together: bool = True) -> None:
                 if together:
                     dist.barrier()
             finally:
+                gc.collect()
                 dist.destroy_process_group()
+                gc.collect()
 
 
 @contextmanager
-def session(device: str = "auto"):
-    """`with session(config.device) as env:` joins the job (if any) and always leaves it."""
-    env = init_from_env(device)
+def session(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S):
+    """`with session(config.device) as env:` joins the job (if any) and always leaves it. A collective
+    that waited past `timeout_s` becomes a `RankTimeout` naming --ddp-timeout."""
+    env = init_from_env(device, timeout_s)
     try:
         yield env
-    except BaseException:
+    except BaseException as exc:
         teardown(env, together=False)
+        if env.distributed and isinstance(exc, RuntimeError):
+            where = f"Process {env.rank} of {env.world_size}"
+            cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            resume = "The job ends here; continue it from its last checkpoint with 'train --resume RUN_DIR'"
+            if is_timeout(exc):
+                raise RankTimeout(
+                    f"{where} waited more than {env.timeout_s:g} s (--ddp-timeout) for the others in a "
+                    f"collective operation ({cause}): another process stopped answering (stopped, killed, "
+                    f"stuck, or much slower). {resume}, and raise --ddp-timeout if one process may "
+                    "legitimately pause that long (e.g. saving a large checkpoint).") from None
+            if is_connection_lost(exc):
+                raise PeerFailure(f"{where} lost its connection to the others ({cause}): another process "
+                                  f"ended (its own message, if any, says why). {resume}.") from None
         raise
     teardown(env)
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether `exc` is a collective that timed out: gloo says "Timed out waiting 5000ms for recv" or
+    "Application timeout caused pair closure"; nccl's watchdog "... timeout ...". """
+    return isinstance(exc, RuntimeError) and re.search(r"time[d ]?\s?out", str(exc), re.IGNORECASE) is not None
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """Whether `exc` is a collective whose peer went away (gloo: "Connection closed by peer", "Connection
+    reset by peer"; nccl: "remote process exited")."""
+    return isinstance(exc, RuntimeError) and re.search(
+        r"closed by peer|reset by peer|broken pipe|remote process exited", str(exc), re.IGNORECASE) is not None
 
 
 def shared_outcome(env: DistEnv, fn, *, run_here: bool):
@@ -183,7 +242,7 @@ def shared_outcome(env: DistEnv, fn, *, run_here: bool):
         return result
     import torch.distributed as dist
     messages = [None] * env.world_size
-    dist.all_gather_object(messages, message)
+    dist.all_gather_object(messages, message, group=env.startup_group)  # one rank may load data meanwhile
     failed = [rank for rank, m in enumerate(messages) if m is not None]
     if failed:
         if failed[0] == env.rank:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from alexnet_lab.engine.builders import evaluation_batch_size, input_size
-from alexnet_lab.engine.config import TrainConfig, make_config, tests_at_epoch_end
+from alexnet_lab.engine.config import TrainConfig, log_every, make_config, target_check_due, tests_at_epoch_end
 from alexnet_lab.engine.device import autocast, synchronize
 from alexnet_lab.engine.step import build_training_step, to_model_input
 from alexnet_lab.models import get_spec
@@ -81,11 +81,12 @@ def evaluations(config: TrainConfig, train_examples: int) -> int:
     if config.target_accuracy is None:
         epochs = math.ceil(steps / per_epoch)
         return sum(tests_at_epoch_end(config, e, e == epochs) for e in range(1, epochs + 1))
-    log_every = max(1, per_epoch // config.log_points_per_epoch)
+    every = log_every(config, per_epoch, steps)
     count = 0
     for step in range(1, steps + 1):
         batch = (step - 1) % per_epoch + 1  # batches of the epoch done after this step
-        count += batch % log_every == 0 or batch == per_epoch or step == steps
+        end = batch == per_epoch or step == steps
+        count += (batch % every == 0 or end) and (end or target_check_due(config, batch, per_epoch, steps))
     return count
 
 

@@ -11,18 +11,19 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from alexnet_lab.engine.inference import METADATA_FORMAT
+from alexnet_lab import files
+from alexnet_lab.engine.schema import check_model_metadata
 from alexnet_lab.errors import UserError
 
 FORMATS = ("onnx", "torchscript")
 METADATA_KEY = "alexnet_lab"            # ONNX: metadata_props key; TorchScript: extra file "alexnet_lab.json"
+ZIP_MAGIC = b"PK\x03\x04"               # TorchScript files are zip archives; anything else is read as ONNX
 ATOL, RTOL = 1e-4, 1e-3                 # the export check: |exported - pytorch| <= ATOL + RTOL * |pytorch|
 
 
@@ -40,19 +41,6 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
-@contextlib.contextmanager
-def _atomic_path(out: Path):
-    """A temporary path beside `out`, renamed to `out` when the body succeeds."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def export_model(model: nn.Module, meta: dict, fmt: str, out: str | os.PathLike) -> Path:
     """Write `model` (eval mode, CPU, fp32) as `fmt` with `meta`; the batch dimension stays free.
 
@@ -66,7 +54,8 @@ def export_model(model: nn.Module, meta: dict, fmt: str, out: str | os.PathLike)
     example = torch.rand(2, meta["in_channels"], meta["input_size"], meta["input_size"])
     text = json.dumps(meta)
     try:
-        with _quiet_exporter(), _atomic_path(out) as tmp:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _quiet_exporter(), files.atomic_path(out) as tmp:
             if fmt == "onnx":
                 program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"],
                                             output_names=["logits"], verbose=False,
@@ -76,8 +65,8 @@ def export_model(model: nn.Module, meta: dict, fmt: str, out: str | os.PathLike)
             else:
                 traced = torch.jit.trace(model, example)
                 torch.jit.save(traced, str(tmp), _extra_files={f"{METADATA_KEY}.json": text})
-    except OSError as exc:
-        raise UserError(f"Cannot write '{out}': {exc.strerror or exc}.") from None
+    except OSError as exc:  # the folder could not be made; the file's own failures are WriteErrors
+        raise files.WriteError(out, exc) from None
     return out
 
 
@@ -88,35 +77,65 @@ class ModelFile:
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"Model file '{self.path}' does not exist. Write one with alexnet-lab export.")
-        if self.path.suffix.lower() == ".onnx":
-            self._load_onnx()
-        else:
-            self._load_torchscript()
-        if self.meta.get("format") != METADATA_FORMAT:
-            raise UserError(f"'{self.path}' was not written by alexnet-lab export (no {METADATA_FORMAT} metadata).")
+        try:  # the kind comes from the content, not the name: TorchScript is a zip archive
+            with open(self.path, "rb") as fh:
+                is_zip = fh.read(4) == ZIP_MAGIC
+        except OSError as exc:
+            raise UserError(f"Cannot read model file '{self.path}': {exc.strerror}.") from None
+        meta_text = self._load_torchscript() if is_zip else self._load_onnx()
+        self.meta = check_model_metadata(meta_text, self.path)
+        self._check_graph()
 
-    def _load_onnx(self) -> None:
+    def _load_onnx(self) -> str | None:
         import onnxruntime as ort
 
         try:
             self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise UserError(f"'{self.path}' is not a readable ONNX model ({str(exc).splitlines()[0]}).") from None
-        props = self.session.get_modelmeta().custom_metadata_map
-        self.meta = json.loads(props.get(METADATA_KEY, "{}"))
+            raise UserError(f"'{self.path}' is not a readable ONNX model ({_reason(exc)}).") from None
         self.kind = "onnx (onnxruntime)"
+        return self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
 
-    def _load_torchscript(self) -> None:
+    def _load_torchscript(self) -> bytes | str:
         extra = {f"{METADATA_KEY}.json": ""}
         try:
             with warnings.catch_warnings():  # TorchScript is deprecated in favour of torch.export
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra).eval()
         except Exception as exc:  # noqa: BLE001 - torch.jit raises RuntimeError and others on foreign files
-            raise UserError(f"'{self.path}' is not a readable TorchScript model ({str(exc).splitlines()[0]}). "
+            raise UserError(f"'{self.path}' is not a readable TorchScript model ({_reason(exc)}). "
                             "Pass a .onnx or a TorchScript .pt file written by alexnet-lab export.") from None
-        self.meta = json.loads(extra[f"{METADATA_KEY}.json"] or "{}")
         self.kind = "torchscript"
+        return extra[f"{METADATA_KEY}.json"]
+
+    def _check_graph(self) -> None:
+        """The metadata must describe the graph in the file: one (1, C, S, S) float32 input of zeros gives
+        (1, classes) logits. A graph with metadata copied from another model is refused here, before
+        any image is decoded at the metadata's size."""
+        channels, size, classes = self.meta["in_channels"], self.meta["input_size"], len(self.meta["class_names"])
+        declared = f"input (batch, {channels}, {size}, {size}) and {classes} classes"
+        if self.kind.startswith("onnx"):
+            inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+            shape = inputs[0].shape if len(inputs) == 1 else []
+            if ([i.name for i in inputs] != ["images"] or "logits" not in [o.name for o in outputs]
+                    or len(shape) != 4 or any(isinstance(dim, int) and dim != want
+                                              for dim, want in zip(shape[1:], (channels, size, size)))):
+                self._mismatch(declared, "its graph takes " + ", ".join(f"'{i.name}' {i.shape}" for i in inputs)
+                               + " and gives " + ", ".join(f"'{o.name}'" for o in outputs)
+                               + " (an alexnet-lab export takes 'images' and gives 'logits')")
+        try:
+            logits = self(torch.zeros(1, channels, size, size))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime and TorchScript raise their own types
+            self._mismatch(declared, f"the graph refuses such an input ({_reason(exc)[:200]})")
+        if not (isinstance(logits, torch.Tensor) and logits.is_floating_point()
+                and tuple(logits.shape) == (1, classes)):
+            got = f"shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits).__name__
+            self._mismatch(declared, f"the graph answers one such image with {got}")
+
+    def _mismatch(self, declared: str, found: str):
+        raise UserError(f"Model file '{self.path}' does not match its own metadata: the metadata declares "
+                        f"{declared}, but {found}. The metadata was edited or copied from another model; "
+                        "export the model again with alexnet-lab export.")
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         images = images.detach().to("cpu", torch.float32).contiguous()
@@ -125,6 +144,13 @@ class ModelFile:
             return torch.from_numpy(logits)
         with torch.no_grad():
             return self.module(images)
+
+
+def _reason(exc: Exception) -> str:
+    """The first non-empty line of a loader's error, else its type: torch.jit's refusal of a pickle
+    naming code opens with an empty line ("\nUnknown type name 'posix.system':\n...")."""
+    lines = [line.strip().rstrip(":") for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def compare_outputs(model: nn.Module, exported: ModelFile, images: torch.Tensor) -> dict:

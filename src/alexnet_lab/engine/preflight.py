@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from alexnet_lab.engine.builders import input_size
-from alexnet_lab.engine.config import TrainConfig
+from alexnet_lab.engine.config import TrainConfig, per_rank_batch
 from alexnet_lab.engine.device import resolve_device, resolve_precision
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model, check_input_size
@@ -25,7 +25,7 @@ def preflight(config: TrainConfig, train_examples: int | None = None, world_size
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     if train_examples is not None:
-        batch = max(1, min(config.batch_size // world_size, train_examples))
+        batch = max(1, min(per_rank_batch(config, world_size), train_examples))
         check_memory(config.model, input_size(config), batch, precision, device)
 
 

@@ -16,6 +16,7 @@ from alexnet_lab.engine.builders import build_optimizer, build_scheduler, load_o
 from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.engine.device import autocast, check_compile, resolve_device, resolve_precision
 from alexnet_lab.engine.ema import WeightEMA
+from alexnet_lab.errors import UserError
 
 
 def correct_count(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -66,7 +67,12 @@ class TrainingStep:
         return self.ema.module if self.ema is not None else self.model
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step and one schedule step; (summed loss, correct count) stay on the device."""
+        """One optimizer step and one schedule step; (summed loss, correct count) stay on the device.
+        `images`: float (B, C, S, S) at the model's input size, as the loaders make them."""
+        if not images.is_floating_point():  # a dtype check: no host sync
+            raise UserError(f"The training step takes float images (B, C, S, S) in [0, 1] at the model's input "
+                            f"size, got {images.dtype} {tuple(images.shape)}. Convert uint8 data with "
+                            "alexnet_lab.data.to_float_batch(images, size), as the loaders do.")
         out = train_step(self.step_model, self.loss_fn, self.optimizer, self.scaler,
                          to_model_input(images, self.config.channels_last), labels, self.precision, self.device)
         self.scheduler.step()

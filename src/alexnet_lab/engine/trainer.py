@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from alexnet_lab.engine import checkpoint as ckpt
-from alexnet_lab.engine.config import TrainConfig, tests_at_epoch_end
+from alexnet_lab.engine.config import TrainConfig, log_every, target_check_due, tests_at_epoch_end
 from alexnet_lab.engine.distributed import agree_to_stop, seed_per_rank
 from alexnet_lab.engine.device import autocast, backend_flags, resolve_device, synchronize
 from alexnet_lab.engine.builders import Splits, make_loaders, model_options, splits_for, whitening_images
@@ -96,7 +96,7 @@ class Run:
 
     @property
     def log_every(self) -> int:
-        return max(1, self.steps_per_epoch // self.config.log_points_per_epoch)
+        return log_every(self.config, self.steps_per_epoch, self.total_steps)
 
     def emit(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -109,11 +109,16 @@ class Run:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "fp32",
              channels_last: bool = False, num_classes: int = 10, world_size: int = 1,
-             tta: str = "none") -> dict:
+             tta: str = "none", keep_logits: bool = False) -> dict:
     """Accuracy, mean loss and per-class counts over a loader (one sync at the end).
 
-    `tta` averages the logits over flipped/shifted views of each image (engine/tta.py).
+    `tta` averages the logits over flipped/shifted views of each image (engine/tta.py). `keep_logits`
+    (one process only) also returns every image's logits, float32 (N, classes) on the CPU, in the
+    loader's order, and the predictions counted (`predicted`, (N,)): a report's per-image view.
     """
+    if keep_logits and world_size > 1:
+        raise ValueError("keep_logits needs the whole test set in one process (world_size 1)")
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     was_training = model.training
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
@@ -123,16 +128,23 @@ def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "f
         with autocast(precision, device):
             logits = tta_logits(model, to_model_input(images, channels_last), tta)
         loss_sum += loss_fn(logits.float(), labels)
-        cell = labels * num_classes + logits.argmax(dim=1)  # row = true class, column = prediction
+        predicted = logits.argmax(dim=1)
+        cell = labels * num_classes + predicted  # row = true class, column = prediction
         # index_add_, not bincount: CUDA's bincount reads its input's max back to the host (a sync per batch).
         confusion.view(-1).index_add_(0, cell, torch.ones_like(cell))
+        if keep_logits:  # a sync per batch, only when asked (the report)
+            kept.append((logits.float().cpu(), predicted.cpu()))
     model.train(was_training)
     loss_sum = _all_reduce(loss_sum, world_size)
     confusion = _all_reduce(confusion, world_size).cpu()  # the sync point of evaluation
     n = int(confusion.sum())
     correct = int(confusion.diag().sum())
-    return {"accuracy": correct / max(n, 1), "loss": float(loss_sum) / max(n, 1), "examples": n,
-            "correct": correct, "confusion": confusion}
+    result = {"accuracy": correct / max(n, 1), "loss": float(loss_sum) / max(n, 1), "examples": n,
+              "correct": correct, "confusion": confusion}
+    if keep_logits:
+        result["logits"] = torch.cat([k[0] for k in kept]) if kept else torch.zeros(0, num_classes)
+        result["predicted"] = torch.cat([k[1] for k in kept]) if kept else torch.zeros(0, dtype=torch.int64)
+    return result
 
 
 def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits: Splits | None = None,
@@ -183,6 +195,14 @@ def fit_whitening(run: Run) -> None:
 
 def restore(step: TrainingStep, resume: dict) -> RunState:
     """Load a checkpoint payload into `step` (weights, optimizer, schedule, scaler) and the RNGs."""
+    damaged = [name for part in ("model_state", "optimizer_state", "ema_state")
+               for name in _non_finite(resume.get(part), part)]
+    if damaged:  # else the first log point would blame the learning rate for the file's NaNs
+        more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+        raise UserError(f"The checkpoint to resume from holds non-finite (NaN or inf) values in "
+                        f"{', '.join(damaged[:3])}{more}, so no training can continue from it. alexnet-lab "
+                        "never saves a diverged state: the file was changed, or written by another tool. "
+                        "Resume from the run's best.pt (copy it over checkpoint.pt) or retrain.")
     try:
         step.load_state_dict(resume)
         state = RunState(**resume["run_state"])
@@ -193,6 +213,17 @@ def restore(step: TrainingStep, resume: dict) -> RunState:
                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
                         "It was written for another model, recipe or version.") from None
     return state
+
+
+def _non_finite(value, name: str) -> list[str]:
+    """Names of the floating-point tensors in a (nested) state dict that hold a NaN or an inf."""
+    if isinstance(value, torch.Tensor):
+        return [name] if value.is_floating_point() and not bool(value.isfinite().all()) else []
+    if isinstance(value, dict):
+        return [n for key, v in value.items() for n in _non_finite(v, f"{name}.{key}")]
+    if isinstance(value, (list, tuple)):
+        return [n for i, v in enumerate(value) for n in _non_finite(v, f"{name}.{i}")]
+    return []
 
 
 def start_info(run: Run, state: RunState) -> dict:
@@ -230,20 +261,21 @@ def train_one_epoch(run: Run, state: RunState) -> None:
         state.batch += 1
         run.emit("on_step", state.step)
         end_of_epoch = state.batch == run.steps_per_epoch or state.step == run.total_steps
+        saved = False
         if state.batch % run.log_every == 0 or end_of_epoch:
-            log_point(run, state, end_of_epoch)
+            saved = log_point(run, state, end_of_epoch)
             if state.reached or end_of_epoch:
                 return
-        elif run.config.checkpoint_every and state.step % run.config.checkpoint_every == 0:
+        if not saved and run.config.checkpoint_every and state.step % run.config.checkpoint_every == 0:
             state.wall_seconds = run.elapsed()
             save(run, state)
         stop_if_requested(run, state)
 
 
-def log_point(run: Run, state: RunState, end_of_epoch: bool) -> None:
+def log_point(run: Run, state: RunState, end_of_epoch: bool) -> bool:
     """A point of the training curves: the epoch's running means (a sync point: they are shown), the
     test accuracy at the epoch ends --eval-every asks for and after the last step (at every point with
-    a target accuracy), and the checkpoints due."""
+    a target accuracy), and the checkpoints due. True if it saved one."""
     train_loss, train_acc = epoch_means(run, state)
     state.step_seconds += time.perf_counter() - state.chunk_start
     if not math.isfinite(train_loss):
@@ -252,7 +284,8 @@ def log_point(run: Run, state: RunState, end_of_epoch: bool) -> None:
            "examples": state.examples, "train_loss": train_loss, "train_acc": train_acc,
            "lr": run.step.scheduler.get_last_lr()[0]}
     is_best = False
-    if run.config.target_accuracy is not None or (
+    if (run.config.target_accuracy is not None and (end_of_epoch or target_check_due(
+            run.config, state.batch, run.steps_per_epoch, run.total_steps))) or (
             end_of_epoch and tests_at_epoch_end(run.config, state.epoch + 1, state.step == run.total_steps)):
         is_best = evaluate_point(run, state, row)
     state.wall_seconds = run.elapsed()
@@ -261,9 +294,11 @@ def log_point(run: Run, state: RunState, end_of_epoch: bool) -> None:
     run.emit("on_log", row)
     if end_of_epoch:
         state.epoch, state.batch = state.epoch + 1, 0
-    if end_of_epoch or is_best or state.reached:
+    saving = end_of_epoch or is_best or state.reached
+    if saving:
         save(run, state, is_best)
     state.chunk_start = time.perf_counter()
+    return saving
 
 
 def evaluate_point(run: Run, state: RunState, row: dict) -> bool:
@@ -300,9 +335,17 @@ def save(run: Run, state: RunState, is_best: bool = False) -> dict:
                "model_kwargs": model_options(run.splits), "class_names": list(run.splits.class_names),
                **run.step.state_dict(),
                "run_state": state.saved(), "rng": ckpt.rng_state(), "world_size": run.world_size,
-               "data_fingerprint": run.splits.fingerprint}
+               "data_fingerprint": run.splits.fingerprint, "evaluated_with": evaluated_with(run)}
     run.emit("on_checkpoint", payload, is_best)
     return payload
+
+
+def evaluated_with(run: Run) -> dict:
+    """How this run's test evaluations ran, beyond its config (whose --tta they follow): the device, the
+    resolved precision, the batch of test images per process, the processes. `evaluate` reproduces a
+    checkpoint's accuracy to the last digit with the same (bf16 sums depend on the batch's shape)."""
+    return {"device": str(run.device), "precision": run.step.precision,
+            "batch_size": run.test_loader.batch_size, "world_size": run.world_size}
 
 
 def stop_if_requested(run: Run, state: RunState) -> None:

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Callable
 
 import matplotlib
+import torch
 
-from alexnet_lab.analysis.features import (feature_maps, first_layer_filters, predict_probabilities,
-                                           prediction_summary, strongest_channels)
+from alexnet_lab.analysis.features import feature_maps, first_layer_filters, prediction_summary, strongest_channels
 from alexnet_lab.data.loader import to_float_batch
-from alexnet_lab.engine.device import resolve_device, resolve_precision
+from alexnet_lab.engine.builders import input_size, uses_2012_crops
+from alexnet_lab.engine.device import resolve_device
+from alexnet_lab.engine.evaluation import checkpoint_test_split, evaluate_checkpoint, run_test_record, why_it_differs
 from alexnet_lab.engine.inference import load_trained
-from alexnet_lab.engine.builders import input_size, splits_for, uses_2012_crops
 from alexnet_lab.engine.checkpoint import class_names
 from alexnet_lab.errors import UserError
 from alexnet_lab.reports.plots import plot_confusion, plot_feature_maps, plot_filters, plot_image_grid
@@ -67,22 +68,21 @@ def learned_sections(run_dir: Path, *, device: str = "auto", data_dir: str | Non
     ctx["filters"] = {"uri": figure_uri(lambda t: plot_filters(filters.numpy(), [t], title=title)),
                       "count": len(filters), "size": filters.shape[1]}
     try:  # the run's own test data (Fashion-MNIST's test set, or the image folder's validation split)
-        splits = splits_for(config.replace(limit_train=1, data_dir=data_dir or config.data_dir))
+        splits = checkpoint_test_split(config, payload, data_dir=data_dir)
     except UserError as exc:
         ctx["data_note"] = (f"The test images could not be loaded, so the sections that need them (per-class "
                             f"accuracy, confusion, mistakes, feature maps) are missing: {exc}")
         return ctx
     names = class_names(payload)
-    if tuple(splits.class_names) != names:
-        ctx["data_note"] = (f"The data found now has other classes ({', '.join(splits.class_names)}) than the "
-                            f"model was trained on ({', '.join(names)}), so the test-set sections are missing.")
-        return ctx
-    prepare = {"input_size": input_size(config), "center_crop": uses_2012_crops(config)}
-    precision = resolve_precision(config.precision, torch_device)
-    probs = predict_probabilities(model, splits.test_images, device=torch_device, precision=precision,
-                                  channels_last=config.channels_last and torch_device.type != "mps", **prepare)
-    result = prediction_summary(probs, splits.test_labels, len(names))
+    # Measured as the run measured it (its precision, TTA, batch): the accuracy is the run's own.
+    evaluation = evaluate_checkpoint(model, config, splits, torch_device, keep_logits=True)
+    probs = torch.softmax(evaluation["logits"].double(), dim=1)
+    result = prediction_summary(probs, splits.test_labels, len(names), predicted=evaluation["predicted"])
     ctx.update(_prediction_context(result, splits, names, config.model))
+    record = run_test_record(payload)
+    ctx["test"]["run_acc"] = record["test_acc"] if record else None
+    ctx["test"]["differs_because"] = why_it_differs(payload, config, evaluation["settings"], splits)
+    prepare = {"input_size": input_size(config), "center_crop": uses_2012_crops(config)}
     x = to_float_batch(splits.test_images[:1], prepare["input_size"], prepare["center_crop"])
     ctx["feature_maps"] = _feature_map_context(model, x, names, int(splits.test_labels[0]), result)
     return ctx

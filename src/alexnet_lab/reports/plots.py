@@ -3,13 +3,13 @@ learned filters, feature maps and image grids (the run report's)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import matplotlib
 from matplotlib.figure import Figure
+
+from alexnet_lab import files
 
 
 def _subplots(*args, figsize, dpi, **kwargs):
@@ -33,22 +33,10 @@ def _save(fig, paths: Iterable[Path], suptitle: str = "") -> None:
 
 
 def save_atomically(fig, path: Path) -> None:
-    """Write a temp file beside `path`, then rename it over `path`: a full disk or a kill leaves the
-    previous figure (or none), never a torn one. An OSError names `path`."""
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=path.suffix.lstrip(".") or None)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `path` through files.atomic_writer: a full disk or a kill leaves the previous figure (or
+    none), never a torn one; a symlink is refused; an OSError names `path`."""
+    with files.atomic_writer(path) as fh:
+        fig.savefig(fh, format=path.suffix.lstrip(".") or None)
 
 
 def _series(rows: Sequence[dict], key: str) -> tuple[list, list]:
@@ -79,23 +67,34 @@ def plot_curves(runs: Iterable[tuple[str, Sequence[dict]]], paths: Iterable[Path
     _save(fig, paths)
 
 
+CONFUSION_WIDTH_IN = 6.5    # the figure's width; the report shows it 520 CSS px wide (5.42 in at 96 px/in)
+CONFUSION_DISPLAY_PX = 520  # so a font of F pt appears at F * 520 / (6.5 * 96) = 0.83 F pt: 11 pt -> 9.2 pt
+
+
+def confusion_font_pt(num_classes: int) -> float:
+    """Counts at >= 9 pt as the report shows the figure (up to 12 classes; more classes get smaller cells)."""
+    return 11.0 if num_classes <= 12 else max(5.0, 11.0 * 12 / num_classes)
+
+
 def plot_confusion(confusion, class_names: Sequence[str], path: Path, title: str = "") -> None:
     """Row-normalised confusion matrix (rows: true class, columns: predicted), counts annotated."""
     import numpy as np
 
     counts = np.asarray(confusion, dtype=np.int64)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, ax = _subplots(figsize=(6.5, 5.5), dpi=120)
+    fig, ax = _subplots(figsize=(CONFUSION_WIDTH_IN, 5.9), dpi=120)
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    font = confusion_font_pt(len(class_names))
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right", fontsize=min(font, 10))
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=min(font, 10))
+    ax.set_xlabel("predicted", fontsize=11)
+    ax.set_ylabel("true", fontsize=11)
     for i in range(counts.shape[0]):
         for j in range(counts.shape[1]):
-            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6,
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=font,
                     color="white" if rates[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046)
+    bar.set_label("share of the true class (row); cells: image counts", fontsize=10)
     if title:
         ax.set_title(title, fontsize=9)
     _save(fig, [path])
@@ -238,6 +237,9 @@ def plot_feature_maps(image, layers: Sequence[dict], paths: Iterable[Path], chan
     _save(fig, paths, suptitle=title)
 
 
+CAPTION_PT = 8  # the mistakes grid is 1.15 in a column, shown at ~0.97x: captions appear at ~7.8 pt (10 px)
+
+
 def plot_image_grid(images, captions: Sequence[str], paths: Iterable[Path], ncols: int = 8, title: str = "",
                     colors: Sequence[str] | None = None) -> None:
     """Small images (uint8 (H, W) grey or (C, H, W); see as_display) on one canvas, a caption under each (e.g. 'pred shirt 97%\ntrue
@@ -252,6 +254,6 @@ def plot_image_grid(images, captions: Sequence[str], paths: Iterable[Path], ncol
         if images[i] is not None and caption:
             r, c = divmod(i, ncols)
             ax.text(c * (w + pad) + w / 2, r * (h + pad) + h + 0.5, caption, ha="center", va="top",
-                    fontsize=6, color=colors[i] if colors else "black", linespacing=1.0)
+                    fontsize=CAPTION_PT, color=colors[i] if colors else "black", linespacing=1.0)
     ax.set_ylim(nrows * (h + pad), -0.5)  # keep the last row's captions inside the figure
     _save(fig, paths, suptitle=title)

@@ -18,7 +18,8 @@ import jinja2
 import alexnet_lab
 from alexnet_lab.reports.learned import figure_uri, learned_sections
 from alexnet_lab.reports.plots import plot_comparison, plot_curves
-from alexnet_lab.reports.run_dir import read_run
+from alexnet_lab import files
+from alexnet_lab.engine.run_dir import make_output_dir, read_run
 
 FULL_TRAIN, FULL_TEST = 60_000, 10_000
 # The book's printout for its d2l AlexNet run (10 epochs, lr 0.01, batch 128, 224x224, one V100).
@@ -80,10 +81,10 @@ def results_rows(run: dict) -> list[dict]:
     metrics = run["metrics"]
     last = dict(summary)
     if not summary and metrics:  # unfinished: the last logged point
-        train = [r for r in metrics if "train_loss" in r]
-        tested = [r for r in metrics if "test_acc" in r]
+        train = [r for r in metrics if r.get("train_loss") is not None]  # null: not a number (JSON has no NaN)
+        tested = [r for r in metrics if r.get("test_acc") is not None]
         last = {"train_loss": train[-1]["train_loss"] if train else None,
-                "train_acc": train[-1]["train_acc"] if train else None,
+                "train_acc": train[-1].get("train_acc") if train else None,
                 "test_acc": tested[-1]["test_acc"] if tested else None,
                 "best_test_acc": max((r["test_acc"] for r in tested), default=None),
                 "epochs": metrics[-1]["epoch"], "steps": metrics[-1]["step"]}
@@ -122,23 +123,42 @@ def render(context: dict) -> str:
     return env.from_string(template_text).render(**context)
 
 
+GENERATOR = '<meta name="generator" content="alexnet-lab report">'  # in report.html.j2: marks our pages
+RUN_FILES = ("checkpoint.pt", "best.pt", "config.json", "metrics.jsonl", "summary.json")
+
+
+def is_report(path: Path) -> bool:
+    """Whether `path` is a regular file holding a page this module wrote (so it may be replaced)."""
+    try:
+        with open(path, "rb") as fh:
+            return path.is_file() and not files.is_symlink(path) and GENERATOR.encode() in fh.read(2048)
+    except OSError:
+        return False
+
+
+def check_report_out(out: Path, run_paths: list[Path], force: bool) -> None:
+    """The page never lands on a run's own files (even with --force), nor on another existing file
+    unless it is an earlier report or --force is given."""
+    inputs = [p / name for p in run_paths for name in RUN_FILES]
+    files.check_output_file(out, force=force or is_report(out), inputs=tuple(inputs))
+
+
 def build_report(run_dirs, out: str | os.PathLike | None = None, *, device: str = "auto",
-                 data_dir: str | None = None) -> Path:
-    """Write report.html for one run (default: inside it) or for several (default: runs/compare/)."""
+                 data_dir: str | None = None, force: bool = False) -> Path:
+    """Write report.html for one run (default: inside it) or for several (default: runs/compare/).
+    An existing file other than an earlier report is replaced only with `force`."""
     paths = [Path(p) for p in run_dirs]
-    runs = [run_context(p, device=device, data_dir=data_dir) for p in paths]
     if out is None:
         out = paths[0] / "report.html" if len(paths) == 1 else Path("runs/compare/report.html")
     out = Path(out)
+    check_report_out(out, paths, force)  # before the work: a refused --out costs nothing
+    runs = [run_context(p, device=device, data_dir=data_dir) for p in paths]
     context = {"runs": runs, "environment": _environment(), "title": _title(runs)}
     if len(runs) > 1:
         context["comparison_uri"] = figure_uri(lambda t: plot_comparison(
             [(r["name"], r["run"]["metrics"]) for r in runs], [t]), fmt="svg")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(render(context), encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    make_output_dir(out.parent, "--out's folder")
+    return files.write_text(out, render(context))
 
 
 def _title(runs: list[dict]) -> str:

@@ -1,0 +1,486 @@
+"""Schemas of what the program reads back from files: a checkpoint's fields, an exported model's metadata
+and a run folder's JSON, each field checked (type, range, consistency with the model) before it is used.
+
+A file that fails is a `UserError` naming the file and the field. Sizes taken from a file are bounded, so
+a forged number is refused instead of being allocated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from dataclasses import fields
+
+import torch
+
+from alexnet_lab.engine import checkpoint as ckpt
+from alexnet_lab.engine.builders import input_size
+from alexnet_lab.engine.config import DEVICES, TrainConfig
+from alexnet_lab.engine.trainer import RunState
+from alexnet_lab.errors import UserError
+from alexnet_lab.models import build_model, check_input_size, list_models
+
+METADATA_FORMAT = "alexnet-lab-model/1"  # the exported model's metadata (engine/inference.py writes it)
+
+COUNT_MAX = 2**62            # steps, examples, epochs: far beyond any run, and every one fits an int64
+CLASSES = (2, 100_000)       # a classifier needs two classes; 100,000 bounds the output layer
+CHANNELS = (1, 3)            # the data give gray or RGB images (--channels)
+SIDE_MAX = 4096              # the largest input side, as --resize allows (its range in config.py)
+STORED_FACTOR = 4            # image-folder models decode at most 4x their input side (2012 crops: 256/224)
+NAME_MAX = 255               # a class name is a folder name: at most 255 bytes on common file systems
+DEVICE = re.compile(r"(cuda|mps):\d{1,3}")  # besides config.DEVICES; torch.device() refuses anything else
+# What LambdaLR.load_state_dict copies into the scheduler's attributes (any other key would overwrite
+# one of its working attributes, such as its optimizer); `verbose` from older torch versions.
+SCHEDULER_KEYS = {"base_lrs", "last_epoch", "_step_count", "_is_initial", "_get_lr_called_within_step",
+                  "_last_lr", "lr_lambdas", "verbose"}
+SGD_GROUP = ("params", "lr", "momentum", "dampening", "weight_decay")  # what SGD.step reads with no default
+RESUME_RUN_STATE = ("epoch", "batch", "step", "examples", "metrics")  # what a resume cannot do without
+
+
+def describe(value) -> str:
+    """A short description of a value for a message: never the whole of a large or deeply nested one."""
+    if value is None or isinstance(value, (bool, float)):
+        return repr(value)
+    if isinstance(value, int):  # repr() of an int of over 4,300 digits raises
+        return repr(value) if abs(value) < 10**18 else f"a {value.bit_length()}-bit whole number"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else repr(value[:40]) + "..."
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (list, tuple, dict)):
+        return f"a {type(value).__name__} of {len(value)} item(s)"
+    return f"a {type(value).__name__}"
+
+
+class Fields:
+    """Checks of one file's fields; each failure is a UserError naming the file, the field and the fix."""
+
+    def __init__(self, where: str, advice: str):
+        self.where, self.advice = where, advice
+
+    def fail(self, name: str, problem: str):
+        raise UserError(f"{self.where} is damaged or was not written by alexnet-lab: {name} {problem}. "
+                        f"{self.advice}")
+
+    def mapping(self, name: str, value) -> dict:
+        if not isinstance(value, dict):
+            self.fail(name, f"must be a dict (a JSON object), got {describe(value)}")
+        if not all(isinstance(key, str) for key in value):
+            self.fail(name, "must have text keys only")
+        return value
+
+    def keys(self, name: str, value: dict, *, required=(), allowed=None) -> None:
+        missing = [key for key in required if key not in value]
+        if missing:
+            self.fail(name, f"lacks {', '.join(missing)}")
+        unknown = sorted(str(key) for key in value if key not in allowed) if allowed is not None else []
+        if unknown:
+            shown = ", ".join(describe(key) for key in unknown[:4]) + (" ..." if len(unknown) > 4 else "")
+            self.fail(name, f"has unknown key(s) {shown}")
+
+    def sequence(self, name: str, value, low: int = 0, high: int = COUNT_MAX) -> list | tuple:
+        if not isinstance(value, (list, tuple)):
+            self.fail(name, f"must be a list, got {describe(value)}")
+        if not low <= len(value) <= high:
+            self.fail(name, f"must have {low if low == high else f'{low} to {high}'} item(s), got {len(value)}")
+        return value
+
+    def whole(self, name: str, value, low: int = 0, high: int = COUNT_MAX) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(name, f"must be a whole number, got {describe(value)}")
+        if not low <= value <= high:
+            self.fail(name, f"must be in [{low}, {high}], got {describe(value)}")
+        return value
+
+    def number(self, name: str, value, low: float = 0.0, high: float = math.inf, *, optional: bool = False,
+               open_low: bool = False, open_high: bool = False) -> float | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(name, f"must be a number{' or null' if optional else ''}, got {describe(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(name, f"must be a finite number, got {value}")
+        if (value <= low if open_low else value < low) or (value >= high if open_high else value > high):
+            self.fail(name, f"must be in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}, "
+                            f"got {describe(value)}")
+        return value
+
+    def text(self, name: str, value, *, optional: bool = False, longest: int = 10_000) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            self.fail(name, f"must be text, got {describe(value)}")
+        if len(value) > longest:
+            self.fail(name, f"must be at most {longest:,} characters, got {len(value):,}")
+        return value
+
+    def flag(self, name: str, value, *, optional: bool = False) -> bool | None:
+        if (value is None and optional) or isinstance(value, bool):
+            return value
+        self.fail(name, f"must be true or false, got {describe(value)}")
+
+    def choice(self, name: str, value, choices) -> object:
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or value not in choices:
+            shown = ", ".join(map(str, choices))
+            self.fail(name, f"must be one of {shown}, got {describe(value)}")
+        return value
+
+    def typed(self, name: str, value, annotation: str) -> None:
+        """`value` as a dataclass field annotated `annotation` ("int", "float | None", ...) takes it."""
+        parts = [part.strip() for part in str(annotation).split("|")]
+        optional, kind = "None" in parts, next((p for p in parts if p != "None"), "None")
+        if kind == "bool":
+            self.flag(name, value, optional=optional)
+        elif kind == "int" and not (optional and value is None):
+            self.whole(name, value, -COUNT_MAX, COUNT_MAX)
+        elif kind == "float":
+            self.number(name, value, -math.inf, math.inf, optional=optional)
+        elif kind == "str":
+            self.text(name, value, optional=optional)
+        elif kind == "list" and not isinstance(value, list):  # appended to: a tuple will not do
+            self.fail(name, f"must be a list, got {describe(value)}")
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+def check_checkpoint(payload: dict, path, *, for_resume: bool = False, advice: str = ckpt.LOAD_ADVICE) -> TrainConfig:
+    """Check every field a command reads from a loaded checkpoint and return its training config.
+
+    Always: model_name, model_kwargs, model_state, config, class_names, ema_state, run_state, versions and
+    the data fingerprint, against the model the checkpoint names (built on the meta device: no memory, no
+    compute). `for_resume` (train --resume) also: every key fit() needs; the optimizer, scheduler, scaler
+    and RNG states. `advice` ends each message: what to do about a damaged file."""
+    c = Fields(f"Checkpoint '{path}'", advice)
+    if for_resume:
+        missing = [key for key in ckpt.RESUME_KEYS if key not in payload]
+        if missing:
+            raise UserError(f"Checkpoint '{path}' lacks {', '.join(missing)}, so the run cannot resume from "
+                            "it (it was written by another version or tool).")
+    c.keys("the checkpoint", payload, required=("model_name", "model_state", "config"))
+    name = c.choice("model_name", payload["model_name"], list_models())
+    kwargs = _model_kwargs(c, payload.get("model_kwargs"))
+    ckpt.check_model_state(payload, path)  # names and shapes of the weights, against the model
+    config = _train_config(c, payload["config"])
+    if config.model != name:
+        c.fail("config", f"names model {config.model!r} but model_name is {name!r}")
+    if config.channels not in (None, kwargs["in_channels"]):
+        c.fail("config.channels", f"is {config.channels} but the model takes {kwargs['in_channels']} channel(s)")
+    try:
+        check_input_size(name, input_size(config))
+    except UserError as exc:
+        c.fail("config.resize", f"does not fit the model ({exc})")
+    _class_names(c, "class_names", payload.get("class_names"), kwargs["num_classes"])
+    with torch.device("meta"):
+        model = build_model(name, **kwargs)
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    _ema_state(c, payload.get("ema_state"), config, expected, name, for_resume)
+    if "run_state" in payload or for_resume:
+        _run_state(c, payload["run_state"], for_resume)
+    if "versions" in payload:
+        versions = c.mapping("versions", payload["versions"])
+        for key, value in versions.items():
+            c.text(f"versions.{key}", value, longest=200)
+    if payload.get("data_fingerprint") is not None:  # evaluate and a resume compare it with the data
+        _fingerprint(c, payload["data_fingerprint"])
+    if for_resume:
+        _resume_parts(c, payload, [tuple(p.shape) for p in model.parameters()])
+    return config
+
+
+def _resume_parts(c: Fields, payload: dict, params: list[tuple]) -> None:
+    """What only a resume restores: optimizer, scheduler, scaler and RNG states."""
+    _optimizer_state(c, payload["optimizer_state"], params)
+    _scheduler_state(c, payload["scheduler_state"], len(payload["optimizer_state"]["param_groups"]))
+    _scaler_state(c, payload["scaler_state"])
+    _rng_state(c, payload["rng"])
+    if "world_size" in payload:
+        c.whole("world_size", payload["world_size"], 1, 2**20)
+
+
+def _model_kwargs(c: Fields, value) -> dict:
+    """The model's build options (older checkpoints: none, i.e. Fashion-MNIST's 1 channel, 10 classes)."""
+    value = {} if value is None else c.mapping("model_kwargs", value)
+    c.keys("model_kwargs", value, allowed=("in_channels", "num_classes"))
+    kwargs = {"in_channels": 1, "num_classes": 10, **value}
+    c.choice("model_kwargs.in_channels", kwargs["in_channels"], CHANNELS)
+    c.whole("model_kwargs.num_classes", kwargs["num_classes"], *CLASSES)
+    return kwargs
+
+
+def _train_config(c: Fields, value, name: str = "config") -> TrainConfig:
+    """The saved TrainConfig: every field of its type, then TrainConfig's own range and choice checks."""
+    values = c.mapping(name, value)
+    annotations = {f.name: f.type for f in fields(TrainConfig)}
+    c.keys(name, values, required=("model",), allowed=annotations)
+    for key, item in values.items():
+        c.typed(f"{name}.{key}", item, annotations[key])
+    device = values.get("device", "auto")
+    if device not in DEVICES and not DEVICE.fullmatch(device):
+        c.fail(f"{name}.device", f"must be one of {', '.join(DEVICES)} or cuda:N, got {describe(device)}")
+    try:
+        return TrainConfig.from_dict(values)
+    except (UserError, TypeError, ValueError) as exc:
+        c.fail(name, f"is not a valid configuration ({str(exc).removeprefix('Invalid configuration: ').rstrip('.')})")
+
+
+def _class_names(c: Fields, name: str, value, num_classes: int) -> None:
+    if value is None:  # older checkpoints: Fashion-MNIST's ten
+        if num_classes != 10:
+            c.fail(name, f"is missing, and the model has {num_classes} outputs (not Fashion-MNIST's 10)")
+        return
+    names = c.sequence(name, value)
+    if len(names) != num_classes:
+        c.fail(name, f"holds {len(names)} name(s) for the model's {num_classes} outputs")
+    for i, item in enumerate(names):
+        if not c.text(f"{name}[{i}]", item, longest=NAME_MAX):
+            c.fail(f"{name}[{i}]", "is empty")
+    if len(set(names)) != len(names):
+        c.fail(name, "holds the same name twice")
+
+
+def _ema_state(c: Fields, value, config: TrainConfig, expected: dict, model_name: str, for_resume: bool) -> None:
+    """The average of the weights that evaluations use: present exactly when the run kept one."""
+    if value is None:
+        if for_resume and config.ema_decay:
+            c.fail("ema_state", f"is missing, but the run keeps an average of the weights (ema_decay "
+                                f"{config.ema_decay:g})")
+        return
+    if not config.ema_decay:
+        c.fail("ema_state", "is present, but the run kept no average of the weights (config.ema_decay is 0)")
+    ema = c.mapping("ema_state", value)
+    c.keys("ema_state", ema, required=("module", "updates", "decay"))
+    problems = ckpt.state_problems(expected, ema["module"])
+    if problems:
+        c.fail("ema_state.module", f"does not fit model '{model_name}' ({'; '.join(problems[:2])})")
+    c.whole("ema_state.updates", ema["updates"])
+    c.number("ema_state.decay", ema["decay"], 0, 1, open_low=True, open_high=True)
+
+
+def _run_state(c: Fields, value, for_resume: bool) -> None:
+    """The run's position and sums (engine.trainer.RunState), typed as RunState declares them."""
+    state = c.mapping("run_state", value)
+    annotations = {f.name: f.type for f in fields(RunState) if not f.metadata.get("transient")}
+    c.keys("run_state", state, required=RESUME_RUN_STATE if for_resume else (), allowed=annotations)
+    for key, item in state.items():
+        c.typed(f"run_state.{key}", item, annotations[key])
+    counts = {key: c.whole(f"run_state.{key}", state[key])
+              for key in ("epoch", "batch", "step", "examples", "epoch_examples") if key in state}
+    step = counts.get("step", COUNT_MAX)
+    for key in ("epoch", "batch"):  # every epoch and every batch is at least one step
+        if counts.get(key, 0) > step:
+            c.fail(f"run_state.{key}", f"is {counts[key]}, more than the {step} steps done")
+    for key in ("step_seconds", "wall_seconds", "epoch_loss_sum"):
+        if key in state:
+            c.number(f"run_state.{key}", state[key], 0, 1e30)  # the loss sum becomes a float32 tensor
+    if "epoch_correct" in state:  # becomes an int64 tensor: at most the examples counted
+        c.number("run_state.epoch_correct", state["epoch_correct"], 0, counts.get("epoch_examples", COUNT_MAX))
+    if "best_test_acc" in state:  # -1: not tested yet
+        c.number("run_state.best_test_acc", state["best_test_acc"], -1, 1)
+    if "time_to_target_s" in state:
+        c.number("run_state.time_to_target_s", state["time_to_target_s"], optional=True)
+    for i, row in enumerate(state.get("metrics", ())):
+        _metrics_row(c, f"run_state.metrics[{i}]", row)
+
+
+def _optimizer_state(c: Fields, value, params: list[tuple]) -> None:
+    """SGD's state: one group or more covering the model's parameters in order, momentum buffers shaped
+    like them (a wrong shape would fail only at the first step)."""
+    state = c.mapping("optimizer_state", value)
+    c.keys("optimizer_state", state, required=("state", "param_groups"))
+    groups = c.sequence("optimizer_state.param_groups", state["param_groups"], 1, len(params))
+    order = []
+    for i, group in enumerate(groups):
+        name = f"optimizer_state.param_groups[{i}]"
+        group = c.mapping(name, group)
+        c.keys(name, group, required=SGD_GROUP)
+        for key in ("lr", "momentum", "dampening", "weight_decay", "initial_lr"):
+            if key in group:
+                c.number(f"{name}.{key}", group[key], 0, 1e4)
+        for key in ("nesterov", "maximize", "differentiable", "foreach", "fused"):
+            if key in group:
+                c.flag(f"{name}.{key}", group[key], optional=key in ("foreach", "fused"))
+        order += [c.whole(f"{name}.params[{j}]", p, 0, len(params) - 1)
+                  for j, p in enumerate(c.sequence(f"{name}.params", group["params"]))]
+    if order != list(range(len(params))):
+        c.fail("optimizer_state.param_groups", f"do not list the model's {len(params)} parameters in order")
+    buffers = state["state"]
+    if not isinstance(buffers, dict):
+        c.fail("optimizer_state.state", f"must be a dict, got {describe(buffers)}")
+    for key, entry in buffers.items():
+        name = f"optimizer_state.state[{describe(key)}]"
+        index = c.whole(name, key, 0, len(params) - 1)
+        buffer = c.mapping(name, entry).get("momentum_buffer")
+        if buffer is not None and not (isinstance(buffer, torch.Tensor) and buffer.is_floating_point()
+                                       and tuple(buffer.shape) == params[index]):
+            c.fail(f"{name}.momentum_buffer", f"must be a float tensor of shape {params[index]}, got "
+                                              f"{describe(buffer)}")
+
+
+def _scheduler_state(c: Fields, value, groups: int) -> None:
+    state = c.mapping("scheduler_state", value)
+    c.keys("scheduler_state", state, required=("lr_lambdas", "last_epoch"), allowed=SCHEDULER_KEYS)
+    if any(item is not None for item in c.sequence("scheduler_state.lr_lambdas", state["lr_lambdas"], groups, groups)):
+        c.fail("scheduler_state.lr_lambdas", "must hold nothing (the schedule is a function of the step)")
+    c.whole("scheduler_state.last_epoch", state["last_epoch"], -1)
+    if "_step_count" in state:
+        c.whole("scheduler_state._step_count", state["_step_count"])
+    for key in ("base_lrs", "_last_lr"):
+        if key in state:
+            for i, lr in enumerate(c.sequence(f"scheduler_state.{key}", state[key], groups, groups)):
+                c.number(f"scheduler_state.{key}[{i}]", lr, 0, 1e4)
+    for key in ("_is_initial", "_get_lr_called_within_step"):
+        if key in state:
+            c.flag(f"scheduler_state.{key}", state[key])
+    if "verbose" in state and not isinstance(state["verbose"], (bool, str)):
+        c.fail("scheduler_state.verbose", f"must be true, false or text, got {describe(state['verbose'])}")
+
+
+def _scaler_state(c: Fields, value) -> None:
+    """fp16's grad scaler: empty when it was off."""
+    state = c.mapping("scaler_state", value)
+    if state:
+        c.keys("scaler_state", state, required=("scale", "growth_factor", "backoff_factor", "growth_interval",
+                                                "_growth_tracker"))
+        for key in ("scale", "growth_factor", "backoff_factor"):
+            c.number(f"scaler_state.{key}", state[key], 0, 2.0**128, open_low=True)
+        c.whole("scaler_state.growth_interval", state["growth_interval"], 1)
+        c.whole("scaler_state._growth_tracker", state["_growth_tracker"])
+
+
+def _rng_state(c: Fields, value) -> None:
+    """Python's, NumPy's and torch's generator states, shaped as checkpoint.rng_state() saves them."""
+    rng = c.mapping("rng", value)
+    c.keys("rng", rng, required=("python", "numpy", "torch"), allowed=("python", "numpy", "torch", "cuda"))
+    version, internal, gauss = c.sequence("rng.python", rng["python"], 3, 3)
+    c.whole("rng.python[0]", version, random.Random.VERSION, random.Random.VERSION)
+    words = c.sequence("rng.python[1]", internal, 625, 625)  # 624 words of Mersenne Twister state, the index
+    for i, word in enumerate(words):
+        c.whole(f"rng.python[1][{i}]", word, 0, 624 if i == 624 else 2**32 - 1)
+    c.number("rng.python[2]", gauss, -math.inf, math.inf, optional=True)
+    numpy_state = c.mapping("rng.numpy", rng["numpy"])
+    c.keys("rng.numpy", numpy_state, required=("key", "pos", "has_gauss", "cached_gaussian"))
+    key = numpy_state["key"]
+    if not (isinstance(key, torch.Tensor) and key.dtype == torch.int64 and tuple(key.shape) == (624,)
+            and int(key.min()) >= 0 and int(key.max()) < 2**32):
+        c.fail("rng.numpy.key", f"must be 624 unsigned 32-bit words as an int64 tensor, got {describe(key)}")
+    c.whole("rng.numpy.pos", numpy_state["pos"], 0, 624)
+    c.whole("rng.numpy.has_gauss", numpy_state["has_gauss"], 0, 1)
+    c.number("rng.numpy.cached_gaussian", numpy_state["cached_gaussian"], -math.inf, math.inf)
+    for name, tensor in [("rng.torch", rng["torch"]),
+                         *((f"rng.cuda[{i}]", t) for i, t in enumerate(c.sequence("rng.cuda", rng.get("cuda", ()))))]:
+        if not (isinstance(tensor, torch.Tensor) and tensor.dtype == torch.uint8 and tensor.dim() == 1):
+            c.fail(name, f"must be a uint8 tensor (a generator state), got {describe(tensor)}")
+    if rng["torch"].shape != torch.get_rng_state().shape:
+        c.fail("rng.torch", f"must have {torch.get_rng_state().numel()} bytes, got {rng['torch'].numel()}")
+
+
+def _fingerprint(c: Fields, value) -> None:
+    fingerprint = c.mapping("data_fingerprint", value)
+    for split in ("train", "test"):
+        if split in fingerprint:
+            part = c.mapping(f"data_fingerprint.{split}", fingerprint[split])
+            c.keys(f"data_fingerprint.{split}", part, required=("examples", "blake2b"))
+            c.whole(f"data_fingerprint.{split}.examples", part["examples"])
+            c.text(f"data_fingerprint.{split}.blake2b", part["blake2b"], longest=128)
+
+
+# --- exported models -----------------------------------------------------------------------------
+
+def check_model_metadata(text, path) -> dict:
+    """The metadata of an exported model file (JSON text or bytes) as a checked dict.
+
+    The sizes are bounded (input side at most SIDE_MAX, the stored side at most STORED_FACTOR times
+    it), so a forged number cannot make `predict` decode images at an impossible size. Whether they
+    describe the graph in the file is checked by `engine.export.ModelFile`."""
+    try:
+        meta = json.loads(text or "{}")
+    except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError, ...
+        raise UserError(f"Model file '{path}' has metadata that is not JSON ({str(exc).splitlines()[0][:80]}). "
+                        "Export the model again with alexnet-lab export.") from None
+    if not isinstance(meta, dict) or meta.get("format") != METADATA_FORMAT:
+        raise UserError(f"'{path}' was not written by alexnet-lab export (no {METADATA_FORMAT} metadata).")
+    c = Fields(f"Model file '{path}'", "Export the model again with alexnet-lab export.")
+    c.keys("its metadata", meta, required=("model", "class_names", "input_size", "in_channels", "data",
+                                           "stored_size", "center_crop"))
+    c.text("model", meta["model"], longest=200)
+    names = c.sequence("class_names", meta["class_names"], *CLASSES)
+    _class_names(c, "class_names", names, len(names))
+    size = c.whole("input_size", meta["input_size"], 1, SIDE_MAX)
+    c.choice("in_channels", meta["in_channels"], CHANNELS)
+    data = c.text("data", meta["data"])
+    if data != "fashion-mnist" and not data.startswith("imagefolder:"):
+        c.fail("data", f"must be 'fashion-mnist' or 'imagefolder:...', got {describe(data)}")
+    c.whole("stored_size", meta["stored_size"], size, min(SIDE_MAX, STORED_FACTOR * size))
+    c.flag("center_crop", meta["center_crop"])
+    c.text("input", meta.get("input"), optional=True)
+    return meta
+
+
+# --- run folders ---------------------------------------------------------------------------------
+
+RUN_ADVICE = "Restore it, or leave this run out."
+# config.json's "resolved" part (engine.trainer.start_info) and summary.json (engine.trainer.summarize):
+# the fields the report and compare format, as dataclass-style annotations. Other keys are shown as text.
+RESOLVED = {"device": "str", "precision": "str", "steps_per_epoch": "int", "total_steps": "int",
+            "num_epochs": "int", "train_examples": "int", "test_examples": "int", "input_size": "int",
+            "start_step": "int", "start_examples": "int", "world_size": "int", "params": "int"}
+SUMMARY = {"model": "str", "preset": "str", "device": "str", "precision": "str", "epochs": "float",
+           "steps": "int", "train_loss": "float | None", "train_acc": "float | None",
+           "test_acc": "float | None", "best_test_acc": "float | None", "examples_per_sec": "float | None",
+           "step_seconds": "float | None", "wall_seconds": "float | None", "train_examples": "int",
+           "target_accuracy": "float | None", "reached_target": "bool", "time_to_target_s": "float | None"}
+# A metrics row (engine.trainer.log_point); JSON has no NaN, so the writer stores null for one.
+ROW = {"epoch": "float", "step": "int", "examples": "int", "train_loss": "float | None",
+       "train_acc": "float | None", "test_acc": "float | None", "lr": "float | None",
+       "elapsed_s": "float | None"}
+
+
+def check_run_config(value: dict, path) -> dict:
+    """config.json: the recipe's fields typed as TrainConfig declares them (a run of another version
+    may lack some or have others), and "resolved" with its environment as objects."""
+    c = Fields(f"'{path}'", RUN_ADVICE)
+    config = c.mapping("the file", value)
+    annotations = {f.name: f.type for f in fields(TrainConfig)}
+    for key, item in config.items():
+        if key in annotations:
+            c.typed(key, item, annotations[key])
+    if "resolved" in config:
+        resolved = c.mapping("resolved", config["resolved"])
+        for key, item in resolved.items():
+            if key in RESOLVED:
+                c.typed(f"resolved.{key}", item, RESOLVED[key])
+        if "environment" in resolved:
+            c.mapping("resolved.environment", resolved["environment"])
+    return config
+
+
+def check_summary(value: dict, path) -> dict:
+    """summary.json: the results the report and compare format, each of its type."""
+    c = Fields(f"'{path}'", RUN_ADVICE)
+    summary = c.mapping("the file", value)
+    for key, item in summary.items():
+        if key in SUMMARY:
+            c.typed(key, item, SUMMARY[key])
+    if "steps" in summary:
+        c.whole("steps", summary["steps"])
+    return summary
+
+
+def check_metrics_row(row, path, line: int) -> dict:
+    """One line of metrics.jsonl: an object with the row's epoch and step, every known field typed."""
+    return _metrics_row(Fields(f"'{path}' line {line}", "Delete the line, or leave this run out."), "the row", row)
+
+
+def _metrics_row(c: Fields, name: str, row) -> dict:
+    row = c.mapping(name, row)
+    c.keys(name, row, required=("epoch", "step"))
+    for key, item in row.items():
+        if key in ROW:
+            c.typed(f"{name}.{key}", item, ROW[key])
+        elif item is not None and not isinstance(item, (bool, int, float, str)):  # rows are written as JSON
+            c.fail(f"{name}.{key}", f"must be a number, text, true, false or null, got {describe(item)}")
+    c.number(f"{name}.epoch", row["epoch"], 0, COUNT_MAX)
+    c.whole(f"{name}.step", row["step"])
+    return row

@@ -1,0 +1,174 @@
+"""TrainConfig: each setting's type, range, choices and optionality come from its declaration and are
+enforced by one check; presets are well-formed named configs; the per-process batch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+
+import pytest
+
+from alexnet_lab import UserError
+from alexnet_lab.engine.builders import input_size
+from alexnet_lab.engine.config import (PRESETS, TrainConfig, choices_of, field_types, flag_name, make_config,
+                                       per_rank_batch)
+from alexnet_lab.models import get_spec, list_models
+
+# The fields whose values are free: a switch, or text checked elsewhere. Every other field declares a
+# range or its choices.
+FREE_BOOLS = {"nesterov", "augment", "channels_last", "compile", "deterministic", "strict"}
+FREE_TEXT = {"data_dir",   # a folder: the data loader says whether it holds the data
+             "data",       # fashion-mnist or imagefolder:DIR (check_data_spec, tests/test_sources.py)
+             "preset"}     # the name of the preset a config started from (a saved run may name an old one)
+# What docs/RELIABILITY.md promises, written out by hand.
+PROMISED_RANGES = {"epochs": "(0, 100000]", "lr": "(0, 10000]", "weight_decay": "[0, 10000]",
+                   "seed": "[0, 4294967295]", "resize": "[1, 4096]", "momentum": "[0, 1)"}
+
+FIELDS = fields(TrainConfig)
+RANGED = [f for f in FIELDS if f.metadata.get("range")]
+CHOOSING = [f for f in FIELDS if choices_of(f)]
+
+
+def with_value(name: str, value) -> TrainConfig:
+    """The default config with one field set (the defaults are valid, so only `value` is judged)."""
+    return TrainConfig(**{name: value})
+
+
+def test_config_validation_and_presets():
+    assert make_config("d2l") == TrainConfig(preset="d2l")  # the defaults are the book's recipe
+    c = make_config("d2l", lr=0.5, epochs=None)
+    assert c.lr == 0.5 and c.epochs == 10
+    for bad in (dict(epochs=-1), dict(batch_size=0), dict(precision="fp8"), dict(limit_train=0)):
+        with pytest.raises(UserError):
+            make_config("d2l", **bad)
+    with pytest.raises(UserError, match="Unknown configuration keys: colour"):
+        TrainConfig.from_dict({"colour": 1})
+    with pytest.raises(UserError, match="Unknown preset"):
+        make_config("nope")
+
+
+def test_every_field_declares_its_range_or_choices_unless_its_values_are_free():
+    for f in FIELDS:
+        kind, _ = field_types()[f.name]
+        declared = [key for key in ("range", "choices") if f.metadata.get(key)]
+        if f.name in FREE_BOOLS | FREE_TEXT:
+            assert not declared and kind is (bool if f.name in FREE_BOOLS else str), f.name
+        else:
+            assert len(declared) == 1, f"{f.name} declares {declared or 'neither a range nor choices'}"
+            assert kind in ((int, float) if declared == ["range"] else (int, str)), f.name
+
+
+def test_the_declared_ranges_are_those_the_docs_promise():
+    for name, span in PROMISED_RANGES.items():
+        with pytest.raises(UserError) as refused:
+            with_value(name, -1)
+        assert str(refused.value) == f"Invalid configuration: {flag_name(name)} must be in {span}, got -1."
+
+
+@pytest.mark.parametrize("field", RANGED, ids=lambda f: f.name)
+def test_a_number_just_outside_its_range_is_refused_and_each_bound_as_its_end_says(field):
+    low, high, open_ends = field.metadata["range"]
+    kind, _ = field_types()[field.name]
+    if kind is int:
+        below, above = low - 1, high + 1
+    else:
+        below, above = math.nextafter(low, -math.inf), math.nextafter(high, math.inf)
+    for value in (below, above):
+        with pytest.raises(UserError, match=rf"^Invalid configuration: {flag_name(field.name)} must be in "):
+            with_value(field.name, value)
+    for bound, end in ((low, "low"), (high, "high")):
+        if end in open_ends:
+            with pytest.raises(UserError, match=f"{flag_name(field.name)} must be in "):
+                with_value(field.name, bound)
+        else:
+            assert getattr(with_value(field.name, bound), field.name) == bound
+    middle = (low + high) // 2 if kind is int else (low + high) / 2
+    assert getattr(with_value(field.name, middle), field.name) == middle
+
+
+def test_none_is_accepted_exactly_for_the_fields_annotated_or_none():
+    optional = {f.name for f in FIELDS if str(f.type).replace(" ", "").endswith("|None")}
+    assert optional == {"resize", "limit_train", "limit_test", "target_accuracy", "checkpoint_every",
+                        "data_dir", "channels"}
+    for f in FIELDS:
+        if f.name in optional:
+            assert getattr(with_value(f.name, None), f.name) is None
+        else:
+            with pytest.raises(UserError, match=f"{flag_name(f.name)} must be "):
+                with_value(f.name, None)
+
+
+@pytest.mark.parametrize("field", CHOOSING, ids=lambda f: f.name)
+def test_a_choice_field_takes_each_of_its_choices_and_refuses_any_other_value(field):
+    kind, _ = field_types()[field.name]
+    for choice in choices_of(field):
+        assert getattr(with_value(field.name, choice), field.name) == choice
+    outside = 2 if kind is int else "no-such-choice"
+    with pytest.raises(UserError, match=rf"^Invalid configuration: {flag_name(field.name)} must be one of .*, "
+                                        rf"got {outside!r}\.$"):
+        with_value(field.name, outside)
+
+
+def test_a_device_may_also_be_one_gpu_of_several():
+    assert with_value("device", "cuda:1").device == "cuda:1" and with_value("device", "mps:0").device == "mps:0"
+    for device in ("cuda:x", "cuda:", "tpu:0"):
+        with pytest.raises(UserError, match=r"--device must be one of auto, cpu, cuda, mps \(or cuda:N\)"):
+            with_value("device", device)
+
+
+@pytest.mark.parametrize("field", FIELDS, ids=lambda f: f.name)
+def test_a_value_of_another_type_is_refused(field):
+    kind, _ = field_types()[field.name]
+    wrong = {int: [1.5, "1", True], float: ["1", True], bool: ["yes", 1], str: [3, b"x"]}[kind]
+    for value in wrong:
+        with pytest.raises(UserError, match=rf"^Invalid configuration: {flag_name(field.name)} must be "):
+            with_value(field.name, value)
+
+
+def test_a_whole_number_is_a_number():
+    assert with_value("epochs", 3).epochs == 3 and with_value("lr", 1).lr == 1
+
+
+def test_flags_are_the_field_names_with_dashes():
+    assert flag_name("log_points_per_epoch") == "--log-points-per-epoch" and flag_name("lr") == "--lr"
+
+
+def test_bench_and_compare_take_the_settings_declared_for_them():
+    from alexnet_lab.cli import bench, compare
+
+    assert set(bench.CONFIG_FLAGS) == {"model", "batch_size", "resize", "seed", "precision", "channels_last",
+                                       "compile", "device", "data_dir", "limit_train"}
+    assert compare.ALWAYS == ("model", "preset", "epochs", "batch_size", "lr")
+    assert set(compare.HIDDEN) == {"data_dir", "log_points_per_epoch", "checkpoint_every", "ddp_timeout"}
+
+
+def test_each_process_takes_an_even_share_of_the_global_batch():
+    config = make_config("d2l", batch_size=256)
+    assert [per_rank_batch(config, n) for n in (1, 2, 4, 256)] == [256, 128, 64, 1]
+    with pytest.raises(UserError, match=r"--batch-size 256 \(the global batch\) must be divisible by the "
+                                        r"number of processes \(3\)"):
+        per_rank_batch(config, 3)
+
+
+# --- presets ---------------------------------------------------------------------------------------
+
+def test_fast_preset_is_the_chapters_alexnet_at_224():
+    config = make_config("fast")
+    assert config.model == "alexnet" and input_size(config) == 224 and config.epochs <= 2
+    assert config.precision == "auto" and config.channels_last
+    assert make_config("d2l").precision == "fp32"  # the book's recipe stays fp32
+
+
+def test_one_epoch_preset_is_fast_in_one_epoch_at_batch_32():
+    """What docs/RECORDS.md claims: the chapter's AlexNet and the `fast` recipe (peak lr 0.02 too);
+    only the batch, the length and the curve's points changed."""
+    fast, one = make_config("fast").to_dict(), make_config("one-epoch").to_dict()
+    changed = {k for k in fast if fast[k] != one[k]}
+    assert changed == {"epochs", "batch_size", "log_points_per_epoch", "preset"} and one["lr"] == 0.02
+    assert (one["epochs"], one["batch_size"], one["model"]) == (1, 32, "alexnet")
+
+
+def test_speedrun_preset_uses_a_registered_model():
+    config = make_config("speedrun")
+    assert config.model in list_models() and get_spec(config.model).input_size == 28
+    assert set(PRESETS) >= {"d2l", "fast", "speedrun"}

@@ -1,0 +1,150 @@
+"""One door into the data: every command that trains or evaluates reads its splits with
+`builders.splits_for(config)`, every command that reads a checkpoint its test split with
+`evaluation.checkpoint_test_split`; commands that cannot use other data refuse `--data` clearly.
+
+Tiny synthetic data (tests/fakedata.py, tests/imagedata.py), CPU only, offline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import fakedata
+from alexnet_lab.analysis.sweep import child_command, sweep_configs
+from alexnet_lab.cli import build_parser, main
+from alexnet_lab.cli.options import config_from_args
+from alexnet_lab.data.fashion_mnist import CLASS_NAMES
+from alexnet_lab.engine.builders import splits_for
+from alexnet_lab.engine.config import TrainConfig, make_config
+from alexnet_lab.engine.evaluation import checkpoint_test_split
+from alexnet_lab.errors import UserError
+from imagedata import make_shapes
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "alexnet_lab"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SHAPES = ("circle", "square")
+
+
+@pytest.fixture(autouse=True)
+def offline_one_thread(tmp_path, monkeypatch):
+    """No downloads (Fashion-MNIST read by mistake would fail loudly), a private image cache, one thread."""
+    monkeypatch.setenv("ALEXNET_LAB_OFFLINE", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with fakedata.one_thread():
+        yield
+
+
+@pytest.fixture
+def shapes(tmp_path) -> Path:
+    """8 images of 2 classes: the default --val-fraction 0.2 holds out one per class, 6 train / 2 val."""
+    return make_shapes(tmp_path / "shapes", per_class=4, classes=SHAPES)
+
+
+# --- commands that train -------------------------------------------------------------------------------
+
+def test_record_trains_on_the_image_folder_given_with_data(shapes, capsys):
+    assert main(["record", "--data", f"imagefolder:{shapes}", "--preset", "speedrun", "--seeds", "1",
+                 "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert result["data"] == f"imagefolder:{shapes}"
+    # The folder's 6 training and 2 validation images, not Fashion-MNIST's 60,000 / 10,000.
+    (head,) = [line for line in lines if line.startswith("speedrun: target")]
+    assert "on 2 test images" in head and "(6 training images)" in head, head
+    assert any(line.strip().startswith(f"data       {shapes}: 2 classes, 6 train / 2 val images")
+               for line in lines), lines
+
+
+def test_sweep_hands_each_child_process_the_data_of_its_command_line(shapes, tmp_path):
+    spec = f"imagefolder:{shapes}"
+    args = build_parser().parse_args(["sweep", "--data", spec, "--batch-sizes", "4,8", "--val-fraction", "0.25"])
+    configs = sweep_configs(config_from_args(args), [4, 8])
+    for config in configs:
+        child = TrainConfig.from_dict(json.loads(child_command(config, tmp_path / "bs")[-2]))
+        assert (child.data, child.val_fraction) == (spec, 0.25)
+        splits = splits_for(child)  # what the child's fit() trains on
+        assert splits.class_names == SHAPES and len(splits.train_images) + len(splits.test_images) == 8
+
+
+def test_bench_refuses_data_other_than_fashion_mnist_before_loading_any(shapes, monkeypatch, capsys):
+    import alexnet_lab.cli.bench as bench_cli
+
+    def never(*args, **kwargs):
+        raise AssertionError("bench loaded data it was told it cannot time")
+
+    monkeypatch.setattr(bench_cli, "splits_for", never)
+    assert main(["bench", "--data", f"imagefolder:{shapes}", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("alexnet-lab bench: error: bench times the book's Fashion-MNIST pipeline")
+    assert f"(--data imagefolder:{shapes})" in err and f"'alexnet-lab train --data imagefolder:{shapes}" in err
+
+
+def test_profile_refuses_a_data_flag_it_has_no_use_for(capsys):
+    """profile measures a model's shape (--channels, --num-classes), no data: --data is no flag of it."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["profile", "--model", "lenet", "--data", "imagefolder:somewhere"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --data imagefolder:somewhere" in capsys.readouterr().err
+
+
+def test_splits_for_honours_every_data_setting_of_the_config(tmp_path, shapes):
+    fmnist = fakedata.make_dataset(tmp_path / "fmnist", n_train=20, n_test=10)
+    splits = splits_for(make_config("d2l", data_dir=str(fmnist), limit_train=7, limit_test=3, channels=3))
+    assert splits.train_images.shape == (7, 3, 28, 28) and splits.test_images.shape == (3, 3, 28, 28)
+    assert splits.class_names == CLASS_NAMES
+    folder = splits_for(make_config("speedrun", data=f"imagefolder:{shapes}", val_fraction=0.5, channels=1))
+    assert folder.class_names == SHAPES and folder.train_images.shape[1:] == (1, 28, 28)
+    assert (len(folder.train_images), len(folder.test_images)) == (4, 4)  # half of each class held out
+
+
+def test_no_module_reads_the_data_but_through_splits_for():
+    """`_load_splits` is private to engine/builders.py; nothing in the package, the benchmarks or the
+    tests imports a second door (the old `load_splits`) into the data."""
+    import alexnet_lab.engine.builders as builders
+
+    assert not hasattr(builders, "load_splits")
+    door = re.compile(r"\b_?load_splits\b")
+    offenders = [str(path) for root in (SRC, BENCHMARKS, Path(__file__).parent) for path in root.rglob("*.py")
+                 if path != SRC / "engine" / "builders.py" and path != Path(__file__)
+                 and any(door.search(line) and ("builders" in line or "import" in line)
+                         for line in path.read_text(encoding="utf-8").splitlines())]
+    assert offenders == []
+
+
+# --- commands that read a checkpoint ---------------------------------------------------------------------
+
+@pytest.fixture
+def payload() -> dict:
+    """The parts of a checkpoint that say which data its model takes: 3-channel Fashion-MNIST."""
+    return {"model_kwargs": {"in_channels": 3, "num_classes": 10}, "class_names": list(CLASS_NAMES)}
+
+
+def test_a_checkpoints_test_split_is_its_runs_read_with_the_models_channels(tmp_path, payload):
+    data = fakedata.make_dataset(tmp_path / "fmnist", n_train=20, n_test=10)
+    run = make_config("d2l", model="lenet", data_dir=str(data), limit_test=6)
+    splits = checkpoint_test_split(run, payload)
+    assert splits.test_images.shape == (6, 3, 28, 28)  # the run's --limit-test, the model's channels
+    expected = torch.from_numpy(fakedata.make_arrays(20, 10)["test_images"][:6])
+    assert torch.equal(splits.test_images[:, 0], expected) and torch.equal(splits.test_images[:, 2], expected)
+    assert len(checkpoint_test_split(run, payload, limit=9).test_images) == 9
+    moved = fakedata.make_dataset(tmp_path / "elsewhere", n_train=20, n_test=10, seed=1)
+    assert not torch.equal(checkpoint_test_split(run, payload, data_dir=str(moved)).test_images, splits.test_images)
+
+
+def test_a_checkpoints_test_split_refuses_data_of_other_classes(tmp_path, payload, shapes):
+    run = make_config("d2l", model="lenet", data_dir=str(fakedata.make_dataset(tmp_path / "f", 20, 10)))
+    with pytest.raises(UserError, match=r"The data's classes \(circle, square\) are not the ones the "
+                                        r"checkpoint's model was trained on \(t-shirt, trouser"):
+        checkpoint_test_split(run, payload, data=f"imagefolder:{shapes}")
+
+
+@pytest.mark.parametrize("module", ["cli/evaluate.py", "cli/visualize.py", "cli/export.py", "reports/learned.py"])
+def test_every_command_that_reads_a_checkpoint_takes_its_test_split_from_one_function(module):
+    text = (SRC / module).read_text(encoding="utf-8")
+    assert "checkpoint_test_split(" in text
+    assert not re.search(r"\bsplits_for(_model)?\(", text)  # no second way to the run's test data

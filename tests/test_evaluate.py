@@ -1,0 +1,144 @@
+"""One number per checkpoint: `evaluate`, the report and summary.json give the same test accuracy for the
+same checkpoint and data, because `evaluate` measures as the run measured it (its precision, TTA, EMA
+weights, memory format and test batch); where it is told to measure otherwise, it says so and why.
+
+Tiny synthetic Fashion-MNIST (tests/fakedata.py), CPU only, offline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import fakedata
+from alexnet_lab.cli import main
+from alexnet_lab.data.fingerprint import split_fingerprint
+from alexnet_lab.engine.builders import Splits
+from alexnet_lab.engine.config import make_config
+from alexnet_lab.engine.evaluation import run_test_record, why_it_differs
+
+
+def cpu_bf16_works() -> bool:
+    """Whether this CPU runs a bf16 autocast convolution (emulated or native); else the run uses auto."""
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.functional.conv2d(torch.rand(1, 1, 8, 8), torch.rand(2, 1, 3, 3))
+        return True
+    except RuntimeError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def offline_one_thread(monkeypatch):
+    monkeypatch.setenv("ALEXNET_LAB_OFFLINE", "1")
+    with fakedata.one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict:
+    """A finished run that learned something, with flip-translate TTA, bf16 autocast, channels-last and
+    an EMA of the weights: every setting that makes a re-evaluation differ if it is not the run's."""
+    base = tmp_path_factory.mktemp("evaluate")
+    data = fakedata.make_dataset(base / "fmnist", n_train=128, n_test=200)
+    out = base / "run"
+    with pytest.MonkeyPatch.context() as mp, fakedata.one_thread():
+        mp.setenv("ALEXNET_LAB_OFFLINE", "1")
+        assert main(["train", "--preset", "speedrun", "--data-dir", str(data), "--epochs", "4", "--batch-size", "16",
+                     "--lr", "0.05", "--eval-every", "0", "--tta", "flip-translate", "--channels-last",
+                     "--precision", "bf16" if cpu_bf16_works() else "auto", "--ema-decay", "0.9",
+                     "--device", "cpu", "--out", str(out), "--no-report"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.3 < summary["test_acc"] < 1  # learned something (chance: 0.1), so the number is a real test
+    return {"out": out, "data": data, "summary": summary}
+
+
+def evaluate_lines(capsys, run: dict, *extra: str) -> list[str]:
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(run["out"] / "checkpoint.pt"), "--device", "cpu", *extra]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_evaluate_prints_exactly_summary_jsons_final_test_accuracy(run, capsys, tmp_path):
+    summary = run["summary"]
+    lines = evaluate_lines(capsys, run, "--out", str(tmp_path))
+    assert lines[0].startswith(f"test acc {summary['test_acc']:.4f} (")
+    assert lines[1].strip().endswith(": as the run measured it")
+    assert "TTA flip-translate" in lines[1] and f"in {summary['precision']} on cpu" in lines[1]
+    assert "the EMA of the weights" in lines[1]
+    assert lines[2].strip() == f"the same as summary.json's final test acc {summary['test_acc']:.4f} " \
+                               f"(step {summary['steps']:,})"
+    evaluation = json.loads((tmp_path / "evaluation.json").read_text())
+    assert evaluation["test_acc"] == summary["test_acc"]  # every digit, not just the four printed
+    assert evaluation["run_test_acc"] == summary["test_acc"] and evaluation["differs_from_run_because"] == []
+    correct, examples = map(int, re.match(r"test acc \S+ \((\d+)/(\d+)\)", lines[0]).groups())
+    assert examples == 200 and correct / examples == summary["test_acc"]
+
+
+def test_evaluate_says_why_when_told_to_measure_otherwise(run, capsys, tmp_path):
+    summary = run["summary"]
+    lines = evaluate_lines(capsys, run, "--tta", "none", "--precision", "fp32", "--out", str(tmp_path))
+    assert "in fp32 on cpu, TTA none" in lines[1] and "as the run measured it" not in lines[1]
+    reasons = ["TTA none (the run's: flip-translate)"]
+    if summary["precision"] != "fp32":
+        reasons.append(f"precision fp32 (the run's: {summary['precision']})")
+    assert json.loads((tmp_path / "evaluation.json").read_text())["differs_from_run_because"] == reasons
+    final = f"summary.json's final test acc {summary['test_acc']:.4f} (step {summary['steps']:,})"
+    assert lines[2].strip() in (f"differs from {final} because of: {'; '.join(reasons)}",
+                                f"the same as {final}, though measured differently: {'; '.join(reasons)}")
+
+
+def test_evaluate_on_fewer_test_images_says_they_are_not_the_runs(run, capsys, tmp_path):
+    lines = evaluate_lines(capsys, run, "--limit-test", "50", "--out", str(tmp_path))
+    assert lines[0].split("(")[1].startswith(tuple(f"{k}/50)" for k in range(51)))
+    assert "as the run measured it" not in lines[1]
+    assert "other test images (50; the run tested 200)" in lines[2]
+
+
+def test_the_reports_accuracy_is_the_runs_own_number(run):
+    from alexnet_lab.reports.learned import learned_sections
+
+    ctx = learned_sections(run["out"], device="cpu")
+    assert ctx["checkpoint"] == "best.pt"
+    test = ctx["test"]
+    assert test["accuracy"] == run["summary"]["best_test_acc"] == test["run_acc"]
+    assert test["differs_because"] == [] and test["examples"] == 200
+    assert sum(c["count"] for c in ctx["per_class"]) == 200
+    assert test["correct"] == sum(round(c["acc"] * c["count"]) for c in ctx["per_class"] if c["count"])
+
+
+# --- the pieces, on hand-made checkpoints ------------------------------------------------------------
+
+def test_the_runs_number_is_the_metrics_row_of_the_checkpoints_own_step():
+    rows = [{"epoch": 1.0, "step": 4, "test_acc": 0.5}, {"epoch": 1.5, "step": 6}, {"epoch": 2.0, "step": 8,
+                                                                                  "test_acc": 0.7}]
+    assert run_test_record({"run_state": {"step": 8, "metrics": rows}})["test_acc"] == 0.7
+    # saved at step 6 (--checkpoint-every) without a test: the run has no number for these weights
+    assert run_test_record({"run_state": {"step": 6, "metrics": rows[:2]}}) is None
+    assert run_test_record({}) is None
+
+
+def test_why_it_differs_names_each_setting_and_input_that_is_not_the_runs():
+    images, labels = torch.zeros(4, 28, 28, dtype=torch.uint8), torch.arange(4)
+    splits = Splits(images, labels, images, labels, "test")
+    run_config = make_config("best", model="lenet")  # tta flip-translate
+    payload = {"evaluated_with": {"device": "cuda:0", "precision": "bf16", "batch_size": 512, "world_size": 2},
+               "data_fingerprint": {"test": split_fingerprint(images, labels)}}
+    same = {"device": "cuda:1", "precision": "bf16", "batch_size": 512, "world_size": 1, "tta": "flip-translate"}
+    assert why_it_differs(payload, run_config, same, splits) == [
+        "one process (the run evaluated its test set across 2)"]
+    payload["evaluated_with"]["world_size"] = 1
+    assert why_it_differs(payload, run_config, same, splits) == []
+    other = {"device": "cpu", "precision": "fp32", "batch_size": 256, "world_size": 1, "tta": "none"}
+    fewer = Splits(images, labels, images[:3], labels[:3], "test")
+    assert why_it_differs(payload, run_config, other, fewer) == [
+        "TTA none (the run's: flip-translate)", "precision fp32 (the run's: bf16)",
+        "device cpu (the run's: cuda:0)", "test batches of 256 (the run's: 512)",
+        "other test images (3; the run tested 4)"]
+    older = {"data_fingerprint": payload["data_fingerprint"], "evaluated_with": {"device": 3}}  # malformed: unknown
+    assert why_it_differs(older, run_config, same, splits) == [
+        "the run's device, precision and test batch, which a checkpoint of an older version does not record"]
