@@ -1,5 +1,5 @@
 """alexnet-lab on a CUDA GPU, verified in one command: the CUDA tests, `bench`, the book's recipe in
-full, the `fast` preset to 0.883, the speed ladder (if `record` exists) and --compile on/off.
+full, the `fast` preset to 0.883, the speed ladder (`record`) and --compile on/off.
 
 Run through benchmarks/gpu_check.sh (see its header for the exact device invocation). Every stage is
 a subprocess with its own time cap; a stage that fails or runs out of time is recorded, not fatal.
@@ -50,12 +50,11 @@ if cuda:
     info.update(gpu=torch.cuda.get_device_name(0), capability=f"{p.major}.{p.minor}",
                 gpu_memory_gib=round(p.total_memory / 2**30, 1),
                 gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())])
-# What this alexnet-lab offers, read from its CLI: commands, train's presets, each command's flags.
+# What this alexnet-lab offers, read from its CLI: commands and train's presets.
 from alexnet_lab.cli import build_parser
 sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
 info["commands"] = sorted(sub.choices)
 info["presets"] = sorted(next(a.choices for a in sub.choices["train"]._actions if "--preset" in a.option_strings))
-info["flags"] = {name: sorted(o for a in cmd._actions for o in a.option_strings) for name, cmd in sub.choices.items()}
 print(json.dumps(info))
 """
 
@@ -171,7 +170,7 @@ def keep_small_files(scratch: Path, dest: Path) -> None:
 def stage_env(r: Runner, a) -> dict:
     run = r.run("env", [a.python, "-c", ENV_PROBE], r.allowance("env"))
     info = last_json_line(run["stdout"]) or {}
-    result = {"status": status_of(run), **public(run), "info": {k: v for k, v in info.items() if k != "flags"}}
+    result = {"status": status_of(run), **public(run), "info": info}
     result["command"] = f"{a.python} -c ENV_PROBE (benchmarks/gpu_check.py)"
     return result, info
 
@@ -268,32 +267,19 @@ def stage_fast(r: Runner, a) -> dict:
     return train_stage(r, a, "fast", flags)
 
 
-def stage_record(r: Runner, a, info: dict) -> dict:
-    if "record" not in info.get("commands", []):
-        return {"status": "skipped", "note": "this alexnet-lab has no `record` command (issue 10 adds it): "
-                                             "the speed ladder was not run"}
-    ladder = [p for p in LADDER if p in info.get("presets", [])]
-    missing = [p for p in LADDER if p not in ladder]
-    record_flags = info.get("flags", {}).get("record", [])
-    has = {flag: flag in record_flags for flag in ("--seeds", "--device", "--json", "--limit-train", "--data-dir")}
-    if a.smoke:
-        ladder = ladder[:1]
-    result = {"status": "ok", "presets": {}, "missing_presets": missing, "flags_seen": has}
+def stage_record(r: Runner, a) -> dict:
+    """The speed ladder: `record --seeds 3` per rung (smoke: the first rung, one seed, 512 images)."""
+    ladder = LADDER[:1] if a.smoke else LADDER
+    result = {"status": "ok", "presets": {}}
     cap_end = time.monotonic() + r.allowance("record")
     for preset in ladder:
-        cmd = [a.python, "-m", "alexnet_lab", "record", "--preset", preset, "--seeds", "1" if a.smoke else "3"]
-        cmd += (["--device", a.device] if has["--device"] else []) + (["--json"] if has["--json"] else [])
-        if a.smoke and has["--limit-train"]:
-            cmd += ["--limit-train", "512"]
-        if has["--data-dir"]:
-            cmd += a.data_flags
+        cmd = [a.python, "-m", "alexnet_lab", "record", "--preset", preset, "--seeds", "1" if a.smoke else "3",
+               "--device", a.device, "--json", *(["--limit-train", "512"] if a.smoke else []), *a.data_flags]
         run = r.run(f"record-{preset}", cmd, cap_end - time.monotonic())
         entry = {"status": status_of(run), **public(run), "result": last_json_line(run["stdout"])}
         result["presets"][preset] = entry
         if entry["status"] != "ok":
             result["status"] = "failed"
-    if not ladder:
-        result.update(status="skipped", note="`record` exists but none of the ladder presets do")
     return result
 
 
@@ -364,21 +350,17 @@ def main(argv=None) -> int:
     runner = Runner(a.out, a.budget_s, caps, env)
     stages = report["stages"]
     stages["env"], info = stage_env(runner, a)
-    if "record" not in info.get("commands", []):
-        runner.caps["record"] = 0  # nothing to run: its time goes to the stages before it
     if stages["env"]["status"] != "ok" or "torch" not in info:
         report["error"] = "the environment probe failed (torch or alexnet_lab did not import): see logs/env.log"
     elif not a.smoke and not info.get("cuda_available"):
         report["error"] = f"no CUDA GPU visible to torch {info['torch']}: nothing to check (use --smoke on a CPU)"
     else:
         for name, fn in (("cuda_tests", stage_cuda_tests), ("bench", stage_bench), ("d2l", stage_d2l),
-                         ("fast", stage_fast)):
+                         ("fast", stage_fast), ("record", stage_record), ("compile", stage_compile)):
             stages[name] = fn(runner, a)
-        stages["record"] = stage_record(runner, a, info)
-        stages["compile"] = stage_compile(runner, a)
     report["wall_s"] = round(time.monotonic() - started, 1)
     report["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    report["ok"] = "error" not in report and all(s["status"] in ("ok", "skipped") for s in stages.values())
+    report["ok"] = "error" not in report and all(s["status"] == "ok" for s in stages.values())
     (a.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     log(f"{'all stages ok' if report['ok'] else 'some stages failed'}: "
         + ", ".join(f"{k} {v['status']}" for k, v in stages.items()) + f"; {report['wall_s']} s in all")

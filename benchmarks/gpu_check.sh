@@ -3,9 +3,9 @@
 # prints ONE JSON object at the end (stdout; progress on stderr). In order: the CUDA tests
 # (pytest -m cuda), `bench` (the book's pipeline vs the project's, batch 128 and the fastest batch),
 # the `d2l` preset in full (10 epochs, 224x224, fp32: the chapter's two closing lines and the wall
-# clock), the `fast` preset to 0.883, the speed ladder with `record --seeds 3` (when the `record`
-# command exists), and --compile on/off. Each stage has its own time cap; a failed stage is recorded
-# in the JSON, not fatal. Exit status 0 when every stage passed or was skipped, else 1.
+# clock), the `fast` preset to 0.883, the speed ladder with `record --seeds 3`, and --compile on/off.
+# Each stage has its own time cap; a failed stage is recorded in the JSON, not fatal. Exit status 0
+# when every stage passed, else 1.
 #
 # Runs from the working tree: PYTHONPATH=src, no virtual environment, no network. Needs python3 with
 # torch (2.11 or later, CUDA build), numpy, matplotlib, tqdm, pillow, pytest and hypothesis, and the

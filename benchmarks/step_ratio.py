@@ -14,24 +14,23 @@ import time
 
 import torch
 
+from alexnet_lab.analysis.record import candidate_config
 from alexnet_lab.engine.builders import input_size
-from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.device import synchronize
 from alexnet_lab.engine.step import build_training_step
-from ladder_search import parse_candidate
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("candidates", nargs="+", help="PRESET[:key=value,...], as ladder_search.py takes")
+    parser.add_argument("candidates", nargs="+",
+                        help="PRESET[:key=value,...], as `alexnet-lab record --candidate` takes")
     parser.add_argument("--steps", type=int, default=10, help="steps per timed window")
     parser.add_argument("--repeats", type=int, default=5, help="windows per candidate, interleaved")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     steps = {}
     for text in args.candidates:
-        preset, overrides = parse_candidate(text)
-        config = make_config(preset, **{**overrides, "device": args.device})
+        config = candidate_config(text, {"device": args.device})
         step = build_training_step(config, total_steps=10_000)
         side = input_size(config)
         images = torch.rand(config.batch_size, 1, side, side, device=step.device)  # Fashion-MNIST: 1 channel

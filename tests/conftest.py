@@ -1,4 +1,5 @@
-"""Shared test fixtures: a tiny synthetic Fashion-MNIST folder, the real one, the chapter's text."""
+"""Shared test fixtures: tiny synthetic Fashion-MNIST folders, a trained LeNet checkpoint, the settings for
+running `train` in a test, the real data set, the chapter's text."""
 
 from __future__ import annotations
 
@@ -23,6 +24,51 @@ def one_thread():
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
     return make_dataset(tmp_path / "fmnist", n_train=64, n_test=32)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """64 train / 32 test images: 2 steps per epoch at batch 32. Shared: copy it before changing it."""
+    return make_dataset(tmp_path_factory.mktemp("fmnist-64"), n_train=64, n_test=32)
+
+
+@pytest.fixture(scope="session")
+def data_dir_512(tmp_path_factory) -> Path:
+    """512 train / 64 test images: 16 steps per epoch at batch 32 (log every 3 steps). Shared, read-only."""
+    return make_dataset(tmp_path_factory.mktemp("fmnist-512"), n_train=512, n_test=64)
+
+
+@pytest.fixture
+def bar_data_dir(tmp_path) -> Path:
+    """A Fashion-MNIST-shaped folder (IDX .gz files) whose labels are visible in the pixels."""
+    return make_dataset(tmp_path / "fmnist", **fakedata.bar_arrays())
+
+
+@pytest.fixture(scope="session")
+def lenet_checkpoint(data_dir_512, tmp_path_factory) -> Path:
+    """LeNet trained for 1 epoch (8 steps at batch 64) on `data_dir_512`: its checkpoint.pt."""
+    from alexnet_lab.engine.config import make_config
+    from alexnet_lab.engine.run_dir import RunWriter
+    from alexnet_lab.engine.trainer import fit
+
+    out = tmp_path_factory.mktemp("trained")
+    config = make_config("d2l", model="lenet", epochs=1, batch_size=64, device="cpu", data_dir=str(data_dir_512))
+    with fakedata.one_thread():
+        fit(config, [RunWriter(out, config.to_dict())])
+    return out / "checkpoint.pt"
+
+
+@pytest.fixture
+def offline_cli(monkeypatch):
+    """For tests that run `train`: no downloads; one intra-op thread (on a shared 2-core machine 2 threads
+    run ~10x slower); curves written as empty files (matplotlib costs ~0.5 s a figure; figures are tested
+    in test_plots.py and test_report.py)."""
+    import alexnet_lab.cli.running as cli_train
+
+    monkeypatch.setenv("ALEXNET_LAB_OFFLINE", "1")
+    monkeypatch.setattr(cli_train, "plot_curves", lambda runs, paths, title: [Path(p).touch() for p in paths])
+    with fakedata.one_thread():
+        yield
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Tiny synthetic Fashion-MNIST folders for tests: valid gz IDX files written byte by byte.
+"""Tiny synthetic Fashion-MNIST for tests: folders of valid gz IDX files written byte by byte, and
+in-memory splits.
 
 The IDX encoder here is written from the format's description, independent of the reader under test.
 """
@@ -52,6 +53,54 @@ def make_dataset(folder: Path, n_train: int = 256, n_test: int = 64, seed: int =
     for key, stem in STEMS.items():
         write_idx(folder / (f"{stem}.gz" if gz else stem), arrays[key], gz=gz)
     return folder
+
+
+def bar_images(labels: np.ndarray, rng) -> np.ndarray:
+    """Dark noise with a bright bar whose row encodes the class: labels a model can read off the pixels."""
+    images = rng.integers(0, 40, (len(labels), 28, 28)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        images[i, 2 + 2 * label: 4 + 2 * label, 4:24] = 250
+    return images
+
+
+def bar_arrays(n_train: int = 256, n_test: int = 64) -> dict[str, np.ndarray]:
+    """`make_dataset`'s arrays, as bar images (for `make_dataset(folder, **bar_arrays())`)."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = bar_images(labels, rng), labels
+    return arrays
+
+
+def bar_splits(n_train: int, n_test: int, noisy_test: bool = False):
+    """In-memory `Splits` of bar images; with `noisy_test` the test labels are unrelated to the pixels,
+    so test accuracy stays near chance."""
+    import torch
+
+    from alexnet_lab.engine.builders import Splits
+
+    rng = np.random.default_rng(1)
+    train_y = rng.integers(0, 10, n_train)
+    test_y = rng.integers(0, 10, n_test)
+    test_x = bar_images(test_y, rng)
+    if noisy_test:
+        test_y = rng.integers(0, 10, n_test)
+    return Splits(torch.from_numpy(bar_images(train_y, rng)), torch.from_numpy(train_y),
+                  torch.from_numpy(test_x), torch.from_numpy(test_y), "synthetic")
+
+
+def synthetic_splits(n_train: int = 64, n_test: int = 32, seed: int = 0):
+    """In-memory `Splits` of uniform random pixels and labels (nothing to learn)."""
+    import torch
+
+    from alexnet_lab.engine.builders import Splits
+
+    g = torch.Generator().manual_seed(seed)
+    return Splits(torch.randint(0, 256, (n_train, 28, 28), dtype=torch.uint8, generator=g),
+                  torch.randint(0, 10, (n_train,), generator=g),
+                  torch.randint(0, 256, (n_test, 28, 28), dtype=torch.uint8, generator=g),
+                  torch.randint(0, 10, (n_test,), generator=g), "synthetic")
 
 
 @contextlib.contextmanager

@@ -14,22 +14,32 @@ def fake_timings(monkeypatch, step_s, test_batch_s):
     monkeypatch.setattr(chapter, "seconds_per_step", lambda config, steps=2: step_s(config))
 
 
-def test_cpu_budget_fits_the_budget(monkeypatch):
+def test_cpu_budget_fits_training_and_testing_into_the_budget(monkeypatch):
     fake_timings(monkeypatch, lambda config: 1.5 if config.precision == "fp32" else 0.5, 3.0)
     full = make_config("d2l", device="cpu")
     plan = estimate.plan_budget(full, 120, train_examples=60000, test_examples=10000)
     config = plan.config
     assert config.model == "alexnet" and config.resize is None  # the chapter's net at 224x224
-    assert config.limit_train == 240 * 128  # 120 s / 0.5 s per step, 128 images a step
     assert config.preset == "fast-cpu-budget" and config.momentum == 0.9 and config.epochs == 1
-    # one evaluation (the epoch's end) of 2,000 test images in batches of 256: 8 x 3 s
+    # one evaluation (the epoch's end) of 2,000 test images in batches of 256: 8 x 3 s, reserved
     assert config.limit_test == 2000 and plan.eval_seconds == 24.0
+    # the rest, 96 s, trains: at most 96 s / 0.5 s per step = 192 steps of 128 images, stopped at 96 s
+    assert config.time_budget_s == 96.0 and config.limit_train == 192 * 128
     out = chapter.describe_budget(plan, full, 60000, 2)
-    assert "alexnet-lab train --preset d2l" in out and "Estimated time: 2.0 min" in out
-    assert "plus ~0.4 min of evaluation" in out
+    assert "alexnet-lab train --preset d2l" in out and "Estimated time: 1.6 min of training" in out
+    assert "plus ~0.4 min of evaluation" in out and "Training stops after at most 1.6 min" in out
     assert "would take about 2.0 h" in out  # 469 steps x 10 epochs x 1.5 s = 7035 s
     small = estimate.plan_budget(full, 1e6, train_examples=1000, test_examples=500)  # all the data fits
     assert (small.config.limit_train, small.config.limit_test) == (1000, 500)
+
+
+def test_the_chapter_says_how_long_its_budget_run_took_against_the_budget():
+    slow = {"steps": 150, "wall_seconds": 246.0, "stopped_at_time_budget": True}
+    assert chapter.budget_outcome(slow, 4, 270) == (
+        "Budget: trained and tested in 4.1 min of the 4-minute budget (training stopped at its time limit "
+        "after 150 of the 270 planned steps: this machine ran slower than measured).")
+    quiet = {"steps": 270, "wall_seconds": 228.0, "stopped_at_time_budget": False}
+    assert chapter.budget_outcome(quiet, 4, 270).endswith("in 3.8 min of the 4-minute budget (all 270 planned steps).")
 
 
 def test_evaluations_counts_what_fit_evaluates():
@@ -54,6 +64,8 @@ def test_make_run_job_end_to_end_on_cpu(tmp_path, monkeypatch, real_data, capsys
     assert "Conv2d output shape:\t torch.Size([1, 96, 54, 54])" in printed
     assert f"Results in {out}/" in printed
     assert printed.splitlines()[-1].startswith(f"Report: {out / 'report.html'}")  # the last line names it
+    assert "Training stops after at most" in printed
+    assert printed.splitlines()[-2].startswith("Budget: trained and tested in ")
     assert "Tested on the first 2,000 of the 10,000 test images" in (out / "report.html").read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train_examples"] == 1280 and summary["model"] == "alexnet"

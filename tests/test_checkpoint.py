@@ -14,12 +14,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fakedata
+from alexnet_lab.cli import main
 from alexnet_lab.engine import checkpoint as ckpt
+from alexnet_lab.engine.checkpoint import load_checkpoint
 from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.trainer import fit
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model
 from alexnet_lab.engine.run_dir import RunWriter
+from runhelpers import last_line, recipe_args
 
 
 def small_payload(value: float = 1.0) -> dict:
@@ -201,3 +204,64 @@ def test_random_and_cut_files_only_raise_user_error(tmp_path, data, cut):
             assert str(path) in str(exc)
         else:
             assert payload["format"] == ckpt.FORMAT
+
+
+# --- through the commands -----------------------------------------------------------------------------
+
+@pytest.mark.usefixtures("offline_cli")  # curves as empty files: the full disk counts the files written
+def test_full_disk_while_saving(data_dir_512, tmp_path, monkeypatch, capsys):
+    """The epoch-2 save meets a full disk inside torch.save (which reports it as a RuntimeError from
+    its zip writer): the documented message, exit 2, epoch 1's checkpoint intact, no temp file."""
+    monkeypatch.setattr(os, "fdopen", fakedata.FullDisk(files_ok=5))  # metrics.jsonl/.csv, config.json, epoch 1: checkpoint.pt, best.pt
+    out = tmp_path / "r"
+    assert main(recipe_args(data_dir_512, out)) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (f"alexnet-lab train: error: Saving checkpoint '{out / 'checkpoint.pt'}' failed: "
+                                    "No space left on device. Free disk space or choose another --out; the "
+                                    "previous checkpoint is intact."), err
+    assert "Traceback" not in err
+    monkeypatch.undo()
+    assert load_checkpoint(out / "checkpoint.pt")["run_state"]["step"] == 16
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.usefixtures("offline_cli")
+def test_malicious_checkpoint_runs_nothing(tmp_path, capsys):
+    marker = tmp_path / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))  # unpickling this creates `marker`
+
+    evil = tmp_path / "checkpoint.pt"
+    torch.save({"format": "alexnet-lab-checkpoint/1", "model_state": Payload()}, evil)
+    for argv in (["evaluate", "--checkpoint", str(evil)], ["predict", "--checkpoint", str(evil), str(evil)],
+                 ["train", "--resume", str(tmp_path)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        if argv[0] != "predict":  # predict reads the images first (this one is not an image)
+            assert f"Refused to load '{evil}': the file contains Python code" in err
+        assert not marker.exists()
+    # Guard: the file really carries code; an unsafe load would have run it.
+    torch.load(evil, weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.usefixtures("offline_cli")
+def test_checkpoint_of_another_model(lenet_checkpoint, tmp_path, capsys):
+    from alexnet_lab.engine.checkpoint import save_checkpoint
+
+    payload = load_checkpoint(lenet_checkpoint)
+    payload["model_name"] = "alexnet"
+    wrong = save_checkpoint(tmp_path / "wrong.pt", payload)
+    assert main(["evaluate", "--checkpoint", str(wrong), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"Checkpoint '{wrong}' does not match model 'alexnet' (missing 6.weight" in err
+
+
+@pytest.mark.usefixtures("offline_cli")
+def test_evaluate_on_a_folder_says_it_is_a_folder(data_dir, tmp_path, capsys):
+    assert main(["evaluate", "--checkpoint", str(tmp_path), "--data-dir", str(data_dir)]) == 2
+    assert last_line(capsys) == (f"alexnet-lab evaluate: error: Checkpoint '{tmp_path}' is a folder, not a file. "
+                                 f"Pass the checkpoint file itself, e.g. '{tmp_path / 'checkpoint.pt'}' or "
+                                 f"'{tmp_path / 'best.pt'}'.")

@@ -16,7 +16,7 @@ from alexnet_lab.models import get_spec, list_models
 
 # The fields whose values are free: a switch, or text checked elsewhere. Every other field declares a
 # range or its choices.
-FREE_BOOLS = {"nesterov", "augment", "channels_last", "compile", "deterministic", "strict"}
+FREE_BOOLS = {"nesterov", "channels_last", "compile", "deterministic", "strict"}
 FREE_TEXT = {"data_dir",   # a folder: the data loader says whether it holds the data
              "data",       # fashion-mnist or imagefolder:DIR (check_data_spec, tests/test_sources.py)
              "preset"}     # the name of the preset a config started from (a saved run may name an old one)
@@ -88,8 +88,8 @@ def test_a_number_just_outside_its_range_is_refused_and_each_bound_as_its_end_sa
 
 def test_none_is_accepted_exactly_for_the_fields_annotated_or_none():
     optional = {f.name for f in FIELDS if str(f.type).replace(" ", "").endswith("|None")}
-    assert optional == {"resize", "limit_train", "limit_test", "target_accuracy", "checkpoint_every",
-                        "data_dir", "channels"}
+    assert optional == {"resize", "limit_train", "limit_test", "target_accuracy", "time_budget_s",
+                        "checkpoint_every", "data_dir", "channels"}
     for f in FIELDS:
         if f.name in optional:
             assert getattr(with_value(f.name, None), f.name) is None
@@ -150,6 +150,65 @@ def test_each_process_takes_an_even_share_of_the_global_batch():
         per_rank_batch(config, 3)
 
 
+# --- --augment: the kinds ---------------------------------------------------------------------------
+
+def parsed_augment(*argv: str) -> str:
+    """The config `train` resolves from `argv` (the parser and the resolution `train` uses)."""
+    from alexnet_lab.cli import build_parser
+    from alexnet_lab.cli.options import config_from_args
+
+    args = build_parser().parse_args(["train", *argv])
+    return config_from_args(args).augment
+
+
+def test_the_augment_flag_names_kinds_and_alone_means_the_models_own():
+    assert parsed_augment() == "none"
+    assert parsed_augment("--augment", "translate") == "translate"
+    assert parsed_augment("--augment", "translate+flip") == "flip+translate"  # any order, one spelling
+    assert parsed_augment("--augment", "flip,translate,flip") == "flip+translate"
+    assert parsed_augment("--augment") == "flip+translate+jitter"
+    assert parsed_augment("--model", "alexnet-2012", "--channels", "3", "--augment") == "crop+flip+lighting"
+    assert parsed_augment("--preset", "best") == "flip+translate+jitter"
+    assert parsed_augment("--preset", "best", "--no-augment") == "none"
+    assert parsed_augment("--preset", "best", "--augment", "none") == "none"
+
+
+@pytest.mark.parametrize("value", ["rotate", "flip+rotate", "", "none+flip", "Flip"])
+def test_an_unknown_kind_of_augmentation_is_refused_with_the_kinds(value, capsys):
+    with pytest.raises(SystemExit):
+        parsed_augment("--augment", value)
+    assert (f"argument --augment: must be one of none or kinds joined by '+' (crop, flip, translate, jitter, "
+            f"lighting; e.g. flip+translate), got {value!r}.") in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"^Invalid configuration: --augment must be one of none or kinds"):
+        with_value("augment", value)
+
+
+def test_augment_true_or_false_as_older_versions_saved_it_still_loads():
+    """Configs, config files and checkpoints of older versions hold the switch: true means the kinds it
+    turned on for the model, false none."""
+    from alexnet_lab.engine.config_file import resolve_config
+
+    assert TrainConfig.from_dict({"augment": True}).augment == "flip+translate+jitter"
+    assert TrainConfig.from_dict({"augment": False}).augment == "none"
+    assert TrainConfig.from_dict({"model": "alexnet-2012", "channels": 3, "augment": True}).augment == \
+        "crop+flip+lighting"
+    assert make_config("speedrun", augment=True).augment == "flip+translate+jitter"
+    assert resolve_config(None, {"model": "lenet", "augment": True}, {}).augment == "flip+translate+jitter"
+
+
+def test_a_checkpoint_and_a_run_config_with_the_old_switch_pass_their_schema():
+    from alexnet_lab.engine.schema import check_checkpoint, check_run_config
+    from alexnet_lab.models import build_model
+
+    payload = {"model_name": "lenet", "model_state": build_model("lenet").state_dict(),
+               "config": {**make_config("d2l", model="lenet").to_dict(), "augment": True}}
+    assert check_checkpoint(payload, "old.pt").augment == "flip+translate+jitter"
+    payload["config"]["augment"] = False
+    assert check_checkpoint(payload, "old.pt").augment == "none"
+    run = check_run_config({"model": "alexnet-2012", "augment": True}, "config.json")
+    assert run["augment"] == "crop+flip+lighting"  # what `compare` and the report show
+
+
 # --- presets ---------------------------------------------------------------------------------------
 
 def test_fast_preset_is_the_chapters_alexnet_at_224():
@@ -172,3 +231,15 @@ def test_speedrun_preset_uses_a_registered_model():
     config = make_config("speedrun")
     assert config.model in list_models() and get_spec(config.model).input_size == 28
     assert set(PRESETS) >= {"d2l", "fast", "speedrun"}
+
+
+def test_best_preset_is_fmnist_net_and_trains(tmp_path):
+    from alexnet_lab.engine.trainer import fit
+    from fakedata import synthetic_splits
+
+    config = make_config("best", epochs=1, batch_size=16, device="cpu", precision="fp32")
+    assert config.model == "fmnist-net" and config.augment
+    summary = fit(config, splits=synthetic_splits())
+    assert summary["steps"] == 4 and summary["epochs"] == pytest.approx(1.0)
+    assert math.isfinite(summary["train_loss"])
+    assert summary["test_acc"] * 32 == round(summary["test_acc"] * 32)  # a count of the 32 test images

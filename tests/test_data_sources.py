@@ -1,14 +1,20 @@
 """One door into the data: every command that trains or evaluates reads its splits with
 `builders.splits_for(config)`, every command that reads a checkpoint its test split with
-`evaluation.checkpoint_test_split`; commands that cannot use other data refuse `--data` clearly.
+`evaluation.checkpoint_test_split`; commands that cannot use other data refuse `--data` clearly. Data
+that cannot be used (missing, damaged, empty, a failed download) is one line naming the file or folder,
+exit 2, and no run folder.
 
 Tiny synthetic data (tests/fakedata.py, tests/imagedata.py), CPU only, offline.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +30,8 @@ from alexnet_lab.engine.config import TrainConfig, make_config
 from alexnet_lab.engine.evaluation import checkpoint_test_split
 from alexnet_lab.errors import UserError
 from imagedata import make_shapes
+from runhelpers import SRC as SRC_ROOT
+from runhelpers import last_line, recipe_args, train_args
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "alexnet_lab"
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -148,3 +156,95 @@ def test_every_command_that_reads_a_checkpoint_takes_its_test_split_from_one_fun
     text = (SRC / module).read_text(encoding="utf-8")
     assert "checkpoint_test_split(" in text
     assert not re.search(r"\bsplits_for(_model)?\(", text)  # no second way to the run's test data
+
+
+# --- data that cannot be used: one line, exit 2, no run folder -----------------------------------------
+
+def corrupt(kind: str, folder: Path) -> None:
+    arrays = fakedata.make_arrays(64, 32)
+    labels = folder / "t10k-labels-idx1-ubyte.gz"
+    if kind == "missing":
+        labels.unlink()
+    elif kind == "truncated-gz":
+        labels.write_bytes(labels.read_bytes()[:-12])
+    elif kind == "truncated-idx":
+        raw = fakedata.idx_bytes(arrays["test_images"])
+        (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[:-100]))
+    elif kind == "wrong-magic":
+        raw = bytearray(fakedata.idx_bytes(arrays["test_labels"]))
+        raw[0] = 0x1F
+        labels.write_bytes(gzip.compress(bytes(raw)))
+    elif kind == "count-mismatch":
+        fakedata.write_idx(labels, arrays["test_labels"][:-1])
+    elif kind == "label-out-of-range":
+        bad = arrays["test_labels"].copy()
+        bad[5] = 10
+        fakedata.write_idx(labels, bad)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "lacks t10k-labels-idx1-ubyte(.gz)"),
+    ("truncated-gz", "is a damaged or truncated gzip file"),
+    ("truncated-idx", "is truncated: header shape (32, 28, 28) needs 25104 bytes, file has 25004"),
+    ("wrong-magic", "has the wrong magic number 0x1f000801"),
+    ("count-mismatch", "has 32 images but"),
+    ("label-out-of-range", "has label 10, outside 0..9"),
+])
+def test_bad_data_is_a_clear_error(tmp_path, capsys, kind, message):
+    folder = fakedata.make_dataset(tmp_path / "data", n_train=64, n_test=32)
+    corrupt(kind, folder)
+    out = tmp_path / "run"
+    assert main(recipe_args(folder, out)) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.startswith("alexnet-lab train: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()  # nothing half-written
+
+
+def test_bad_data_error_in_a_real_process(tmp_path):
+    """What a shell user sees: one line on stderr, exit status 2, no traceback, no run folder."""
+    folder = fakedata.make_dataset(tmp_path / "data", n_train=64, n_test=32)
+    corrupt("label-out-of-range", folder)
+    env = {**os.environ, "PYTHONPATH": str(SRC_ROOT), "ALEXNET_LAB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "alexnet_lab", *recipe_args(folder, tmp_path / "run")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"alexnet-lab train: error: '{folder / 't10k-labels-idx1-ubyte.gz'}' has label 10, "
+                           "outside 0..9. The file is corrupt; replace it with the official one.\n")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("n_train, n_test, split", [(0, 32, "training"), (64, 0, "test")])
+def test_empty_data_is_a_clear_error(tmp_path, capsys, n_train, n_test, split):
+    folder = fakedata.make_dataset(tmp_path / "data", n_train=n_train, n_test=n_test)
+    out = tmp_path / "r"
+    assert main(train_args(folder, out)) == 2
+    assert last_line(capsys) == (f"alexnet-lab train: error: The {split} set in '{folder}' holds no images: a "
+                                 "run needs at least one training and one test image. Point --data-dir at a "
+                                 "complete data set.")
+    assert not out.exists()
+
+
+def test_download_checksum_mismatch_removes_the_partial_file(tmp_path, monkeypatch, capsys):
+    mirror = fakedata.make_dataset(tmp_path / "mirror", n_train=64, n_test=32)  # not the real content
+    monkeypatch.delenv("ALEXNET_LAB_OFFLINE")
+    monkeypatch.setenv("ALEXNET_LAB_MIRROR", mirror.as_uri())
+    target = tmp_path / "download"
+    assert main(recipe_args(target, tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert "Checksum mismatch for file://" in err and "The partial file was removed" in err
+    assert list(target.iterdir()) == []
+    assert not (tmp_path / "run").exists()
+
+
+def test_full_disk_while_downloading(tmp_path, monkeypatch, capsys):
+    mirror = fakedata.make_dataset(tmp_path / "mirror", n_train=64, n_test=32)
+    monkeypatch.delenv("ALEXNET_LAB_OFFLINE")
+    monkeypatch.setenv("ALEXNET_LAB_MIRROR", mirror.as_uri())
+    monkeypatch.setattr(os, "fdopen", fakedata.FullDisk(files_ok=0))
+    target = tmp_path / "download"
+    assert main(recipe_args(target, tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert f"error: Writing '{target / 'train-images-idx3-ubyte.gz'}' failed while downloading it: No space " \
+           "left on device. The partial file was removed" in err
+    assert list(target.iterdir()) == [] and not (tmp_path / "run").exists()

@@ -1,6 +1,7 @@
 """Device choices, faked on the CPU: Apple GPUs (mps) found by --device auto and d2l.try_gpu, the
 precisions and compile that MPS supports per torch/macOS version, bf16 only where CUDA runs it
-natively, and an optimizer whose kernel follows the device it resumes on.
+natively, and an optimizer whose kernel follows the device it resumes on; a device or precision that
+is not there is refused before a run folder is made.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import torch
 from torch import nn
 
 from alexnet_lab import d2l
+from alexnet_lab.cli import main
 from alexnet_lab.engine import checkpoint, device as dev
 from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.builders import (build_optimizer, evaluation_batch_size, load_optimizer_state,
                                          sgd_implementation)
 from alexnet_lab.errors import UserError
+from runhelpers import last_line, train_args
 
 MPS, CPU, CUDA = torch.device("mps"), torch.device("cpu"), torch.device("cuda")
 
@@ -128,3 +131,29 @@ def test_rng_state_from_a_machine_with_more_gpus_restores_the_gpus_here(monkeypa
     state["cuda"] = [torch.zeros(8, dtype=torch.uint8)] * 4  # saved on a 4-GPU machine
     checkpoint.set_rng_state(state)
     assert restored == [0]
+
+
+def test_precision_choice_per_device(monkeypatch):
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert dev.resolve_precision("auto", cuda) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert dev.resolve_precision("auto", cuda) == "fp16"
+    assert dev.resolve_precision("fp16", cuda) == "fp16"
+    with pytest.raises(UserError, match="fp16"):
+        dev.resolve_precision("fp16", torch.device("cpu"))
+
+
+@pytest.mark.usefixtures("offline_cli")
+@pytest.mark.parametrize("flags, message", [
+    (["--device", "cuda"], "--device cuda was asked for but no CUDA GPU is visible"),
+    (["--precision", "fp16"], "--precision fp16 is not supported on the CPU"),
+])
+def test_unavailable_device_or_precision_leaves_no_folder(data_dir, tmp_path, capsys, flags, message):
+    if flags[1] == "cuda" and torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible")
+    out = tmp_path / "r"
+    args = train_args(data_dir, out, *flags)
+    assert main(args) == 2
+    assert message in last_line(capsys)
+    assert not out.exists()

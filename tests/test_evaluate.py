@@ -1,6 +1,7 @@
 """One number per checkpoint: `evaluate`, the report and summary.json give the same test accuracy for the
 same checkpoint and data, because `evaluate` measures as the run measured it (its precision, TTA, EMA
 weights, memory format and test batch); where it is told to measure otherwise, it says so and why.
+Its evaluation.json is valid JSON (never NaN); an empty test set is refused.
 
 Tiny synthetic Fashion-MNIST (tests/fakedata.py), CPU only, offline.
 """
@@ -8,6 +9,7 @@ Tiny synthetic Fashion-MNIST (tests/fakedata.py), CPU only, offline.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from alexnet_lab.data.fingerprint import split_fingerprint
 from alexnet_lab.engine.builders import Splits
 from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.evaluation import run_test_record, why_it_differs
+from runhelpers import last_line, train_args
 
 
 def cpu_bf16_works() -> bool:
@@ -111,6 +114,29 @@ def test_the_reports_accuracy_is_the_runs_own_number(run):
     assert test["correct"] == sum(round(c["acc"] * c["count"]) for c in ctx["per_class"] if c["count"])
 
 
+@pytest.mark.usefixtures("offline_cli")
+def test_evaluate_writes_valid_json_and_refuses_an_empty_test_set(data_dir, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(train_args(data_dir, out)) == 0
+    # 3 test images leave most classes without an example: their accuracy is null, never NaN.
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-dir", str(data_dir),
+                 "--device", "cpu", "--limit-test", "3"]) == 0
+    text = (out / "evaluation.json").read_text()
+    result = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in evaluation.json"))
+    assert None in result["per_class_acc"].values() and result["examples"] == 3
+    empty = fakedata.make_dataset(tmp_path / "empty", n_train=64, n_test=0)
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-dir", str(empty), "--device", "cpu",
+                 "--out", str(tmp_path / "e")]) == 2
+    assert "The test set in" in last_line(capsys) and not (tmp_path / "e").exists()
+
+
+def test_no_value_here_is_nan():
+    """Guard for test_evaluate_writes_valid_json_and_refuses_an_empty_test_set: json.loads accepts NaN
+    unless told otherwise."""
+    assert math.isnan(json.loads("NaN"))
+
+
 # --- the pieces, on hand-made checkpoints ------------------------------------------------------------
 
 def test_the_runs_number_is_the_metrics_row_of_the_checkpoints_own_step():
@@ -142,3 +168,31 @@ def test_why_it_differs_names_each_setting_and_input_that_is_not_the_runs():
     older = {"data_fingerprint": payload["data_fingerprint"], "evaluated_with": {"device": 3}}  # malformed: unknown
     assert why_it_differs(older, run_config, same, splits) == [
         "the run's device, precision and test batch, which a checkpoint of an older version does not record"]
+
+
+def test_evaluate_writes_one_prediction_per_test_image_and_keeps_an_existing_file(run, capsys, tmp_path):
+    import csv
+
+    from alexnet_lab.data import CLASS_NAMES
+    from alexnet_lab.data.sources import load_source
+
+    predictions = tmp_path / "predictions.csv"
+    argv = ["--out", str(tmp_path), "--predictions", str(predictions)]
+    lines = evaluate_lines(capsys, run, *argv)
+    correct, examples = map(int, re.match(r"test acc \S+ \((\d+)/(\d+)\)", lines[0]).groups())
+    with predictions.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["index", "true", "predicted", "confidence"]  # Fashion-MNIST: the test set's index
+    assert [int(row["index"]) for row in rows] == list(range(examples)) and examples == 200
+    labels = load_source("fashion-mnist", data_dir=str(run["data"])).test_labels.tolist()
+    assert [row["true"] for row in rows] == [CLASS_NAMES[y] for y in labels]
+    assert sum(row["true"] == row["predicted"] for row in rows) == correct  # the rows the accuracy counted
+    assert all(row["predicted"] in CLASS_NAMES and 0.1 <= float(row["confidence"]) <= 1 for row in rows)
+
+    written = predictions.read_bytes()
+    assert main(["evaluate", "--checkpoint", str(run["out"] / "checkpoint.pt"), "--device", "cpu", *argv]) == 2
+    assert "already exists" in capsys.readouterr().err and predictions.read_bytes() == written  # refused, kept
+    predictions.write_text("someone's notes\n")
+    assert main(["evaluate", "--checkpoint", str(run["out"] / "checkpoint.pt"), "--device", "cpu", *argv,
+                 "--force"]) == 0
+    assert predictions.read_bytes() == written  # replaced with the same predictions

@@ -1,5 +1,6 @@
-"""Damaged and non-regular image files: a UserError naming the file (a skipped bad file in an image
-folder), never a crash and never a hang.
+"""Decoding image files (data/images.py): float and 16-bit images scale like 8-bit ones; damaged and
+non-regular files are a UserError naming the file (a skipped bad file in an image folder), never a
+crash and never a hang.
 
 Valid images are written with Pillow in many formats, then damaged deterministically (seeded byte
 flips, cuts, inserts, extreme header values) and decoded with the real Pillow.
@@ -122,6 +123,23 @@ def test_ctrl_c_while_decoding_is_not_a_bad_file(tmp_path, monkeypatch):
         load_image(path, 16, 3)
 
 
+# --- images beyond 8 bits ----------------------------------------------------------------------------
+
+def test_predict_scales_float_and_16_bit_images(tmp_path):
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, size=(56, 56)).astype(np.uint8)
+    gray[:, :8] = 0  # a dark border so "auto" never inverts
+    Image.fromarray(gray).save(tmp_path / "8bit.png")
+    Image.fromarray(gray.astype(np.float32) / 255.0).save(tmp_path / "float.tiff")  # mode F, 0..1
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "16bit.png")  # mode I;16, 0..65535
+    assert Image.open(tmp_path / "float.tiff").mode == "F" and Image.open(tmp_path / "16bit.png").mode == "I;16"
+    reference = load_image_28(tmp_path / "8bit.png").astype(int)
+    assert reference.std() > 10
+    for name in ("float.tiff", "16bit.png"):
+        got = load_image_28(tmp_path / name).astype(int)
+        assert np.abs(got - reference).max() <= 1, name
+
+
 # --- files that are not regular files -------------------------------------------------------------------
 
 def returns_within(fn, fifo, seconds=10.0):
@@ -212,3 +230,24 @@ def test_a_run_on_an_image_folder_with_bad_files_trains_and_lists_them(folder_wi
     assert f"'{fifo}' is a FIFO (named pipe), not a regular file" in capsys.readouterr().err
     assert main([*argv, bad[0]]) == 2
     assert f"Image '{bad[0]}' is damaged or unreadable (NotImplementedError" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("offline_cli")
+def test_predict_refuses_bad_images(lenet_checkpoint, tmp_path, capsys):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (8000, 8000)).save(bomb)  # 64 M pixels in a few kB: a decompression bomb
+    good = tmp_path / "good.png"
+    Image.new("L", (40, 30), 200).save(good)
+    cut = tmp_path / "cut.png"
+    Image.new("L", (300, 300)).save(cut)
+    cut.write_bytes(cut.read_bytes()[:60])
+    for path, message in [(text, "is not an image PIL can read"),
+                          (bomb, "is too large (over 40,000,000 pixels; refused as a possible decompression bomb)"),
+                          (cut, "is damaged or unreadable")]:
+        assert main(["predict", "--checkpoint", str(lenet_checkpoint), "--device", "cpu", str(good), str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"'{path}'" in err and message in err and "Traceback" not in err
+    assert main(["predict", "--checkpoint", str(lenet_checkpoint), "--device", "cpu", str(good)]) == 0
+    assert str(good) in capsys.readouterr().out

@@ -149,8 +149,8 @@ def test_cache_is_reused_and_invalidated_when_a_file_changes(tmp_path, monkeypat
     np.testing.assert_array_equal(first.val_labels, in_memory.val_labels)
 
     decoded = []
-    real = imagefolder.load_image
-    monkeypatch.setattr(imagefolder, "load_image", lambda *a: decoded.append(a) or real(*a))
+    real = imagefolder.decode_image
+    monkeypatch.setattr(imagefolder, "decode_image", lambda *a: decoded.append(a) or real(*a))
     second = load_image_folder(root, 24)
     assert decoded == [] and second.cache_file == first.cache_file  # reused: nothing decoded
     np.testing.assert_array_equal(second.train_images, first.train_images)
@@ -202,8 +202,8 @@ def test_a_file_rewritten_in_place_with_size_and_mtime_kept_is_decoded_again(tmp
     first_pixels = (np.array(first.train_images), np.array(first.val_images))
     rewrite_in_place(sorted(root.rglob("*.bmp"))[0])
     decoded = []
-    real = imagefolder.load_image
-    monkeypatch.setattr(imagefolder, "load_image", lambda *a: decoded.append(a) or real(*a))
+    real = imagefolder.decode_image
+    monkeypatch.setattr(imagefolder, "decode_image", lambda *a: decoded.append(a) or real(*a))
     second = load_image_folder(root, 24)
     assert second.cache_file != first.cache_file and len(decoded) == 18  # not served from the cache
     magenta = np.array([255, 0, 255], dtype=np.uint8)[:, None, None]
@@ -247,3 +247,78 @@ def test_one_data_path_for_both_sources(tiny_data):
     assert gray.class_names[0] == "t-shirt" and len(gray.class_names) == 10
     with pytest.raises(UserError, match="--data must be 'fashion-mnist' or 'imagefolder:DIR'"):
         load_source("imagefolder:")
+
+
+# --- what a run tells about its images: upscaling, the validation files ----------------------------
+
+def write_images(root, sizes_by_class: dict, seed: int = 0):
+    """Random-pixel RGB PNGs of the given (width, height) sizes in root/<class>/NN.png."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name, sizes in sizes_by_class.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i, (width, height) in enumerate(sizes):
+            pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
+    return root
+
+
+@pytest.mark.parametrize("memory_limit", ["4096", "0"], ids=["in memory", "through the cache"])
+def test_images_upscaled_more_than_twice_are_counted_in_a_note(tmp_path, monkeypatch, memory_limit):
+    monkeypatch.setenv(imagefolder.ENV_MEMORY_LIMIT, memory_limit)
+    # shorter sides 8 and 13 are upscaled more than 2x to 28, 14 exactly 2x (not counted), 6 the smallest, 30
+    sizes = [(8, 8), (20, 13), (14, 14), (6, 10), (40, 30)]
+    root = write_images(tmp_path / "small", {"a": sizes, "b": sizes})
+    note = ("Note: 6 of 10 images have a side shorter than 14 px (the smallest 6x10) and are upscaled more "
+            "than 2x to 28x28: the model sees them blurred")
+    for _ in range(2):  # memory-mapped: decoded into the cache, then read back from it
+        notes = load_source(f"imagefolder:{root}", image_size=28).notes
+        assert len(notes) == 1 and notes[0].startswith(note), notes
+    assert (load_image_folder(root, 28).cache_file is not None) == (memory_limit == "0")
+    assert load_source(f"imagefolder:{root}", image_size=12).notes == []  # 6 x 2 = 12: no more than 2x
+
+
+def test_the_validation_files_are_listed_in_the_order_of_the_validation_images(tmp_path, monkeypatch):
+    from alexnet_lab.data.images import load_image
+
+    root = make_shapes(tmp_path / "s", per_class=6, classes=THREE)
+    for memory_limit in ("4096", "0", "0"):  # in memory; into the cache; from the cache
+        monkeypatch.setenv(imagefolder.ENV_MEMORY_LIMIT, memory_limit)
+        data = load_image_folder(root, 20, val_fraction=0.34, seed=3)
+        assert len(data.val_files) == len(data.val_labels) == 6 and len(set(data.val_files)) == 6
+        for name, label, image in zip(data.val_files, data.val_labels, data.val_images):
+            assert name.split("/")[0] == THREE[label]  # relative to the folder: <class>/<file>
+            assert np.array_equal(load_image(root / name, 20, data.channels), image)  # that file's pixels
+    folders = make_shapes(tmp_path / "tv", per_class=4, classes=THREE, train_val=True)
+    listed = load_image_folder(folders, 20).val_files
+    assert sorted(listed) == sorted(p.relative_to(folders).as_posix() for p in (folders / "val").rglob("*.*"))
+
+
+def test_a_run_notes_upscaling_lists_its_validation_files_and_evaluate_predicts_each(tmp_path, capsys, one_thread):
+    """`train` prints the notice, writes val_files.txt; `evaluate --predictions` gives one row per listed file."""
+    import csv
+
+    root = write_images(tmp_path / "tiny", {"dark": [(8, 8)] * 8, "light": [(8, 8)] * 8})
+    out = tmp_path / "run"
+    assert main(["train", "--data", f"imagefolder:{root}", "--model", "lenet", "--epochs", "1", "--batch-size", "4",
+                 "--val-fraction", "0.25", "--augment", "translate", "--device", "cpu", "--no-report",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert ("Note: 16 of 16 images have a side shorter than 14 px (the smallest 8x8) and are upscaled more than "
+            "2x to 28x28") in err
+    listed = (out / "val_files.txt").read_text().splitlines()
+    assert sorted(listed) == sorted(load_image_folder(root, 28, val_fraction=0.25, seed=0).val_files)
+    assert len(listed) == 4 and all((root / name).is_file() for name in listed)
+    assert sorted(name.split("/")[0] for name in listed) == ["dark", "dark", "light", "light"]
+
+    predictions = tmp_path / "predictions.csv"
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--device", "cpu",
+                 "--predictions", str(predictions)]) == 0
+    correct = int(capsys.readouterr().out.split("(", 1)[1].split("/", 1)[0])
+    with predictions.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [row["path"] for row in rows] == listed  # the held-out files, in the same order
+    assert all(row["true"] == row["path"].split("/")[0] for row in rows)
+    assert all(row["predicted"] in ("dark", "light") and 0.5 <= float(row["confidence"]) <= 1 for row in rows)
+    assert sum(row["true"] == row["predicted"] for row in rows) == correct

@@ -3,6 +3,7 @@ import re
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from alexnet_lab import UserError
 from alexnet_lab.models import build_model, get_spec, list_models
@@ -104,3 +105,43 @@ def test_lenet_parameter_count_by_hand():
 def test_unknown_model_is_a_user_error():
     with pytest.raises(UserError, match=re.escape("Unknown model 'vgg'")):
         build_model("vgg")
+
+
+# --- the smaller and newer models -----------------------------------------------------------------
+
+def training_flops(model: nn.Module, size: int) -> int:
+    """Forward + backward FLOPs of one example, counted by torch.utils.flop_counter."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(torch.rand(1, 1, size, size)).sum().backward()
+    return counter.get_total_flops()
+
+
+def test_alexnet_small_needs_at_least_5x_fewer_training_flops():
+    big = training_flops(build_model("alexnet"), get_spec("alexnet").input_size)
+    small = training_flops(build_model("alexnet-small"), get_spec("alexnet-small").input_size)
+    assert big / small >= 5, big / small
+
+
+def test_alexnet_small_keeps_alexnets_layout():
+    def layout(model):
+        return [type(m).__name__ for m in model if not isinstance(m, (nn.ReLU, nn.Flatten, nn.BatchNorm2d))]
+    assert layout(build_model("alexnet-small")) == layout(build_model("alexnet"))
+
+
+def test_lenet_modern_is_lenet_with_relu_maxpool_dropout():
+    modern, classic = build_model("lenet-modern"), build_model("lenet")
+    # same weight shapes, hence the same 61,706 parameters (hand count: 156+2416+48120+10164+850)
+    assert [p.shape for p in modern.parameters()] == [p.shape for p in classic.parameters()]
+    assert sum(p.numel() for p in modern.parameters()) == 156 + 2416 + 48120 + 10164 + 850
+    kinds = {type(m) for m in modern.modules()}
+    assert {nn.ReLU, nn.MaxPool2d, nn.Dropout} <= kinds
+    assert not kinds & {nn.Sigmoid, nn.AvgPool2d}
+
+
+def test_fmnist_net_parameter_count_by_hand():
+    def conv(cin, cout):  # 3x3, no bias, then BatchNorm's weight and bias
+        return 9 * cin * cout + 2 * cout
+    expected = (conv(1, 32) + conv(32, 64) + conv(64, 64) + conv(64, 128) + conv(128, 128)
+                + conv(128, 256) + conv(256, 256) + 256 * 10 + 10)
+    assert sum(p.numel() for p in build_model("fmnist-net").parameters()) == expected

@@ -184,3 +184,21 @@ def test_report_and_export_accept_the_longest_legal_file_name(finished_run, tmp_
 def test_export_out_empty_names_the_flag(finished_run, capsys):
     assert main(["export", "--checkpoint", str(finished_run / "best.pt"), "--out", ""]) == 2
     assert "--out is empty" in err_line(capsys)
+
+
+# --- an output folder that is a file ---------------------------------------------------------------------
+
+@pytest.mark.usefixtures("offline_cli")
+def test_out_pointing_at_a_file_is_a_clear_error(data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(train_args(data_dir, run)) == 0
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for argv in (["evaluate", "--checkpoint", str(run / "best.pt"), "--data-dir", str(data_dir), "--device", "cpu",
+                  "--out", str(a_file)],
+                 ["compare", str(run), "--out", str(a_file)],
+                 ["profile", "--model", "lenet", "--batch-size", "2", "--plot", str(a_file / "p.png")]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = err_line(capsys)
+        assert f"'{a_file}' as a folder: a file of that name exists. Choose a writable folder." in err, err

@@ -1,11 +1,16 @@
-"""reports/plots.py: figures legible at the size the report shows them."""
+"""reports/plots.py: figures legible at the size the report shows them, and written atomically (a full
+disk leaves no torn figure)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import alexnet_lab.reports.plots as plots
+from alexnet_lab.cli import main
+from runhelpers import recipe_args
 
 CSS_PX_PER_IN = 96  # a browser's inch
 
@@ -50,3 +55,29 @@ def test_mistake_captions_read_at_7_pt_or_more_in_the_report(captured, tmp_path)
     captions = [t for t in fig.axes[0].texts if "pred" in t.get_text()]
     assert len(captions) == 16
     assert min(displayed_pt(t.get_fontsize(), fig, 860) for t in captions) >= 7  # shown 860 px wide
+
+
+@pytest.mark.usefixtures("offline_cli")
+def test_full_disk_while_plotting(data_dir_512, tmp_path, monkeypatch, capsys):
+    """matplotlib meets a full disk halfway through curves.svg: the message names the file, and no
+    torn figure or temp file is left (figures are written atomically too)."""
+    import matplotlib.figure
+
+    import alexnet_lab.cli.running as cli_train
+
+    def half_then_full(self, target, **kwargs):
+        data = b"<svg partial"
+        if hasattr(target, "write"):
+            target.write(data)
+        else:
+            Path(target).write_bytes(data)
+        raise OSError(28, "No space left on device")  # the kernel's error names no file
+
+    monkeypatch.setattr(cli_train, "plot_curves", plots.plot_curves)  # undo offline_cli's stub
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_then_full)
+    out = tmp_path / "r"
+    assert main(recipe_args(data_dir_512, out)) == 2
+    err = capsys.readouterr().err
+    assert f"error: Cannot write '{out / 'curves.svg'}': No space left on device. Free disk space" in err
+    assert "Traceback" not in err
+    assert not (out / "curves.svg").exists() and not list(out.glob(".*.tmp"))

@@ -10,7 +10,8 @@ from torch import nn
 
 from alexnet_lab import UserError
 from alexnet_lab.analysis.machine import cpu_model_and_flags
-from alexnet_lab.analysis.record import run_record, statistics_of, target_of
+from alexnet_lab.analysis.record import (candidate_config, parse_candidate, run_candidates, run_record,
+                                        statistics_of, target_of)
 from alexnet_lab.cli import main
 from alexnet_lab.engine.config import RECORD_TARGETS, make_config
 from alexnet_lab.engine.ema import WeightEMA
@@ -158,6 +159,111 @@ def test_record_statistics_on_a_fake_clock():
     assert [r["time_to_target_s"] for r in result["rows"]] == [2.0, None, 4.0]
     assert result["mean_time_s"] == pytest.approx(3.0) and result["max_time_s"] == 4.0
     assert statistics_of(result["rows"])["min_time_s"] == 2.0
+
+
+def _fake_splits() -> Splits:
+    return Splits(torch.zeros(5, 28, 28, dtype=torch.uint8), torch.zeros(5, dtype=torch.int64),
+                  torch.zeros(3, 28, 28, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64), "fake")
+
+
+def test_candidate_values_are_read_with_their_fields_types():
+    preset, settings = parse_candidate("speedrun-94: epochs=6.5, label_smoothing=0.2,batch_size=128,lr=1,"
+                                       "augment=translate+flip,channels_last=false,tta=flip,resize=none,"
+                                       "device=cuda:1")
+    assert preset == "speedrun-94"
+    assert settings == {"epochs": 6.5, "label_smoothing": 0.2, "batch_size": 128, "lr": 1.0,
+                        "augment": "flip+translate",  # --augment's own parser: the kinds in their order
+                        "channels_last": False, "tta": "flip", "resize": None, "device": "cuda:1"}
+    assert [type(settings[k]) for k in ("batch_size", "lr", "channels_last")] == [int, float, bool]
+    assert parse_candidate("speedrun") == ("speedrun", {})
+    # augment=true is the flag alone (the model's own kinds), augment=false is --no-augment
+    assert candidate_config("speedrun:augment=true").augment == make_config("speedrun", augment=True).augment
+    assert candidate_config("speedrun-95:augment=false").augment == make_config("speedrun").augment
+    # preset < flags given < the candidate's own settings
+    config = candidate_config("speedrun-94:epochs=6.5,label_smoothing=0.2", {"epochs": 3, "device": "cpu"})
+    assert (config.preset, config.model, config.epochs, config.label_smoothing, config.device) == \
+        ("speedrun-94", "fmnist-net-s", 6.5, 0.2, "cpu")
+    assert config.lr == make_config("speedrun-94").lr
+
+
+def test_an_unknown_candidate_key_names_the_nearest_valid_one():
+    with pytest.raises(UserError, match="unknown setting 'label_smothing'. Did you mean 'label_smoothing'"):
+        parse_candidate("speedrun-94:epochs=6.5,label_smothing=0.2")
+    with pytest.raises(UserError, match="unknown setting 'preset'"):  # --preset picks it: not a setting
+        parse_candidate("speedrun:preset=best")
+    with pytest.raises(UserError, match="unknown preset 'speedrun94'. Did you mean 'speedrun-94'"):
+        parse_candidate("speedrun94:epochs=6.5")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("speedrun:epochs=-1", r"--epochs must be in \(0, 100000\], got -1"),
+    ("speedrun:label_smoothing=1", r"--label-smoothing must be in \[0, 1\), got 1"),
+    ("speedrun:batch_size=1.5", "--batch-size must be a whole number, got '1.5'"),
+    ("speedrun:lr=fast", "--lr must be a number, got 'fast'"),
+    ("speedrun:lr=nan", "--lr must be a finite number"),
+    ("speedrun:channels_last=maybe", "--channels-last must be true or false, got 'maybe'"),
+    ("speedrun:augment=maybe", "--augment must be one of none or kinds joined by"),
+    ("speedrun:tta=flp", "--tta must be one of none, flip"),
+    ("speedrun:epochs", "'epochs' is not key=value"),
+    ("speedrun:epochs=1,epochs=2", "sets 'epochs' twice"),
+])
+def test_a_bad_candidate_value_raises_the_fields_own_error(text, message):
+    with pytest.raises(UserError, match=message) as caught:
+        parse_candidate(text)
+    assert str(caught.value).startswith(f"--candidate '{text}': ")
+
+
+def test_each_candidate_gets_its_own_warm_up_rows_and_statistics():
+    """A fake trainer scores a run by its epochs and seed; each candidate's statistics follow from its rows."""
+    seen = []
+
+    def fake_fit(config, splits=None):
+        seen.append((config.epochs, config.seed))
+        acc = {1.0: 0.88, 2.0: 0.91}[config.epochs] + 0.01 * (config.seed % 10_000)
+        return {"test_acc": acc, "wall_seconds": 10 * config.epochs + config.seed % 10_000,
+                "time_to_target_s": None}
+
+    candidates = [(text, candidate_config(text, {"device": "cpu"}))
+                  for text in ("speedrun:epochs=1", "speedrun-90:epochs=2")]
+    results = run_candidates(candidates, 2, splits=_fake_splits(), train=fake_fit)
+    assert seen == [(1.0, 10_000), (1.0, 0), (1.0, 1), (2.0, 10_000), (2.0, 0), (2.0, 1)]
+    first, second = results
+    assert [r["candidate"] for r in results] == ["speedrun:epochs=1", "speedrun-90:epochs=2"]
+    assert [r["test_acc"] for r in first["rows"]] == pytest.approx([0.88, 0.89])
+    assert [r["test_acc"] for r in second["rows"]] == pytest.approx([0.91, 0.92])
+    assert first["target"] == 0.883 and second["target"] == 0.90  # each judged against its own preset's rung
+    assert first["mean_acc"] == pytest.approx(0.885) and first["min_acc"] == pytest.approx(0.88)
+    assert first["reached"] == 0.5 and second["reached"] == 1.0
+    assert first["mean_time_s"] == pytest.approx(10.5) and second["mean_time_s"] == pytest.approx(20.5)
+
+
+def test_record_command_prints_a_row_per_candidate(monkeypatch, capsys):
+    import functools
+
+    import alexnet_lab.cli.record as record_cli
+
+    def fake_fit(config, splits=None):
+        return {"test_acc": 0.9 if config.lr == 0.05 else 0.8, "wall_seconds": 2.0, "time_to_target_s": None}
+
+    monkeypatch.setattr(record_cli, "run_candidates",
+                        functools.partial(record_cli.run_candidates, splits=_fake_splits(), train=fake_fit))
+    code = main(["record", "--candidate", "speedrun:lr=0.05", "--candidate", "speedrun:lr=0.2,epochs=1",
+                 "--seeds", "2", "--device", "cpu", "--json"])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert sum(line.strip().startswith("seed ") for line in lines) == 4
+    rows = [line.split() for line in lines if line.rstrip().endswith(("speedrun:lr=0.05", "epochs=1"))]
+    assert [row[:4] + row[5:] for row in rows[-2:]] == [
+        ["0.9000", "0.9000", "0.883", "100%", "speedrun:lr=0.05"],
+        ["0.8000", "0.8000", "0.883", "0%", "speedrun:lr=0.2,epochs=1"]]
+    last = [json.loads(line) for line in lines[-2:]]
+    assert [(x["candidate"], x["mean_acc"], x["reached"]) for x in last] == [
+        ("speedrun:lr=0.05", 0.9, 1.0), ("speedrun:lr=0.2,epochs=1", 0.8, 0.0)]
+
+
+def test_record_refuses_a_preset_beside_candidates(capsys):
+    assert main(["record", "--preset", "speedrun", "--candidate", "speedrun:epochs=1"]) == 2
+    assert "--preset and --candidate" in capsys.readouterr().err
 
 
 def test_every_rung_is_a_preset():

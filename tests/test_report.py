@@ -204,10 +204,11 @@ def test_progress_is_plain_lines_when_redirected():
                      "test_acc": 0.6})
     reporter.close()
     lines = stream.getvalue().splitlines()
-    assert "\r" not in stream.getvalue() and len(lines) == 4
+    assert "\r" not in stream.getvalue() and len(lines) == 5
+    assert lines[2].startswith("Note: this run takes only 20 optimizer steps")  # under 100 steps: said once
     assert re.fullmatch(r"epoch 0\.40/2  step 4/20  loss 1\.5000  train acc 0\.2500  [\d,.]+ examples/s  ETA \S+",
-                        lines[2])
-    assert "test acc 0.6000" in lines[3]
+                        lines[3])
+    assert "test acc 0.6000" in lines[4]
     assert log_line({"epoch": 1, "step": 5, "train_loss": 1, "train_acc": 1}, 10, 2, 12.0, 3725).endswith(
         "12.0 examples/s  ETA 1h02m")
 

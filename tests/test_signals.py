@@ -31,12 +31,6 @@ OFFSETS_S = [round(0.05 * (2.5 / 0.05) ** (i / 11), 3) for i in range(12)]
 MOMENTS = [(delay, signal.SIGTERM if i in (4, 9) else signal.SIGINT) for i, delay in enumerate(OFFSETS_S)]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    """64 train / 32 test images: 2 steps per epoch at batch 32."""
-    return fakedata.make_dataset(tmp_path_factory.mktemp("fmnist"), n_train=64, n_test=32)
-
-
 def train_args(data_dir, out, epochs="1"):
     return ["train", "--model", "lenet", "--data-dir", str(data_dir), "--epochs", epochs, "--batch-size", "32",
             "--device", "cpu", "--no-report", "--out", str(out)]
@@ -103,6 +97,24 @@ def test_a_signal_at_any_moment_of_start_up_exits_130_or_143_without_a_half_made
     assert_no_half_made_run(out)
     if not out.exists():
         assert not out.parent.exists()
+
+
+def test_ctrl_c_during_start_up_imports_exits_130_without_a_traceback(data_dir, tmp_path):
+    """A real SIGINT delivered while `python -m alexnet_lab` imports torch."""
+    hook = ("import builtins, os, runpy, signal, sys\n"
+            "real_import = builtins.__import__\n"
+            "def importing(name, *args, **kwargs):\n"
+            "    if name == 'torch' and 'torch' not in sys.modules:\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "    return real_import(name, *args, **kwargs)\n"
+            "builtins.__import__ = importing\n"
+            "runpy.run_module('alexnet_lab', run_name='__main__')\n")
+    env = {**os.environ, "PYTHONPATH": str(SRC), "ALEXNET_LAB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", hook, *train_args(data_dir, tmp_path / "r")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "alexnet-lab: interrupted.\n"
+    assert not (tmp_path / "r").exists()
 
 
 # --- in-process: a real signal at each step after the imports -----------------------------------------
@@ -222,12 +234,12 @@ def test_a_second_ctrl_c_before_the_first_checkpoint_leaves_no_folder(data_dir, 
 def test_ctrl_c_before_a_resume_starts_touches_nothing(data_dir, tmp_path, monkeypatch, capsys, offline):
     out = tmp_path / "r"
     assert main(train_args(data_dir, out)) == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}  # tensorboard/ too
     during_data_loading(monkeypatch)
     assert main(["train", "--resume", str(out), "--epochs", "2"]) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "alexnet-lab train: Stopped by SIGINT before training started; nothing was written.")
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_a_second_ctrl_c_during_start_up_quits_at_once(data_dir, tmp_path, monkeypatch, capsys, offline):
@@ -252,6 +264,18 @@ def test_sigterm_while_loading_data_exits_143(data_dir, tmp_path, monkeypatch, c
                         lambda *a, **k: (kill_self(signal.SIGTERM), real(*a, **k))[1])
     assert main(train_args(data_dir, tmp_path / "r")) == 143
     assert "stopped by SIGTERM before training started" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_ctrl_c_while_loading_data_exits_130(data_dir, tmp_path, monkeypatch, capsys, offline):
+    import alexnet_lab.engine.run as train_cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_cli, "splits_for", interrupted)  # what train loads the data with
+    assert main(train_args(data_dir, tmp_path / "r")) == 130
+    assert capsys.readouterr().err == "alexnet-lab train: interrupted.\n"
     assert not (tmp_path / "r").exists()
 
 

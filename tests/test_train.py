@@ -12,7 +12,7 @@ RUN_FILES = {"config.json", "metrics.jsonl", "metrics.csv", "summary.json", "cur
 
 
 @pytest.mark.slow  # real Fashion-MNIST
-def test_issue_command_lenet_one_epoch(tmp_path, real_data, capsys):
+def test_the_lenet_one_epoch_command_trains_at_the_books_recipe(tmp_path, real_data, capsys):
     out = tmp_path / "run"
     code = main(["train", "--model", "lenet", "--epochs", "1", "--batch-size", "256", "--lr", "0.9",
                  "--limit-train", "12000", "--device", "cpu", "--out", str(out)])
@@ -25,7 +25,8 @@ def test_issue_command_lenet_one_epoch(tmp_path, real_data, capsys):
     for key in ("train_loss", "train_acc", "test_acc", "examples_per_sec", "wall_seconds", "device", "epochs"):
         assert summary[key] is not None, key
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 6 and rows[-1]["epoch"] == 1.0 and "test_acc" in rows[-1]  # 5 points + the last batch
+    # 47 steps: a point every 2nd step (at least 20 points a run), then the last batch
+    assert len(rows) == 24 and rows[-1]["epoch"] == 1.0 and "test_acc" in rows[-1]
     config = json.loads((out / "config.json").read_text())
     assert config["lr"] == 0.9 and config["model"] == "lenet" and config["preset"] == "d2l"
 

@@ -5,18 +5,24 @@ the clock is `fit`'s wall clock: from the first training step to the end of the 
 evaluation (test-time augmentation included), data already in memory, model building excluded;
 any `torch.compile` time falls inside it. The record is the mean over seeds; min and max are
 reported beside it, with the fraction of seeds that reached the target.
+
+A candidate (`record --candidate`) is a preset with settings over it, `PRESET:key=value,...`
+(`speedrun-94:epochs=6.5,label_smoothing=0.2`); several are timed in turn in one process, each one
+as a record of its own (warm-up, seeds, statistics), to compare recipes.
 """
 
 from __future__ import annotations
 
+import difflib
 import statistics
 import time
 from typing import Callable
 
 from alexnet_lab.analysis.machine import describe_machine
-from alexnet_lab.engine.config import RECORD_TARGETS, TrainConfig
+from alexnet_lab.engine.config import PRESETS, RECORD_TARGETS, TrainConfig, check_setting, field_types, preset_names
+from alexnet_lab.engine.config_file import nearest_key_hint, resolve_config
 from alexnet_lab.engine.device import resolve_device
-from alexnet_lab.engine.builders import Splits, splits_for
+from alexnet_lab.engine.builders import Splits, splits_for, stored_size
 from alexnet_lab.engine.trainer import fit
 from alexnet_lab.errors import UserError
 
@@ -93,3 +99,89 @@ def json_line(result: dict) -> dict:
     keys = ("preset", "target", "seeds", "mean_acc", "min_acc", "mean_time_s", "max_time_s", "reached", "data")
     return {**{k: result[k] for k in keys}, "device": result["machine"]["device"],
             "machine": result["machine"]}
+
+
+BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def parse_setting(name: str, text: str):
+    """TrainConfig field `name`'s value from text, read as its flag reads it: with the flag's own parser
+    if it declares one, else the field's type (`X | None`: none or null is None); for a flag that may
+    stand alone, true is the flag alone and false its --no- form. A value of the wrong type, range or
+    choice raises the field's own UserError."""
+    kind, optional = field_types()[name]
+    flag = {f.name: f for f in TrainConfig.flag_fields()}[name].metadata.get("flag") or {}
+    lowered = text.lower()
+    if optional and lowered in ("none", "null"):
+        return None
+    if "const" in flag and lowered in BOOLEANS:  # the flag's own values: TrainConfig reads them
+        return flag["const"] if BOOLEANS[lowered] else flag.get("no", False)
+    if "type" in flag:
+        value = flag["type"](text)
+    elif kind is bool:
+        value = BOOLEANS.get(lowered, text)
+    elif kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = text  # check_setting says which kind of number the field takes
+    else:
+        value = text
+    check_setting(name, value)
+    return value
+
+
+def parse_candidate(text: str) -> tuple[str, dict]:
+    """`PRESET:key=value,...` -> (preset, {field: value}): keys are TrainConfig's settings (the flags'
+    names with underscores), values read by parse_setting."""
+    preset, _, rest = text.partition(":")
+    preset = preset.strip()
+    if preset not in PRESETS:
+        near = difflib.get_close_matches(preset, preset_names(), n=1)
+        hint = f"Did you mean '{near[0]}'?" if near else f"Choose one of: {', '.join(preset_names())}."
+        raise UserError(f"--candidate '{text}': unknown preset '{preset}'. {hint}")
+    names = [f.name for f in TrainConfig.flag_fields()]
+    settings: dict = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, equals, value = (part.strip() for part in item.partition("="))
+        if not equals:
+            raise UserError(f"--candidate '{text}': '{item}' is not key=value (PRESET:key=value,...).")
+        if key not in names:
+            raise UserError(f"--candidate '{text}': unknown setting '{key}'.{nearest_key_hint(key, names)}")
+        if key in settings:
+            raise UserError(f"--candidate '{text}': sets '{key}' twice.")
+        try:
+            settings[key] = parse_setting(key, value)
+        except UserError as exc:  # the field's own message, saying which candidate
+            raise UserError(f"--candidate '{text}': {exc}") from None
+    return preset, settings
+
+
+def candidate_config(text: str, flag_values: dict | None = None, file_values: dict | None = None) -> TrainConfig:
+    """A candidate's config: its preset < --config file < the flags given < its own settings."""
+    preset, settings = parse_candidate(text)
+    return resolve_config(preset, file_values, flag_values or {}).replace(**settings)
+
+
+def _data_key(config: TrainConfig) -> tuple:
+    """What splits_for reads a config's data with: candidates equal in it share one copy of the data."""
+    return (config.data, config.data_dir, config.limit_train, config.limit_test, stored_size(config),
+            config.channels, config.val_fraction, config.seed, config.strict)
+
+
+def run_candidates(candidates: list[tuple[str, TrainConfig]], seeds: int, *, splits: Splits | None = None,
+                   train: Callable[..., dict] = fit, on_start: Callable[[str, TrainConfig], None] | None = None,
+                   on_seed: Callable[[dict], None] | None = None) -> list[dict]:
+    """run_record for each (text, config) in turn, in one process (on_start(text, config) before each);
+    each result gains its "candidate" text. `splits` (a test's fake data) replaces every candidate's own."""
+    loaded: dict[tuple, Splits] = {}
+    results = []
+    for text, config in candidates:
+        if on_start:
+            on_start(text, config)
+        if splits is None and _data_key(config) not in loaded:
+            loaded[_data_key(config)] = splits_for(config)
+        result = run_record(config, seeds, splits=splits or loaded[_data_key(config)], train=train,
+                            on_seed=on_seed)
+        results.append({"candidate": text, **result})
+    return results

@@ -27,7 +27,7 @@ COMMANDS = {
     'train': "train a model (default: the chapter's AlexNet with the book's d2l recipe)",
     'evaluate': "evaluate a checkpoint on its test data (Fashion-MNIST's test set, or the image folder's validation split)",
     'predict': "classify image files (any size/mode; prepared like the model's training data: 28x28 grayscale for Fashion-MNIST, the folder's decoding for image folders)",
-    'export': 'export a checkpoint as ONNX (run with onnxruntime) or TorchScript, checked against PyTorch',
+    'export': 'export a checkpoint as ONNX (run with onnxruntime), torch.export (.pt2) or safetensors weights, checked against PyTorch',
     'bench': "time the training step of the book's pipeline and of this project's (examples/s, FLOP/s)",
     'profile': 'per-layer FLOPs, parameters, activation/weight memory and arithmetic intensity of a training step',
     'sweep': 'train once per batch size; table and plots of test accuracy, examples/s and peak memory',

@@ -1,14 +1,14 @@
 """`alexnet-lab chapter` (what `make run` runs): the chapter end to end on this machine.
 
 With a GPU: the book's full d2l recipe. On a CPU, where that takes hours, a measured budget that
-finishes in minutes, saying so (and how to run the full recipe) before it starts.
+finishes in minutes, saying so (and how to run the full recipe) before it starts, and how long it took.
 """
 
 from __future__ import annotations
 
 from alexnet_lab.analysis.shapes import format_shapes
 from alexnet_lab.cli.options import add_data, add_device, positive_float
-from alexnet_lab.cli.running import add_output, tensorboard_on, train_and_report
+from alexnet_lab.cli.running import add_output, tensorboard_on, train_and_report, write_report
 from alexnet_lab.engine.builders import input_size, splits_for
 from alexnet_lab.engine.config import TrainConfig, make_config
 from alexnet_lab.engine.device import resolve_device
@@ -23,7 +23,8 @@ FULL_COMMAND = "alexnet-lab train --preset d2l"
 def add_arguments(parser) -> None:
     parser.add_argument("--full", action="store_true", help="run the full d2l recipe even on a CPU")
     parser.add_argument("--budget-minutes", type=positive_float, default=4.0,
-                        help="CPU only: training time to aim for")
+                        help="CPU only: minutes of training and testing (training stops in time if the "
+                             "machine runs slower than measured)")
     add_device(parser)
     add_data(parser)
     parser.add_argument("--out", default=None, help="run folder (default: runs/<timestamp>-alexnet)")
@@ -39,10 +40,11 @@ def run(args) -> int:
     config = make_config("d2l", device=str(device), data_dir=args.data_dir)
     splits = splits_for(config)
     train_examples, test_examples = len(splits.train_images), len(splits.test_images)
+    budget = None
     if device.type == "cpu" and not args.full:
         plan = plan_budget(config, args.budget_minutes * 60, train_examples, test_examples)
         print(describe_budget(plan, config, train_examples, args.budget_minutes))
-        config = plan.config
+        config, budget = plan.config, args.budget_minutes
         splits = splits.head(config.limit_train, config.limit_test)
     else:
         step = seconds_per_step(config)
@@ -50,8 +52,12 @@ def run(args) -> int:
         print(f"Running the book's full recipe on {device}: about {step:.3f} s per step x {steps:,} steps "
               f"≈ {step * steps / 60:.1f} min of training (plus evaluation).")
     with claim_run_dir(args.out if args.out is not None else default_run_dir(config.model)) as out:
-        train_and_report(config, out, splits=splits, progress=args.progress, report=args.report,
-                         tensorboard=tensorboard)
+        summary = train_and_report(config, out, splits=splits, progress=args.progress, report=False,
+                                   tensorboard=tensorboard)
+        if budget is not None:
+            print(budget_outcome(summary, budget, total_steps(config, config.limit_train)))
+        if args.report:  # last: the report's line ends the output
+            write_report(out, summary["device"], config.data_dir)
     return 0
 
 
@@ -64,9 +70,23 @@ def describe_budget(plan: BudgetPlan, full: TrainConfig, train_examples: int, bu
         f"(measured: {plan.full_step_seconds:.2f} s per step of {full.batch_size} images in {full.precision}, "
         f"{plan.step_seconds:.2f} s with the fast numerics).\n"
         f"So this runs a {budget_minutes:g}-minute budget instead: the same AlexNet at {size}x{size}, one pass over "
-        f"the first {fast.limit_train:,} training images with the 'fast' recipe (Nesterov SGD, one-cycle lr to "
-        f"{fast.lr}, label smoothing {fast.label_smoothing}, bf16 autocast where the CPU supports it, "
+        f"at most the first {fast.limit_train:,} training images with the 'fast' recipe (Nesterov SGD, one-cycle "
+        f"lr to {fast.lr}, label smoothing {fast.label_smoothing}, bf16 autocast where the CPU supports it, "
         f"channels-last), tested on the first {fast.limit_test:,} test images.\n"
         f"Estimated time: {plan.train_seconds / 60:.1f} min of training plus ~{plan.eval_seconds / 60:.1f} "
-        f"min of evaluation (both from timed steps).\n"
+        f"min of evaluation (both from timed steps). Training stops after at most "
+        f"{fast.time_budget_s / 60:.1f} min, on fewer images if the machine runs slower than measured "
+        f"(the lr schedule follows the clock to its end).\n"
         f"For the full recipe run: {FULL_COMMAND}   (or: make run ARGS=--full)\n")
+
+
+def budget_outcome(summary: dict, budget_minutes: float, planned_steps: int) -> str:
+    """How long the budget run took (training and its test, from the first step) against the budget."""
+    steps = summary["steps"]
+    if summary.get("stopped_at_time_budget"):
+        how = (f"training stopped at its time limit after {steps:,} of the {planned_steps:,} planned steps: "
+               "this machine ran slower than measured")
+    else:
+        how = f"all {steps:,} planned steps"
+    return (f"Budget: trained and tested in {summary['wall_seconds'] / 60:.1f} min of the {budget_minutes:g}-minute "
+            f"budget ({how}).")

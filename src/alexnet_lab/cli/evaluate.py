@@ -1,12 +1,16 @@
 """`alexnet-lab evaluate`: test accuracy, per-class accuracy and a confusion matrix of a checkpoint,
-measured as its run measured it (precision, TTA, batch), and compared with the run's own number."""
+measured as its run measured it (precision, TTA, batch), and compared with the run's own number;
+with --predictions, every test image's prediction as CSV."""
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import sys
 from pathlib import Path
 
+from alexnet_lab import files
 from alexnet_lab.cli.options import add_config_flag, add_data, add_data_source, add_device
 from alexnet_lab.engine.checkpoint import class_names, model_kwargs
 from alexnet_lab.engine.device import resolve_device
@@ -30,6 +34,11 @@ def add_arguments(parser) -> None:
     add_config_flag(parser, "precision", help="autocast precision (default: the run's, resolved for this device "
                                               "as training resolved it; fp32 for full precision)")
     parser.add_argument("--out", default=None, help="folder for confusion.png (default: the checkpoint's)")
+    parser.add_argument("--predictions", metavar="FILE.csv", default=None,
+                        help="also write one row per test image: its file (image folders: the path relative to "
+                             "the folder; Fashion-MNIST: the index in the test set), true class, predicted "
+                             "class, confidence (the predicted class's softmax probability)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --predictions file")
 
 
 def test_split(args, config, payload):
@@ -50,9 +59,11 @@ def run(args) -> int:
     device = resolve_device(args.device or "auto")
     model, run_config, payload = load_trained(args.checkpoint, device)
     names = class_names(payload)
+    if args.predictions is not None:  # refused before the evaluation, not after
+        files.check_output_file(args.predictions, force=args.force, flag="--predictions", inputs=(args.checkpoint,))
     splits = test_split(args, run_config, payload)
     config = run_config.replace(**{k: getattr(args, k) for k in ("tta", "precision") if getattr(args, k)})
-    result = evaluate_checkpoint(model, config, splits, device)
+    result = evaluate_checkpoint(model, config, splits, device, keep_logits=args.predictions is not None)
     print(f"test acc {result['accuracy']:.4f} ({result['correct']}/{result['examples']}), "
           f"loss {result['loss']:.4f}, model {config.model}, {args.checkpoint}")
     reasons = why_it_differs(payload, run_config, result["settings"], splits)
@@ -69,7 +80,26 @@ def run(args) -> int:
                 "confusion": result["confusion"].tolist(), "settings": result["settings"],
                 "run_test_acc": record["test_acc"] if record else None, "differs_from_run_because": reasons})
     print(f"Confusion matrix: {out / 'confusion.png'}; numbers: {out / 'evaluation.json'}")
+    if args.predictions is not None:
+        files.write_bytes(args.predictions, predictions_csv(result, splits, names))
+        print(f"Predictions: {args.predictions} ({result['examples']:,} rows"
+              + ("; paths relative to the image folder)" if splits.test_files is not None else ")"))
     return 0
+
+
+def predictions_csv(result: dict, splits, names) -> bytes:
+    """One CSV row per test image, in the test set's order: path (image folders) or index, true class,
+    predicted class, confidence: the softmax probability of the predicted class, from the logits the
+    accuracy counted (TTA included), 4 decimals."""
+    confidence = result["logits"].softmax(dim=1).amax(dim=1)  # (N,)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path" if splits.test_files is not None else "index", "true", "predicted", "confidence"])
+    for i, (true, predicted, p) in enumerate(zip(splits.test_labels.tolist(), result["predicted"].tolist(),
+                                                 confidence.tolist())):
+        writer.writerow([splits.test_files[i] if splits.test_files is not None else i, names[true],
+                         names[predicted], f"{p:.4f}"])
+    return text.getvalue().encode("utf-8", "surrogateescape")  # a file name's undecodable bytes as they were
 
 
 def describe_settings(settings: dict, payload: dict, same: bool) -> str:

@@ -1,5 +1,5 @@
-"""`alexnet-lab export`: write a checkpoint's model as ONNX or TorchScript, then check the file
-against PyTorch on a few test images and print that check."""
+"""`alexnet-lab export`: write a checkpoint's model as ONNX, torch.export (.pt2), safetensors weights or
+(deprecated) TorchScript, then check the file against PyTorch on a few test images and print that check."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from alexnet_lab import files
 from alexnet_lab.cli.options import positive_int
-from alexnet_lab.engine.export import FORMATS, ModelFile, compare_outputs, export_model
+from alexnet_lab.engine.export import DEPRECATED, FORMATS, ModelFile, compare_outputs, export_model
 from alexnet_lab.engine.inference import load_trained, metadata
 from alexnet_lab.engine.evaluation import checkpoint_test_split
 from alexnet_lab.data import to_float_batch
@@ -20,9 +20,12 @@ NAME = "export"
 
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt or best.pt of a run")
-    parser.add_argument("--format", choices=FORMATS, default="onnx", help="file format")
+    parser.add_argument("--format", choices=FORMATS, default="onnx",
+                        help="onnx (onnxruntime and other runtimes), pt2 (torch.export), safetensors (the "
+                             "weights, for alexnet_lab.models.build_model), torchscript (deprecated: use pt2)")
     parser.add_argument("--out", required=True, metavar="FILE",
-                        help="file to write (e.g. model.onnx); the format comes from --format, not the name")
+                        help="file to write (e.g. model.onnx, model.pt2, model.safetensors); the format comes "
+                             "from --format, not the name")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file (never the checkpoint read)")
     parser.add_argument("--check-images", type=positive_int, default=8,
                         help="test images to compare the exported model on")
@@ -43,6 +46,8 @@ def check_inputs(config, payload: dict, meta: dict, n: int) -> tuple[torch.Tenso
 
 def run(args) -> int:
     files.check_output_file(args.out, force=args.force, inputs=(args.checkpoint,))
+    if args.format in DEPRECATED:
+        print(f"note: {DEPRECATED[args.format]}", file=sys.stderr)
     model, config, payload = load_trained(args.checkpoint, torch.device("cpu"))
     meta = metadata(config, payload)
     out = export_model(model, meta, args.format, args.out)

@@ -62,8 +62,30 @@ def add_config_flag(container, name: str, **overrides) -> None:
         choices = choices_of(field)
         if choices:
             kwargs["choices"] = choices
+    flag = dict(field.metadata["flag"])  # the setting's own argparse options (engine.config.setting)
+    negative = flag.pop("no", None)
+    if "type" in flag:
+        flag["type"] = _argparse_type(flag["type"], flag_name(name))
+    kwargs.update(flag)
     kwargs.update(overrides)
     container.add_argument(flag_name(name), **kwargs)
+    if negative is not None:
+        container.add_argument("--no-" + flag_name(name)[2:], dest=name, action="store_const", const=negative,
+                               default=None, help=f"the same as {flag_name(name)} {negative}")
+
+
+def _argparse_type(parse, flag: str):
+    """A setting's parse function (raising UserError) as an argparse type (raising ArgumentTypeError,
+    which argparse prints after the flag's name)."""
+    from alexnet_lab.errors import UserError
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"Invalid configuration: {flag} ")) from None
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def add_config_flags(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:

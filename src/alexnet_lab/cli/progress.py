@@ -64,6 +64,19 @@ def log_line(row: dict, total_steps: int, epochs: float, examples_per_sec: float
     return "  ".join(parts)
 
 
+FEW_STEPS = 100  # below this a run from scratch rarely learns much: say so before it starts
+
+
+def short_run_note(config, info: dict) -> str:
+    """A warning for a run too short to learn much (e.g. 288 own images at batch 128: 12 steps)."""
+    per_epoch = max(1, round(info["total_steps"] / max(config.epochs, 1e-9)))
+    epochs_for_100 = FEW_STEPS / per_epoch
+    return (f"Note: this run takes only {info['total_steps']} optimizer steps ({per_epoch} per epoch); a model "
+            f"trained from scratch rarely gets far in under {FEW_STEPS}. For about {FEW_STEPS} steps use "
+            f"--epochs {epochs_for_100:.3g}, or a smaller --batch-size (e.g. --batch-size "
+            f"{max(1, config.batch_size // 4)}: 4x the steps per epoch).")
+
+
 class ConsoleReporter(Callback):
     def __init__(self, config, out=None, stream=None, mode: str = "auto"):
         self.config = config
@@ -82,6 +95,8 @@ class ConsoleReporter(Callback):
               f"{c.epochs:g} epoch(s) = "
               f"{info['total_steps']:,} steps.", file=self.stream)
         print(f"Data: {info['data_source']}" + (f"   Output: {self.out}" if self.out else ""), file=self.stream)
+        if info["total_steps"] < FEW_STEPS and info.get("start_step", 0) == 0:
+            print(short_run_note(c, info), file=self.stream)
         self.info = info
         self.start = (time.perf_counter(), info["start_step"], info.get("start_examples", 0))  # the loop starts next
         if self.mode == "bar":
@@ -112,6 +127,8 @@ class ConsoleReporter(Callback):
         per_step = elapsed / steps if steps > 0 else None
         rate = (row["examples"] - first_examples) / elapsed
         eta = per_step * (self.info["total_steps"] - row["step"]) if per_step else None
+        if eta is not None and self.config.time_budget_s is not None:  # training stops when its time is up
+            eta = max(0.0, min(eta, self.config.time_budget_s - row["elapsed_s"]))
         print(log_line(row, self.info["total_steps"], self.config.epochs, rate, eta), file=self.stream, flush=True)
 
     def on_train_end(self, summary: dict) -> None:

@@ -1,5 +1,6 @@
 """`alexnet-lab record`: a preset's time to its target accuracy over several seeds (airbench style):
 per seed time and accuracy, then mean/min/max, the fraction of seeds that reached it, the machine.
+With --candidate, several recipes (PRESET:key=value,...) in turn, then a table of them.
 """
 
 from __future__ import annotations
@@ -8,9 +9,11 @@ import json
 import sys
 
 from alexnet_lab.analysis.machine import format_machine
-from alexnet_lab.analysis.record import json_line, run_record
-from alexnet_lab.cli.options import add_training, config_from_args, positive_int
-from alexnet_lab.engine.config import RECORD_TARGETS
+from alexnet_lab.analysis.record import candidate_config, json_line, run_candidates, run_record, target_of
+from alexnet_lab.cli.options import add_training, config_from_args, positive_int, training_overrides
+from alexnet_lab.engine.config import RECORD_TARGETS, TrainConfig
+from alexnet_lab.engine.config_file import read_config_file
+from alexnet_lab.errors import UserError
 
 NAME = "record"
 
@@ -22,7 +25,14 @@ def add_arguments(parser) -> None:
                             "epoch and stops at the target). Flags override the preset, as in `train`.")
     parser.add_argument("--seeds", type=positive_int, default=5,
                         help="runs with seeds --seed, --seed+1, ... after one untimed warm-up")
-    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--candidate", action="append", metavar="PRESET:KEY=VALUE,...",
+                        help="time this recipe instead of --preset: a preset with settings over it, e.g. "
+                             "'speedrun-94:epochs=6.5,label_smoothing=0.2' (keys: the flags' names with "
+                             "underscores); repeat it to compare several in one process, each with its own "
+                             "warm-up and seeds and judged against its preset's target; the flags given apply "
+                             "to every candidate, its own settings win over them")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object as the last line (with --candidate: one per candidate)")
 
 
 def format_row(row: dict) -> str:
@@ -46,9 +56,57 @@ def format_summary(result: dict) -> str:
         f"  machine    {format_machine(result['machine'])}"])
 
 
+def format_candidates(results: list[dict]) -> str:
+    """One line per candidate: mean/min test accuracy, share of seeds at the target, mean seconds."""
+    first = results[0]
+    lines = [f"candidates: {first['seeds']} seeds each, times in seconds per run (seeds that missed the "
+             f"target count their whole run)",
+             f"  {'mean acc':>8}  {'min acc':>7}  {'target':>6}  {'reached':>7}  {'mean time':>9}  candidate"]
+    lines += [f"  {r['mean_acc']:8.4f}  {r['min_acc']:7.4f}  {r['target']:6g}  {r['reached']:7.0%}  "
+              f"{r['mean_time_s']:9.2f}  {r['candidate']}" for r in results]
+    sources = dict.fromkeys(r["data_source"] for r in results)  # one, unless candidates change the data
+    lines += [f"  data       {'; '.join(sources)}", f"  machine    {format_machine(first['machine'])}"]
+    return "\n".join(lines)
+
+
+def describe(config: TrainConfig) -> str:
+    return f"{config.model}, {config.epochs:g} epochs, batch {config.batch_size}"
+
+
+def candidates_from_args(args) -> list[tuple[str, TrainConfig]]:
+    """Every --candidate's config, all built before anything trains (a typo fails at once)."""
+    if args.preset:
+        raise UserError("--preset and --candidate both name the recipe: give the preset inside each "
+                        "candidate (--candidate PRESET:key=value,...).")
+    file_values = read_config_file(args.config) if args.config else None
+    flags = training_overrides(args)
+    candidates = [(text, candidate_config(text, flags, file_values)) for text in args.candidate]
+    for _, config in candidates:
+        target_of(config)  # a preset off the ladder needs --target-accuracy
+    return candidates
+
+
+def run_candidate_list(args) -> int:
+    candidates = candidates_from_args(args)
+    print(f"record: {len(candidates)} candidate{'s' * (len(candidates) != 1)}, {args.seeds} seeds each after "
+          f"its own warm-up", flush=True)
+    results = run_candidates(
+        candidates, args.seeds,
+        on_start=lambda text, config: print(f"candidate {text} ({describe(config)})", flush=True),
+        on_seed=lambda row: print("  " + format_row(row), flush=True))
+    print(format_candidates(results), flush=True)
+    if args.json:
+        for result in results:
+            print(json.dumps({"candidate": result["candidate"], **json_line(result)}))
+    sys.stdout.flush()
+    return 0
+
+
 def run(args) -> int:
+    if args.candidate:
+        return run_candidate_list(args)
     config = config_from_args(args, default_preset="speedrun")
-    print(f"record: {config.preset} ({config.model}, {config.epochs:g} epochs, batch {config.batch_size}), "
+    print(f"record: {config.preset} ({describe(config)}), "
           f"{args.seeds} seeds after one warm-up", flush=True)
     result = run_record(config, args.seeds, on_seed=lambda row: print(format_row(row), flush=True))
     print(format_summary(result), flush=True)

@@ -157,7 +157,9 @@ def _print_results(config: TrainConfig, summary: dict, out: Path, seconds: float
     print(chapter_lines(summary))
     print(f"wall-clock {seconds:.1f} s"
           + (f"; reached test acc {config.target_accuracy} in {summary['time_to_target_s']:.1f} s"
-             if summary.get("time_to_target_s") is not None else ""))
+             if summary.get("time_to_target_s") is not None else "")
+          + (f"; training stopped at its time budget (--time-budget-s {config.time_budget_s:g}) after "
+             f"{summary['steps']:,} steps" if summary.get("stopped_at_time_budget") else ""))
     print(f"Results in {out}/: summary.json, metrics.jsonl, metrics.csv, curves.svg, curves.png, checkpoint.pt"
           + (f", {TENSORBOARD_FOLDER}/" if tensorboard else ""), flush=True)
 

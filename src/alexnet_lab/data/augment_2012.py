@@ -37,23 +37,36 @@ def color_pca(images_u8: torch.Tensor, max_images: int = 2000) -> tuple[torch.Te
     return eigenvalues.clamp(min=0), eigenvectors
 
 
-def augment_2012(x: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors: torch.Tensor,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """x: (B, C, H, W) float in [0, 1] -> (B, C, h, w): a random crop per image, mirrored with
-    probability 1/2, plus eigenvectors @ (alpha * eigenvalues) with alpha ~ N(0, 0.1) per image
-    added to every pixel (one draw per image and batch, as in the paper)."""
+def random_crops(x: torch.Tensor, generator: torch.Generator | None = None, flip: bool = True) -> torch.Tensor:
+    """x: (B, C, H, W) -> (B, C, h, w): a random crop of side CROP_FRACTION per image, mirrored with
+    probability 1/2 when `flip` (the draw is made either way, so the crops do not depend on it)."""
     b, c, height, width = x.shape
     dev = x.device
     h, w = crop_side(height), crop_side(width)
     top = torch.randint(0, height - h + 1, (b,), generator=generator, device=dev)
     left = torch.randint(0, width - w + 1, (b,), generator=generator, device=dev)
-    flip = torch.rand(b, generator=generator, device=dev) < 0.5
+    mirrored = (torch.rand(b, generator=generator, device=dev) < 0.5) & flip
     cols = torch.arange(w, device=dev)
-    cols = torch.where(flip[:, None], w - 1 - cols, cols) + left[:, None]          # (B, w): mirrored reads
+    cols = torch.where(mirrored[:, None], w - 1 - cols, cols) + left[:, None]      # (B, w): mirrored reads
     rows = torch.arange(h, device=dev) + top[:, None]                             # (B, h)
     batch = torch.arange(b, device=dev)[:, None, None]
     crops = x.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]       # (B, h, w, C)
+    return crops.permute(0, 3, 1, 2)
+
+
+def pca_lighting(x: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """x: (B, C, H, W) float in [0, 1] plus eigenvectors @ (alpha * eigenvalues), alpha ~ N(0, 0.1) per
+    image and channel, added to every pixel (one draw per image and batch, as in the paper)."""
+    b, c = x.shape[:2]
+    dev = x.device
     alpha = torch.randn(b, c, generator=generator, device=dev) * LIGHTING_STD
     shift = (alpha * eigenvalues.to(dev)) @ eigenvectors.to(dev).T                # (B, C)
-    crops = crops + shift[:, None, None, :]
-    return crops.permute(0, 3, 1, 2).clamp(0.0, 1.0).contiguous()
+    return (x + shift[:, :, None, None]).clamp(0.0, 1.0).contiguous()
+
+
+def augment_2012(x: torch.Tensor, eigenvalues: torch.Tensor, eigenvectors: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """x: (B, C, H, W) float in [0, 1] -> (B, C, h, w): the paper's three together (--augment
+    crop+flip+lighting): a random crop per image, mirrored with probability 1/2, and PCA lighting."""
+    return pca_lighting(random_crops(x, generator), eigenvalues, eigenvectors, generator)

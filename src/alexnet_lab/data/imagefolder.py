@@ -2,7 +2,8 @@
 
 Every image is decoded and resized once into a uint8 array (N, C, S, S): in memory when it fits under
 a limit, else in a memory-mapped file in the user cache keyed by the folder's content, which later
-runs reuse. Bad files are collected (path and reason) and skipped, or refused with `strict`.
+runs reuse. Bad files are collected (path and reason) and skipped, or refused with `strict`; images
+upscaled more than 2x are counted, and the validation images' files listed, for the user to see.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from alexnet_lab import files
-from alexnet_lab.data.images import is_grayscale, load_image
+from alexnet_lab.data.images import decode_image, is_grayscale
 from alexnet_lab.errors import UserError
 
-CACHE_FORMAT = "alexnet-lab-imagefolder/1"
+CACHE_FORMAT = "alexnet-lab-imagefolder/2"  # 2: the meta holds val_files and the upscaled count
 ENV_MEMORY_LIMIT = "ALEXNET_LAB_CACHE_MEMORY_MB"  # decoded sets larger than this are memory-mapped
 DEFAULT_MEMORY_LIMIT_MB = 4096
 VAL_FOLDERS = ("val", "validation", "valid", "test")
+CACHE_META = ("n_train", "labels", "skipped", "val_files", "upscaled", "smallest")  # read back from the meta
 
 
 @dataclass
@@ -43,6 +45,9 @@ class ImageFolderSplits:
     layout: str                  # "train/val folders" or "stratified split (val fraction F, seed S)"
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unreadable files
     cache_file: Path | None = None
+    val_files: list[str] = field(default_factory=list)  # val_images[i]'s file, relative to the folder (POSIX)
+    upscaled: int = 0            # readable images whose shorter side is under half of S (upscaled > 2x)
+    smallest: tuple[int, int] | None = None  # (width, height) of the upscaled image with the shortest side
 
 
 def image_extensions() -> set[str]:
@@ -174,15 +179,16 @@ def _resolve_channels(files, channels: int | None) -> tuple[int, list[tuple[str,
     return 1, bad
 
 
-def _decode_into(target: np.ndarray, files, size: int, channels: int) -> list[tuple[str, str]]:
-    """Decode every file into target[i]; return the bad files. Pillow releases the GIL while it
-    decodes and resizes, so threads overlap the work."""
+def _decode_into(target: np.ndarray, files, size: int, channels: int,
+                 dims: np.ndarray) -> list[tuple[str, str]]:
+    """Decode every file into target[i] and its own (width, height) into dims[i]; return the bad
+    files. Pillow releases the GIL while it decodes and resizes, so threads overlap the work."""
     from tqdm import tqdm
 
     def one(i_path):
         i, path = i_path
         try:
-            target[i] = load_image(path, size, channels)
+            target[i], dims[i] = decode_image(path, size, channels)
             return None
         except UserError as exc:
             return str(path), str(exc)
@@ -239,11 +245,14 @@ def _read_cache(path: Path) -> tuple[np.ndarray, dict] | None:
         return None
     if meta.get("format") != CACHE_FORMAT or list(array.shape) != meta.get("shape") or array.dtype != np.uint8:
         return None
+    if not set(CACHE_META) <= meta.keys() or len(meta["val_files"]) != len(array) - meta["n_train"]:
+        return None
     return array, meta
 
 
 def _decode_all(files, size: int, channels: int | None, raw_path: Path | None):
-    """Decode every file once, into memory or (raw_path) a scratch memory map: (array, channels, bad)."""
+    """Decode every file once, into memory or (raw_path) a scratch memory map: (array, channels, bad,
+    each file's own (width, height), zeros for a bad one)."""
     channels, header_bad = _resolve_channels(files, channels)
     shape = (len(files), channels, size, size)
     if raw_path is None:
@@ -251,8 +260,20 @@ def _decode_all(files, size: int, channels: int | None, raw_path: Path | None):
     else:
         raw_path.parent.mkdir(parents=True, exist_ok=True)
         raw = np.lib.format.open_memmap(raw_path, mode="w+", dtype=np.uint8, shape=shape)
-    bad = _decode_into(raw, files, size, channels)
-    return raw, channels, bad or header_bad
+    dims = np.zeros((len(files), 2), dtype=np.int64)
+    bad = _decode_into(raw, files, size, channels, dims)
+    return raw, channels, bad or header_bad, dims
+
+
+def upscaled_images(dims: np.ndarray, good: np.ndarray, size: int) -> tuple[int, tuple[int, int] | None]:
+    """(how many good images are upscaled more than 2x to `size`, i.e. their shorter side x 2 < size;
+    the (width, height) of the one with the shortest side, None if none is)."""
+    shorter = dims.min(axis=1)
+    small = good & (shorter * 2 < size)
+    if not small.any():
+        return 0, None
+    smallest = np.flatnonzero(small)[np.argmin(shorter[small])]
+    return int(small.sum()), (int(dims[smallest, 0]), int(dims[smallest, 1]))
 
 
 def load_image_folder(root: str | os.PathLike, size: int, channels: int | None = None, strict: bool = False,
@@ -271,26 +292,31 @@ def load_image_folder(root: str | os.PathLike, size: int, channels: int | None =
         n_train, labels = meta["n_train"], np.array(meta["labels"], dtype=np.int64)
         if strict and skipped:
             _refuse(skipped)
+        smallest = tuple(meta["smallest"]) if meta["smallest"] else None
         return ImageFolderSplits(array[:n_train], labels[:n_train], array[n_train:], labels[n_train:],
-                                 names, array.shape[1], layout, skipped, cache_file)
+                                 names, array.shape[1], layout, skipped, cache_file, meta["val_files"],
+                                 meta["upscaled"], smallest)
     labels = np.array([label for _, label, _ in files], dtype=np.int64)
     in_val = np.array([v for _, _, v in files], dtype=bool) if has_layout else None
     fits = len(files) * (channels or 3) * size * size <= memory_limit_bytes()
     raw_path = None if fits else cache_file.with_suffix(".raw.npy")
     try:
-        raw, resolved, skipped = _decode_all(files, size, channels, raw_path)
+        raw, resolved, skipped, dims = _decode_all(files, size, channels, raw_path)
         if strict and skipped:
             _refuse(skipped)
         bad = {path for path, _ in skipped}
         good = np.array([str(p) not in bad for p, _, _ in files], dtype=bool)
         _check_classes(root, names, labels, good, in_val)
         train, val = split_indices(labels, good, in_val, val_fraction, seed)
+        val_files = [files[i][0].relative_to(root).as_posix() for i in val]
+        upscaled, smallest = upscaled_images(dims, good, size)
         if fits:
             return ImageFolderSplits(raw[train], labels[train], raw[val], labels[val], names, resolved,
-                                     layout, skipped)
+                                     layout, skipped, None, val_files, upscaled, smallest)
         order = np.concatenate([train, val])
         meta = {"format": CACHE_FORMAT, "root": str(root), "shape": [len(order), *raw.shape[1:]],
                 "n_train": len(train), "labels": labels[order].tolist(), "skipped": skipped,
+                "val_files": val_files, "upscaled": upscaled, "smallest": smallest,
                 "options": [size, channels, val_fraction if not has_layout else None, seed]}
         _remove_stale(cache_file, meta)
         array = _reorder_into_cache(cache_file, raw, order, meta)
@@ -298,7 +324,7 @@ def load_image_folder(root: str | os.PathLike, size: int, channels: int | None =
         if raw_path is not None:
             raw_path.unlink(missing_ok=True)
     return ImageFolderSplits(array[:len(train)], labels[train], array[len(train):], labels[val], names,
-                             resolved, layout, skipped, cache_file)
+                             resolved, layout, skipped, cache_file, val_files, upscaled, smallest)
 
 
 def _remove_stale(cache_file: Path, meta: dict) -> None:

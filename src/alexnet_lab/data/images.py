@@ -94,9 +94,15 @@ def load_image(path: str | Path, size: int, channels: int) -> np.ndarray:
     """Any size/mode -> (channels, size, size) uint8: the shorter side scaled to `size` and the centre
     cropped to a square (the 2012 paper's preprocessing), antialiased bilinear resampling; EXIF
     orientation applied; transparency composited onto white; 1 channel = luminance (ITU-R 601-2)."""
+    return decode_image(path, size, channels)[0]
+
+
+def decode_image(path: str | Path, size: int, channels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """`load_image`'s pixels and the file's own (width, height), as stored (before EXIF orientation)."""
     from PIL import Image, ImageOps
 
     with open_image(path) as img:
+        original = img.size
         img.draft("RGB" if channels == 3 else "L", (size, size))  # JPEG: decode at a reduced scale
         img = ImageOps.exif_transpose(img)
         if img.mode == "F" or img.mode.startswith("I"):  # 16/32-bit and float: scaled, not clipped
@@ -107,7 +113,7 @@ def load_image(path: str | Path, size: int, channels: int) -> np.ndarray:
         img = img.convert("RGB" if channels == 3 else "L")
         img = ImageOps.fit(img, (size, size), method=Image.Resampling.BILINEAR)
         pixels = np.asarray(img, dtype=np.uint8)
-    return pixels.reshape(size, size, channels).transpose(2, 0, 1).copy()  # (C, S, S)
+    return pixels.reshape(size, size, channels).transpose(2, 0, 1).copy(), original  # (C, S, S)
 
 
 def load_image_28(path: str | Path, invert: str = "auto") -> np.ndarray:

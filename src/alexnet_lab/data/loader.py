@@ -33,11 +33,39 @@ def to_float_batch(images_u8: torch.Tensor, resize: int | None, center_crop: boo
     return x
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None,
-                  max_shift: float = 2.0 / 28, brightness: float = 0.2, contrast: float = 0.2) -> torch.Tensor:
-    """Random shift (crop), horizontal flip, brightness and contrast jitter, batched on x's device.
+# The kinds of augmentation --augment combines (joined by "+", applied in this order), each batched on
+# the device. crop: a random crop of 224/256 of the side (the 2012 paper's; evaluation takes the centre
+# crop); flip: a horizontal mirror image with probability 1/2; translate: a random shift of up to
+# 2/28 of the side; jitter: brightness and contrast jitter; lighting: the paper's PCA lighting.
+AUGMENT_KINDS = ("crop", "flip", "translate", "jitter", "lighting")
+NO_AUGMENT = "none"
+# What `--augment` alone (and `augment: true` in a config of an older version) means, by the model's
+# registered augmentation (models/registry.py): the kinds the single switch used to turn on.
+MODEL_AUGMENTS = {"shift": "flip+translate+jitter", "alexnet-2012": "crop+flip+lighting"}
 
-    x: (B, C, H, W) float in [0, 1]. `max_shift` is a fraction of the image side.
+
+def augment_kinds(augment: bool | str, augmentation: str = "shift") -> tuple[str, ...]:
+    """The kinds `augment` names: "none" or False: none; True: the model's own (`MODEL_AUGMENTS`);
+    else "+"-joined kinds of AUGMENT_KINDS."""
+    if augment is True:
+        augment = MODEL_AUGMENTS[augmentation]
+    if augment is False or augment == NO_AUGMENT:
+        return ()
+    kinds = tuple(augment.split("+"))
+    unknown = [k for k in kinds if k not in AUGMENT_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"unknown augmentation {augment!r}")
+    return kinds
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None,
+                  max_shift: float = 2.0 / 28, brightness: float = 0.2, contrast: float = 0.2, *,
+                  flip: bool = True, translate: bool = True, jitter: bool = True) -> torch.Tensor:
+    """Random horizontal flip, shift and brightness/contrast jitter (each when asked), batched on x's device.
+
+    x: (B, C, H, W) float in [0, 1]. `max_shift` is a fraction of the image side. Every call draws
+    the same random numbers in the same order whichever kinds it applies, so `flip=True,
+    translate=True` flips and shifts exactly as all three kinds do for the same generator state.
     """
     b = x.shape[0]
     dev = x.device
@@ -45,27 +73,48 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None,
     def uniform(lo: float, hi: float) -> torch.Tensor:
         return torch.rand(b, generator=generator, device=dev) * (hi - lo) + lo
 
-    flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(b, 2, 3, device=dev)
-    theta[:, 0, 0] = flip  # x' = flip * x + tx : mirror about the vertical axis
-    theta[:, 1, 1] = 1.0
-    theta[:, 0, 2] = uniform(-1, 1) * 2 * max_shift  # grid units span 2 per image side
-    theta[:, 1, 2] = uniform(-1, 1) * 2 * max_shift
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    mirrored = uniform(0, 1) < 0.5
+    shift_x, shift_y = uniform(-1, 1) * 2 * max_shift, uniform(-1, 1) * 2 * max_shift  # grid units: 2 per side
     c = uniform(1 - contrast, 1 + contrast).view(b, 1, 1, 1)
     br = uniform(-brightness, brightness).view(b, 1, 1, 1)
+    if translate:
+        theta = torch.zeros(b, 2, 3, device=dev)
+        theta[:, 0, 0] = torch.where(mirrored, -1.0, 1.0) if flip else 1.0  # x' = flip * x + tx
+        theta[:, 1, 1] = 1.0
+        theta[:, 0, 2] = shift_x
+        theta[:, 1, 2] = shift_y
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    elif flip:  # an exact mirror image: no resampling
+        x = torch.where(mirrored.view(b, 1, 1, 1), x.flip(-1), x)
+    if not jitter:
+        return x
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return ((x - mean) * c + mean + br).clamp_(0.0, 1.0)
+
+
+def apply_augmentation(x: torch.Tensor, kinds: tuple[str, ...], generator: torch.Generator | None = None,
+                       color_pca: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """x: (B, C, H, W) float in [0, 1] -> `kinds` applied in AUGMENT_KINDS's order: (B, C, h, w), h < H
+    after a crop. A crop takes the flip along (mirrored reads); `color_pca` (lighting): augment_2012.color_pca."""
+    if "crop" in kinds:
+        x = augment_2012.random_crops(x, generator, flip="flip" in kinds)
+    flip = "flip" in kinds and "crop" not in kinds
+    if flip or "translate" in kinds or "jitter" in kinds:
+        x = augment_batch(x, generator, flip=flip, translate="translate" in kinds, jitter="jitter" in kinds)
+    if "lighting" in kinds:
+        x = augment_2012.pca_lighting(x, *color_pca, generator)
+    return x
 
 
 class BatchLoader:
     """Iterates (images, labels) batches of one split.
 
     images: (N, H, W) or (N, C, H, W) uint8 tensor, labels: (N,) int64. `batch_size` is the
-    per-rank batch. `augmentation` is what `augment=True` does: "shift" (`augment_batch`) or
-    "alexnet-2012" (`augment_2012`: random crops, flips, PCA lighting); `center_crop` makes
-    evaluation take the centre crop that the 2012 augmentation's random crops correspond to.
+    per-rank batch. `augment`: the kinds of augmentation ("flip+translate", see AUGMENT_KINDS), "none"
+    or False for none, True for the model's own, which `augmentation` names ("shift" or
+    "alexnet-2012", MODEL_AUGMENTS); `center_crop` makes evaluation take the centre crop that the
+    random crops ("crop") correspond to.
     With `world_size > 1` the epoch's permutation is cut into global batches of
     batch_size * world_size examples and rank r takes the r-th slice of each, so the ranks' shards
     are disjoint and global batch k holds the same examples whatever the number of processes: a
@@ -80,7 +129,7 @@ class BatchLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  shuffle: bool, resize: int | None = None, device: torch.device | str = "cpu",
-                 augment: bool = False, seed: int = 0, drop_last: bool = False,
+                 augment: bool | str = False, seed: int = 0, drop_last: bool = False,
                  rank: int = 0, world_size: int = 1, even_shards: bool = True,
                  augmentation: str = "shift", center_crop: bool = False):
         if batch_size < 1:
@@ -93,7 +142,10 @@ class BatchLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.resize = resize
-        self.augment = augment
+        if augmentation not in MODEL_AUGMENTS:
+            raise ValueError(f"unknown augmentation {augmentation!r}")
+        self.kinds = augment_kinds(augment, augmentation)
+        self.augment = bool(self.kinds)
         self.seed = seed
         self.drop_last = drop_last
         if not 0 <= rank < world_size:
@@ -101,11 +153,9 @@ class BatchLoader:
         self.rank, self.world_size = rank, world_size
         self.even_shards = even_shards
         self.epoch = 0
-        if augmentation not in ("shift", "alexnet-2012"):
-            raise ValueError(f"unknown augmentation {augmentation!r}")
-        self.augmentation, self.center_crop = augmentation, center_crop
-        if augment and augmentation == "alexnet-2012":  # the colour statistics PCA lighting follows
-            self.color_pca = augment_2012.color_pca(self.images)
+        self.center_crop = center_crop
+        # the colour statistics PCA lighting follows
+        self.color_pca = augment_2012.color_pca(self.images) if "lighting" in self.kinds else None
 
     def _batch_bounds(self) -> list[tuple[int, int]]:
         """(start, end) of this rank's slice of every global batch, as positions in the epoch's order."""
@@ -162,10 +212,8 @@ class BatchLoader:
                 # epoch was resumed at start_batch > 0 (bit-exact resume).
                 aug_gen.manual_seed((((self.seed * 100_003 + self.epoch) * 100_003 + i) * 64 + self.rank)
                                     % SEED_MODULUS)
-                if self.augmentation == "alexnet-2012":
-                    x = augment_2012.augment_2012(to_float_batch(x, None), *self.color_pca, aug_gen)
-                else:
-                    x = augment_batch(to_float_batch(x, None), aug_gen)  # augment at 28x28, then resize
+                # augment at the stored size (28x28 for Fashion-MNIST), then resize
+                x = apply_augmentation(to_float_batch(x, None), self.kinds, aug_gen, self.color_pca)
                 if self.resize is not None and self.resize != x.shape[-1]:
                     x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
             else:
@@ -174,8 +222,3 @@ class BatchLoader:
 
     def __iter__(self):
         return self.iterate(0)
-
-
-def tensors_from_numpy(images, labels) -> tuple[torch.Tensor, torch.Tensor]:
-    """numpy uint8 (N, 28, 28) and int64 (N,) -> torch tensors sharing no memory with numpy."""
-    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype("int64", copy=True))

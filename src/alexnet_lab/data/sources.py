@@ -29,6 +29,7 @@ class Dataset:
     class_names: tuple[str, ...]
     source: str                                  # where the data came from, in words
     notes: list[str] = field(default_factory=list)  # things the user should hear once (skipped files)
+    test_files: list[str] | None = None  # image folders: test_images[i]'s file, relative to the folder
 
     @property
     def channels(self) -> int:
@@ -71,10 +72,21 @@ def load_source(spec: str = FASHION_MNIST, *, data_dir: str | None = None, image
     if data.skipped:
         notes.append(f"Skipped {len(data.skipped)} unreadable image file(s) (--strict refuses them):\n  "
                      + "\n  ".join(reason for _, reason in data.skipped))
+    if data.upscaled:
+        notes.append(upscale_note(data.upscaled, len(data.train_labels) + len(data.val_labels), data.smallest,
+                                  image_size))
     where = f"memory-mapped from {data.cache_file}" if data.cache_file else "decoded in memory"
     source = (f"{folder}: {len(data.class_names)} classes, {len(data.train_labels)} train / "
               f"{len(data.val_labels)} val images ({data.layout}), {data.channels}x{image_size}x{image_size} "
               f"uint8, {where}")
     return Dataset(torch.from_numpy(data.train_images), torch.from_numpy(data.train_labels),
                    torch.from_numpy(data.val_images), torch.from_numpy(data.val_labels),
-                   data.class_names, source, notes)
+                   data.class_names, source, notes, data.val_files)
+
+
+def upscale_note(count: int, total: int, smallest: tuple[int, int], size: int) -> str:
+    """The notice that `count` of `total` images are upscaled more than 2x to `size` (their shorter side
+    under size / 2): the model then sees them blurred, with no detail the files did not have."""
+    return (f"Note: {count} of {total} images have a side shorter than {size / 2:g} px (the smallest "
+            f"{smallest[0]}x{smallest[1]}) and are upscaled more than 2x to {size}x{size}: the model sees them "
+            "blurred. Larger images, or a model with a smaller input (--model, --resize), avoid it.")

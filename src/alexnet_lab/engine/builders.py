@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Callable
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ class Splits:
     source: str
     class_names: tuple[str, ...] = CLASS_NAMES
     notes: list[str] = field(default_factory=list)  # for the user to read once (skipped files)
+    test_files: list[str] | None = None  # image folders: test_images[i]'s file, relative to the folder
 
     @property
     def channels(self) -> int:
@@ -45,7 +47,7 @@ class Splits:
         """The first `limit_train` / `limit_test` examples of each split (views, no copy)."""
         return Splits(self.train_images[:limit_train], self.train_labels[:limit_train],
                       self.test_images[:limit_test], self.test_labels[:limit_test], self.source,
-                      self.class_names, self.notes)
+                      self.class_names, self.notes, _head(self.test_files, limit_test))
 
 
 def _load_splits(data_dir: str | None = None, limit_train: int | None = None,
@@ -54,12 +56,17 @@ def _load_splits(data_dir: str | None = None, limit_train: int | None = None,
     the first N examples of each split. Private: every command enters the data through `splits_for`."""
     ds = load_source(data_dir=data_dir, **source_options)
     splits = Splits(ds.train_images[:limit_train], ds.train_labels[:limit_train], ds.test_images[:limit_test],
-                    ds.test_labels[:limit_test], ds.source, ds.class_names, ds.notes)
+                    ds.test_labels[:limit_test], ds.source, ds.class_names, ds.notes,
+                    _head(ds.test_files, limit_test))
     for split, images in (("training", splits.train_images), ("test", splits.test_images)):
         if len(images) == 0:
             raise UserError(f"The {split} set in '{ds.source}' holds no images: a run needs at least one "
                             "training and one test image. Point --data-dir at a complete data set.")
     return splits
+
+
+def _head(items: list | None, limit: int | None) -> list | None:
+    return None if items is None else items[:limit]
 
 
 def splits_for(config: TrainConfig) -> Splits:
@@ -84,8 +91,8 @@ def input_size(config: TrainConfig) -> int:
 
 
 def uses_2012_crops(config: TrainConfig) -> bool:
-    """Whether training takes the 2012 paper's random crops (and evaluation its centre crop)."""
-    return config.augment and get_spec(config.model).augmentation == "alexnet-2012"
+    """Whether training takes the 2012 paper's random crops, --augment crop (and evaluation its centre crop)."""
+    return "crop" in config.augment.split("+")
 
 
 def stored_size(config: TrainConfig) -> int:
@@ -108,7 +115,7 @@ def make_loaders(config: TrainConfig, splits: Splits, device: torch.device,
     size = input_size(config)
     train = BatchLoader(splits.train_images, splits.train_labels, per_rank, shuffle=True, resize=size,
                         device=device, augment=config.augment, seed=config.seed, drop_last=False,
-                        rank=rank, world_size=world_size, augmentation=get_spec(config.model).augmentation)
+                        rank=rank, world_size=world_size)
     return train, make_test_loader(config, splits, device, rank, world_size)
 
 
@@ -160,23 +167,37 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
         group.update(sgd_implementation(device))
 
 
-def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer,
-                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step learning-rate schedule; `constant` keeps lr fixed (the book's recipe)."""
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int,
+                    budget_used: Callable[[], float] | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step learning-rate schedule; `constant` keeps lr fixed (the book's recipe).
+
+    `budget_used` (a run with --time-budget-s) returns the share of the time budget spent so far; the
+    schedule then stands at max(steps done, that share of `total_steps`), so it reaches its end (one-cycle
+    and cosine: lr 0) when the time runs out, however much slower the steps turned out than planned."""
+    factor = _schedule_factor(config, total_steps)
+    if budget_used is None:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    # Read at every scheduler.step(): a perf_counter() call, no device sync.
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: factor(max(step, budget_used() * total_steps)))
+
+
+def _schedule_factor(config: TrainConfig, total_steps: int) -> Callable[[float], float]:
+    """The lr multiplier at a (possibly fractional) position in `total_steps` steps."""
     if config.schedule == "onecycle":
         warm = max(1, int(config.warmup_frac * total_steps))
 
-        def factor(step: int) -> float:  # linear up to 1, then linear down to 0
+        def factor(step: float) -> float:  # linear up to 1, then linear down to 0
             if step < warm:
-                return (step + 1) / warm
+                return min(1.0, (step + 1) / warm)
             return max(0.0, (total_steps - step) / max(1, total_steps - warm))
     elif config.schedule == "cosine":
-        def factor(step: int) -> float:
+        def factor(step: float) -> float:
             return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
     else:
-        def factor(step: int) -> float:
+        def factor(step: float) -> float:
             return 1.0
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
 
 
 def model_options(splits: Splits) -> dict:

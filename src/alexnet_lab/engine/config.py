@@ -13,10 +13,11 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 
+from alexnet_lab.data.loader import AUGMENT_KINDS, MODEL_AUGMENTS, NO_AUGMENT
 from alexnet_lab.data.sources import check_data_spec
 from alexnet_lab.engine.tta import TTA_MODES
 from alexnet_lab.errors import UserError
-from alexnet_lab.models import list_models
+from alexnet_lab.models import get_spec, list_models
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -27,7 +28,8 @@ COMPARE = ("always", "if different", "never")
 
 
 def setting(default, help: str, *, range: tuple | None = None, choices=None, resumable: bool = False,
-            group: str | None = "recipe", bench: bool = False, compare: str = "if different"):
+            group: str | None = "recipe", bench: bool = False, compare: str = "if different",
+            flag: dict | None = None):
     """A config field that is also a command-line flag (`--field-name`), described once, here.
 
     The value's type is the field's annotation (bool: --x/--no-x); `X | None` fields may be None.
@@ -37,7 +39,9 @@ def setting(default, help: str, *, range: tuple | None = None, choices=None, res
     resumable: may be given with `train --resume`; group: where the flag is listed in --help (recipe,
     numerics, data, or None for the top); bench: `bench` takes it (what one training step costs, and the
     data it times); compare: when `compare` shows it: always, if different between the runs, or never
-    (bookkeeping that changes neither the weights nor the results)."""
+    (bookkeeping that changes neither the weights nor the results); flag: more of the flag's argparse
+    options (e.g. nargs="?" and const: what the flag alone means; type: a function from the text to
+    the value, raising UserError), and under "no" the value of a `--no-field-name` flag."""
     if range is not None:
         low, high, *ends = range
         open_ends = ends[0] if ends else ""
@@ -48,7 +52,40 @@ def setting(default, help: str, *, range: tuple | None = None, choices=None, res
         raise ValueError(f"compare must be one of {COMPARE}, got {compare!r}")
     return field(default=default, metadata={"help": help, "range": range, "choices": choices,
                                             "resumable": resumable, "group": group, "bench": bench,
-                                            "compare": compare})
+                                            "compare": compare, "flag": flag or {}})
+
+
+def augment_choices() -> list[str]:
+    """Every value of --augment: none, and each combination of AUGMENT_KINDS in their order."""
+    combos = [[]]
+    for kind in AUGMENT_KINDS:
+        combos += [c + [kind] for c in combos]
+    return [NO_AUGMENT] + ["+".join(c) for c in combos[1:]]
+
+
+def parse_augment(text: str) -> str:
+    """--augment's text -> its canonical value: none, or kinds joined by '+' (',' too) in AUGMENT_KINDS's
+    order, each once. Anything else is a UserError naming what is wrong."""
+    parts = [part.strip() for part in text.replace(",", "+").split("+")]
+    if parts == [NO_AUGMENT]:
+        return NO_AUGMENT
+    unknown = [part for part in parts if part not in AUGMENT_KINDS]
+    if unknown:
+        raise UserError(f"Invalid configuration: --augment must be one of {NO_AUGMENT} or kinds joined by '+' "
+                        f"({', '.join(AUGMENT_KINDS)}; e.g. flip+translate), got {text!r}.")
+    return "+".join(kind for kind in AUGMENT_KINDS if kind in parts)
+
+
+def augment_value(value, model: str):
+    """What a config's `augment` holds: text in canonical form (parse_augment); True, as older versions
+    saved the switch, the kinds it turned on for `model` (MODEL_AUGMENTS), False none; anything else
+    unchanged, for check_setting to refuse."""
+    if isinstance(value, bool):
+        if not value:
+            return NO_AUGMENT
+        known = model in list_models()  # an unknown model is refused by check_config
+        return MODEL_AUGMENTS[get_spec(model).augmentation if known else "shift"]
+    return parse_augment(value) if isinstance(value, str) else value
 
 
 @dataclass(frozen=True)
@@ -72,12 +109,19 @@ class TrainConfig:
                                   "weight) or default (the model's own: PyTorch's, or for alexnet-2012 the "
                                   "paper's N(0, 0.01) with biases of 1)", choices=INITS)
     resize: int | None = setting(None, "input side in pixels (default: the model's)", range=(1, 4096), bench=True)
-    augment: bool = setting(False, "random shift, flip, brightness/contrast jitter on the device "
-                                   "(alexnet-2012: the paper's random crops, flips and PCA lighting)")
+    augment: str = setting(NO_AUGMENT, "augmentation on the device, kinds joined by '+': crop (random "
+                                       "224/256 crops; tested on the centre crop), flip (mirror images: not "
+                                       "for digits or text), translate (shifts of up to 2/28 of the side), "
+                                       "jitter (brightness, contrast), lighting (the 2012 paper's PCA "
+                                       "lighting); alone: the model's own, flip+translate+jitter "
+                                       "(alexnet-2012: crop+flip+lighting); --no-augment: none",
+                           choices=augment_choices,
+                           flag=dict(nargs="?", const=True, metavar="KINDS", type=parse_augment,
+                                     no=NO_AUGMENT))
     ema_decay: float = setting(0.0, "evaluate an exponential moving average of the weights with this "
                                     "decay per step (0: off)", range=(0, 1, "high"))
     tta: str = setting("none", "test-time augmentation at every test evaluation (flip only helps a model "
-                               "trained with --augment)", choices=TTA_MODES)
+                               "trained with flips, --augment flip)", choices=TTA_MODES)
     precision: str = setting("fp32", "autocast precision (auto: bf16 where fast)", choices=PRECISIONS,
                              group="numerics", bench=True)
     channels_last: bool = setting(False, "NHWC memory format", group="numerics", bench=True)
@@ -105,6 +149,13 @@ class TrainConfig:
         None, "evaluate the test set at every log point (every steps-per-epoch // --log-points-per-epoch "
               "steps and at each epoch's end) instead of once per epoch; stop at the first test accuracy "
               ">= this", range=(0, 1, "low"), group="data")
+    time_budget_s: float | None = setting(
+        None, "stop training once this many seconds have passed since its first step (test evaluations "
+              "during training included, the one after the last step not), or at the planned steps if "
+              "sooner; the lr schedule follows whichever is further along, the steps or the time, so "
+              "one-cycle and cosine still end at lr 0. The clock decides: reruns and resumes are not bit-exact",
+        range=(0, 1e7, "low"),  # 1e7 s: 116 days
+        group="data")
     checkpoint_every: int | None = setting(None, "also checkpoint every N steps", range=(1, 2**40), resumable=True,
                                            group="data", compare="never")
     data_dir: str | None = setting(
@@ -117,13 +168,16 @@ class TrainConfig:
     channels: int | None = setting(None, "input channels, 1 or 3 (default: the data's; image folders: 3 "
                                          "unless every image is gray)", choices=(1, 3), group="data")
     val_fraction: float = setting(0.2, "image folder without train/val folders: share of each class held "
-                                       "out for validation (stratified, seeded by --seed)",
+                                       "out for validation (stratified, seeded by the run's seed)",
                                   range=(0, 1, "low high"), group="data")
     strict: bool = setting(False, "image folders: refuse unreadable image files instead of listing and "
                                   "skipping them", group="data")
     preset: str = "custom"        # the preset this config started from (not a flag: --preset picks it)
 
     def __post_init__(self):
+        # augment: any spelling of the kinds in their canonical order; true/false (the switch it was in
+        # older versions, in their configs and checkpoints) as the kinds it turned on, or none
+        object.__setattr__(self, "augment", augment_value(self.augment, self.model))
         check_config(self)
 
     @classmethod
@@ -316,15 +370,16 @@ PRESETS: dict[str, dict] = {
     # cores. Seed 0 (docs/RECORDS.md): 40 epochs 0.9491 in 503 s, 45 epochs 0.9492 in 553 s.
     "speedrun-95": dict(model="fmnist-net-s", epochs=40, batch_size=256, lr=0.2, momentum=0.9, nesterov=True,
                         weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.2,
-                        init="default", augment=True, tta="flip-translate", precision="auto",
-                        channels_last=True, eval_every=0, log_points_per_epoch=1),
+                        init="default", augment="flip+translate+jitter", tta="flip-translate",
+                        precision="auto", channels_last=True, eval_every=0, log_points_per_epoch=1),
     # The most accurate recipe known here: fmnist-net (full width) for 30 epochs with flips + translate
     # augmentation and flip-translate TTA, speedrun-94's optimiser settings: 0.9530 in 1,197 s on a
     # 2-core AMD EPYC (seed 0, docs/RECORDS.md). Exercise 2.2's recipe (94.13% in 12.5 min) was this
     # at 10 epochs, label smoothing 0.1, no TTA, tested every epoch (docs/EXERCISES.md spells it out).
     "best": dict(model="fmnist-net", epochs=30, batch_size=256, lr=0.2, momentum=0.9, nesterov=True,
                  weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.2,
-                 init="default", augment=True, tta="flip-translate", precision="auto", channels_last=True,
+                 init="default", augment="flip+translate+jitter", tta="flip-translate", precision="auto",
+                 channels_last=True,
                  eval_every=0, log_points_per_epoch=1),
 }
 

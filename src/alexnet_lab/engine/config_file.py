@@ -42,11 +42,15 @@ def read_config_file(path: str | os.PathLike) -> dict:
         values.pop(key, None)
     unknown = [key for key in values if key not in field_names()]
     if unknown:
-        key = unknown[0]
-        near = difflib.get_close_matches(str(key), field_names(), n=1)
-        hint = f" Did you mean '{near[0]}'?" if near else f" Valid keys: {', '.join(field_names())}."
-        raise UserError(f"--config '{path}' has an unknown key '{key}'.{hint}")
+        hint = nearest_key_hint(unknown[0], field_names())
+        raise UserError(f"--config '{path}' has an unknown key '{unknown[0]}'.{hint}")
     return values
+
+
+def nearest_key_hint(key, valid: list[str]) -> str:
+    """' Did you mean 'X'?' for the valid key nearest to an unknown `key` (difflib), else the valid keys."""
+    near = difflib.get_close_matches(str(key), valid, n=1)
+    return f" Did you mean '{near[0]}'?" if near else f" Valid keys: {', '.join(valid)}."
 
 
 def _parse(text: str, path: Path) -> dict:

@@ -41,9 +41,11 @@ def metadata(config: TrainConfig, payload: dict) -> dict:
     """What the exported file needs to be used: classes, input and the image -> input recipe."""
     kwargs = model_kwargs(payload)
     size = input_size(config)
-    return {"format": METADATA_FORMAT, "model": config.model, "class_names": list(class_names(payload)),
+    return {"format": METADATA_FORMAT, "model": config.model, "model_kwargs": kwargs,
+            "class_names": list(class_names(payload)),
             "input_size": size, "in_channels": kwargs["in_channels"], "data": config.data,
             "stored_size": stored_size(config), "center_crop": uses_2012_crops(config),
+            "normalization": "none: pixel values / 255, in [0, 1] (no mean/std)",
             "input": (f"images: float32 (batch, {kwargs['in_channels']}, {size}, {size}), pixel values / 255 "
                       "(no mean/std normalisation); output logits: float32 (batch, classes)")}
 

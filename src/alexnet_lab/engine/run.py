@@ -154,6 +154,6 @@ def fit_into(config: TrainConfig, out: Path | None, callbacks: Sequence[Callback
     if out is None:
         return fit(config, list(callbacks), **fit_kwargs)
     rows = resume["run_state"]["metrics"] if resume is not None else None
-    writer = RunWriter(out, config.to_dict(), rows=rows, draw_curves=draw_curves)
+    writer = RunWriter(out, config.to_dict(), rows=rows, draw_curves=draw_curves, val_files=splits.test_files)
     return fit(config, [writer, *callbacks], **fit_kwargs)
 

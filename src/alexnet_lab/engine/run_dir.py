@@ -218,7 +218,15 @@ def environment() -> dict:
 
 
 # What RunWriter writes besides the checkpoints (a run stopped before its first checkpoint may remove them).
-RUN_FILES = ("metrics.jsonl", "metrics.csv", "config.json", "summary.json", "curves.svg", "curves.png")
+RUN_FILES = ("metrics.jsonl", "metrics.csv", "config.json", "summary.json", "curves.svg", "curves.png",
+             "val_files.txt")
+
+def file_list(names: list[str]) -> bytes:
+    """File names one a line, as the file system spells them (an undecodable byte as it was); a line
+    break inside a name, the one thing a line cannot hold, written as \\n or \\r."""
+    lines = (name.replace("\n", "\\n").replace("\r", "\\r") + "\n" for name in names)
+    return "".join(lines).encode("utf-8", "surrogateescape")
+
 
 DrawCurves = Callable[[list, list, str], None]  # (runs [(name, rows)], paths, title): reports.plots.plot_curves
 
@@ -227,10 +235,11 @@ class RunWriter(Callback):
     """Writes the run folder as training goes (only on the process that owns the files).
 
     `draw_curves` (e.g. reports.plots.plot_curves) draws curves.svg/png; without it no figure is drawn:
-    the engine does not depend on the reports layer."""
+    the engine does not depend on the reports layer. `val_files` (an image folder's `Splits.test_files`)
+    is written to val_files.txt, one file a line, so that a user can pick a held-out image to predict."""
 
     def __init__(self, out: Path, config: dict, *, rows: list[dict] | None = None,
-                 draw_curves: DrawCurves | None = None):
+                 draw_curves: DrawCurves | None = None, val_files: list[str] | None = None):
         """`rows`: the metrics held by the checkpoint a run resumes from. metrics.jsonl is rewritten
         to exactly those, dropping rows logged after that checkpoint (those steps run again).
         Without `rows` the run is new and metrics.jsonl starts empty."""
@@ -238,6 +247,7 @@ class RunWriter(Callback):
         self.config = config
         self.rows = list(rows or [])
         self.draw_curves = draw_curves
+        self.val_files = val_files
         files.write_text(self.out / "metrics.jsonl", "".join(json_line(r) for r in self.rows))
         files.write_text(self.out / "metrics.csv", ",".join(CSV_COLUMNS) + "\n" + "".join(map(csv_line, self.rows)))
         if rows is not None:
@@ -250,6 +260,8 @@ class RunWriter(Callback):
     def on_train_start(self, info: dict) -> None:
         self.info = info
         write_json(self.out / "config.json", {**self.config, "resolved": {**info, "environment": environment()}})
+        if self.val_files is not None:
+            files.write_bytes(self.out / "val_files.txt", file_list(self.val_files))
 
     def on_log(self, row: dict) -> None:
         self.rows.append(row)

@@ -17,7 +17,7 @@ import torch
 
 from alexnet_lab.engine import checkpoint as ckpt
 from alexnet_lab.engine.builders import input_size
-from alexnet_lab.engine.config import DEVICES, TrainConfig
+from alexnet_lab.engine.config import DEVICES, TrainConfig, augment_value
 from alexnet_lab.engine.trainer import RunState
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model, check_input_size, list_models
@@ -36,6 +36,8 @@ DEVICE = re.compile(r"(cuda|mps):\d{1,3}")  # besides config.DEVICES; torch.devi
 SCHEDULER_KEYS = {"base_lrs", "last_epoch", "_step_count", "_is_initial", "_get_lr_called_within_step",
                   "_last_lr", "lr_lambdas", "verbose"}
 SGD_GROUP = ("params", "lr", "momentum", "dampening", "weight_decay")  # what SGD.step reads with no default
+# Settings whose type changed, with the type older versions saved them as: TrainConfig takes that too.
+LEGACY_TYPES = {"augment": bool}  # a switch before it named the kinds (true: the model's own, false: none)
 RESUME_RUN_STATE = ("epoch", "batch", "step", "examples", "metrics")  # what a resume cannot do without
 
 
@@ -215,7 +217,8 @@ def _train_config(c: Fields, value, name: str = "config") -> TrainConfig:
     annotations = {f.name: f.type for f in fields(TrainConfig)}
     c.keys(name, values, required=("model",), allowed=annotations)
     for key, item in values.items():
-        c.typed(f"{name}.{key}", item, annotations[key])
+        if not isinstance(item, LEGACY_TYPES.get(key, ())):
+            c.typed(f"{name}.{key}", item, annotations[key])
     device = values.get("device", "auto")
     if device not in DEVICES and not DEVICE.fullmatch(device):
         c.fail(f"{name}.device", f"must be one of {', '.join(DEVICES)} or cuda:N, got {describe(device)}")
@@ -415,7 +418,31 @@ def check_model_metadata(text, path) -> dict:
     c.whole("stored_size", meta["stored_size"], size, min(SIDE_MAX, STORED_FACTOR * size))
     c.flag("center_crop", meta["center_crop"])
     c.text("input", meta.get("input"), optional=True)
+    c.text("normalization", meta.get("normalization"), optional=True)
     return meta
+
+
+def check_model_build(meta: dict, path) -> tuple[str, dict]:
+    """(model name, build options) of a weights-only model file (safetensors), from its checked metadata:
+    a registered model, the options a checkpoint may hold (engine/checkpoint.py) agreeing with the declared
+    channels and classes, and an input size the model takes. Whether the weights fit is checked by
+    `engine.export.ModelFile` against the model built on the meta device."""
+    c = Fields(f"Model file '{path}'", "Export the model again with alexnet-lab export.")
+    c.keys("its metadata", meta, required=("model_kwargs",))
+    name = c.choice("model", meta["model"], list_models())
+    value = c.mapping("model_kwargs", meta["model_kwargs"])
+    c.keys("model_kwargs", value, required=("in_channels", "num_classes"))
+    kwargs = _model_kwargs(c, value)
+    if kwargs["in_channels"] != meta["in_channels"]:
+        c.fail("model_kwargs.in_channels", f"is {kwargs['in_channels']} but in_channels is {meta['in_channels']}")
+    if kwargs["num_classes"] != len(meta["class_names"]):
+        c.fail("model_kwargs.num_classes", f"is {kwargs['num_classes']} but class_names has "
+                                           f"{len(meta['class_names'])} names")
+    try:
+        check_input_size(name, meta["input_size"])
+    except UserError as exc:
+        c.fail("input_size", f"does not fit the model ({exc})")
+    return name, kwargs
 
 
 # --- run folders ---------------------------------------------------------------------------------
@@ -444,8 +471,10 @@ def check_run_config(value: dict, path) -> dict:
     config = c.mapping("the file", value)
     annotations = {f.name: f.type for f in fields(TrainConfig)}
     for key, item in config.items():
-        if key in annotations:
+        if key in annotations and not isinstance(item, LEGACY_TYPES.get(key, ())):
             c.typed(key, item, annotations[key])
+    if isinstance(config.get("augment"), bool):  # an older version's switch, shown as the kinds it meant
+        config = {**config, "augment": augment_value(config["augment"], str(config.get("model")))}
     if "resolved" in config:
         resolved = c.mapping("resolved", config["resolved"])
         for key, item in resolved.items():

@@ -103,9 +103,11 @@ def _compiled(model: nn.Module, compile_: bool) -> nn.Module:
 
 
 def build_training_step(config: TrainConfig, total_steps: int = 1, device: torch.device | None = None,
-                        model_kwargs: dict | None = None) -> TrainingStep:
+                        model_kwargs: dict | None = None,
+                        budget_used: Callable[[], float] | None = None) -> TrainingStep:
     """Everything one training step of `config` needs; `total_steps` sizes the lr schedule;
-    `model_kwargs` (e.g. `builders.model_options(splits)`) adapt the model to the data."""
+    `model_kwargs` (e.g. `builders.model_options(splits)`) adapt the model to the data; `budget_used`
+    (the share of a --time-budget-s spent) lets time advance the schedule (builders.build_scheduler)."""
     device = device if device is not None else resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     if config.compile:
@@ -114,7 +116,7 @@ def build_training_step(config: TrainConfig, total_steps: int = 1, device: torch
     optimizer = build_optimizer(config, model)
     return TrainingStep(
         config=config, device=device, precision=precision, model=model, optimizer=optimizer,
-        scheduler=build_scheduler(config, optimizer, total_steps),
+        scheduler=build_scheduler(config, optimizer, total_steps, budget_used),
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
         loss_fn=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
         step_model=_compiled(model, config.compile),

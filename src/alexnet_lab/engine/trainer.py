@@ -63,16 +63,28 @@ class RunState:
     time_to_target_s: float | None = None
     metrics: list = field(default_factory=list)
     # Not saved: this epoch's running sums on the device (read only at log points: no per-step sync),
-    # when the current stretch of timed steps began, and whether the target accuracy was reached.
+    # when the current stretch of timed steps began, whether the target accuracy was reached and
+    # whether the time budget ran out (read again from the saved wall_seconds on resume).
     loss_on_device: torch.Tensor | None = field(default=None, repr=False, metadata={"transient": True})
     correct_on_device: torch.Tensor | None = field(default=None, repr=False, metadata={"transient": True})
     chunk_start: float = field(default=0.0, metadata={"transient": True})
     reached: bool = field(default=False, metadata={"transient": True})
+    out_of_time: bool = field(default=False, metadata={"transient": True})  # --time-budget-s spent
 
     def saved(self) -> dict:
         """The part a checkpoint holds (plain Python values)."""
         return {f.name: list(self.metrics) if f.name == "metrics" else getattr(self, f.name)
                 for f in fields(self) if not f.metadata.get("transient")}
+
+
+@dataclass
+class Stopwatch:
+    """A run's wall clock: seconds since its first step, continued across resumes (`start` is set back
+    by the time already trained). perf_counter() only: no device sync, cheap enough for every step."""
+    start: float | None = None  # None until the first step: the clock reads 0
+
+    def elapsed(self) -> float:
+        return 0.0 if self.start is None else time.perf_counter() - self.start
 
 
 @dataclass
@@ -88,7 +100,7 @@ class Run:
     world_size: int
     steps_per_epoch: int
     total_steps: int
-    wall_start: float = 0.0  # perf_counter() at the run's first step (continued across resumes)
+    clock: Stopwatch = field(default_factory=Stopwatch)  # the run's wall clock (evaluations included)
 
     @property
     def device(self) -> torch.device:
@@ -103,7 +115,12 @@ class Run:
             getattr(cb, hook)(*args)
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.wall_start
+        return self.clock.elapsed()
+
+    def time_is_up(self) -> bool:
+        """Whether --time-budget-s has passed since the first step (a clock read, no device sync)."""
+        budget = self.config.time_budget_s
+        return budget is not None and self.elapsed() >= budget
 
 
 @torch.no_grad()
@@ -152,29 +169,36 @@ def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits:
     """Train `config` to the end (or to its target accuracy) and return the summary dict.
 
     `resume` is a checkpoint payload to continue from. `wrap_model` (e.g. DDP) wraps the model used
-    for the steps; checkpoints always hold the unwrapped, uncompiled module's state_dict.
+    for the steps; checkpoints always hold the unwrapped, uncompiled module's state_dict. With
+    --time-budget-s training ends at the planned steps or when the time is up, whichever comes first.
     """
+    if config.time_budget_s is not None and world_size > 1:  # each process's clock would set its own lr
+        raise UserError("--time-budget-s is for one process: under torchrun each process's clock would "
+                        "move its learning rate differently. Leave it out, or set --epochs to fit the time.")
     device = resolve_device(config.device)
     splits = splits or splits_for(config)
     splits.fingerprint  # noqa: B018  (hashed once, here, outside the timed steps; saved with every checkpoint)
     train_loader, test_loader = make_loaders(config, splits, device, rank, world_size)
     steps_per_epoch = len(train_loader)
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
-    step = build_training_step(config, total_steps, device, model_options(splits))
+    clock = Stopwatch()  # started at the first step (below); the schedule reads it from then on
+    budget_used = None if config.time_budget_s is None else lambda: clock.elapsed() / config.time_budget_s
+    step = build_training_step(config, total_steps, device, model_options(splits), budget_used)
     state = restore(step, resume) if resume is not None else RunState()
     if world_size > 1:
         seed_per_rank(config.seed, rank, state.step)
     if wrap_model is not None:
         step.wrap(wrap_model)  # after restoring: DDP broadcasts rank 0's weights when it wraps
     run = Run(config, step, splits, train_loader, test_loader, callbacks or [], rank, world_size,
-              steps_per_epoch, total_steps)
+              steps_per_epoch, total_steps, clock)
     run.emit("on_train_start", start_info(run, state))
-    run.wall_start = time.perf_counter() - state.wall_seconds
+    clock.start = time.perf_counter() - state.wall_seconds
+    state.out_of_time = run.time_is_up()  # a resumed run whose time was up trains no further
     if state.step == 0:
         fit_whitening(run)
     with backend_flags(device, config.deterministic):
         step.model.train()
-        while state.step < total_steps and not state.reached:
+        while state.step < total_steps and not state.reached and not state.out_of_time:
             train_one_epoch(run, state)
     synchronize(device)
     state.wall_seconds = run.elapsed()
@@ -236,8 +260,9 @@ def start_info(run: Run, state: RunState) -> dict:
 
 
 def train_one_epoch(run: Run, state: RunState) -> None:
-    """Train from `state.batch` to the epoch's end (or the target accuracy), logging, evaluating and
-    checkpointing on the way; checks for a stop request at every other step boundary."""
+    """Train from `state.batch` to the epoch's end (or the target accuracy, or the end of the time
+    budget: the run's last point), logging, evaluating and checkpointing on the way; checks for a stop
+    request at every other step boundary."""
     if state.batch >= run.steps_per_epoch:  # resumed at the end of an epoch under another world size
         state.epoch, state.batch = state.epoch + 1, 0
     run.train_loader.set_epoch(state.epoch)
@@ -260,7 +285,8 @@ def train_one_epoch(run: Run, state: RunState) -> None:
         state.step += 1
         state.batch += 1
         run.emit("on_step", state.step)
-        end_of_epoch = state.batch == run.steps_per_epoch or state.step == run.total_steps
+        state.out_of_time = run.time_is_up()  # read once a step: the stop and the last point agree
+        end_of_epoch = state.batch == run.steps_per_epoch or state.step == run.total_steps or state.out_of_time
         saved = False
         if state.batch % run.log_every == 0 or end_of_epoch:
             saved = log_point(run, state, end_of_epoch)
@@ -286,7 +312,8 @@ def log_point(run: Run, state: RunState, end_of_epoch: bool) -> bool:
     is_best = False
     if (run.config.target_accuracy is not None and (end_of_epoch or target_check_due(
             run.config, state.batch, run.steps_per_epoch, run.total_steps))) or (
-            end_of_epoch and tests_at_epoch_end(run.config, state.epoch + 1, state.step == run.total_steps)):
+            end_of_epoch and tests_at_epoch_end(run.config, state.epoch + 1,
+                                                state.step == run.total_steps or state.out_of_time)):
         is_best = evaluate_point(run, state, row)
     state.wall_seconds = run.elapsed()
     row["elapsed_s"] = state.wall_seconds
@@ -377,6 +404,7 @@ def summarize(run: Run, state: RunState) -> dict:
         "step_seconds": state.step_seconds, "wall_seconds": state.wall_seconds,
         "train_examples": state.examples, "target_accuracy": run.config.target_accuracy,
         "reached_target": state.reached, "time_to_target_s": state.time_to_target_s,
+        "time_budget_s": run.config.time_budget_s, "stopped_at_time_budget": state.out_of_time,
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Mirrored views help only a model trained with flips (--augment): Fashion-MNIST's shoes all point
+# Mirrored views help only a model trained with flips (--augment flip): Fashion-MNIST's shoes all point
 # left, and a model that never saw a mirrored shoe misreads one (measured: 0.89 -> 0.77).
 TTA_MODES = ("none", "flip", "translate", "flip-translate")
 

@@ -6,7 +6,7 @@ within a tower; here each layer is one full layer (as in most re-implementations
 ("60 million parameters"). Kept from the paper: ReLU, local response normalization after conv1 and
 conv2 (n=5, k=2, alpha=1e-4, beta=0.75), overlapping max pooling (3x3, stride 2), dropout 0.5 in the
 first two dense layers and the paper's initialization. Its augmentation (random crops, flips, PCA
-lighting) is registered as its `augmentation` and applied by the data pipeline under --augment.
+lighting) is registered as its `augmentation`: what `--augment` alone means for it (crop+flip+lighting).
 """
 
 from torch import nn

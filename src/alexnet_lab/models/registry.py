@@ -22,7 +22,7 @@ class ModelSpec:
     input_size: int  # side of the square input the model is designed for
     description: str
     in_channels: int = 1        # the input channels it is built with unless told otherwise
-    augmentation: str = "shift"  # what --augment does for it: "shift" or "alexnet-2012" (data.augment_2012)
+    augmentation: str = "shift"  # what --augment alone does for it: data.loader.MODEL_AUGMENTS[augmentation]
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -1,6 +1,6 @@
 """Produce the messages quoted in docs/RELIABILITY.md: every failure tried for real, through the CLI.
 
-Run from the repository root: `PYTHONPATH=src python docs/reliability_demo.py OUT [SECTION ...]`
+Run from the repository root: `PYTHONPATH=src python examples/reliability_demo.py OUT [SECTION ...]`
 (sections: resume, kill, checkpoints, data, flags, hostile, alexnet; all by default, in that order;
 each is well under a minute; checkpoints, flags and hostile use the run that resume makes). Each case
 runs `python -m alexnet_lab ...` as a subprocess and records its exit status and what it printed
@@ -94,7 +94,7 @@ def same_run(a: Path, b: Path) -> str:
 
 
 def hostile(a: Path, tiny: list[str], offline: dict) -> None:
-    """The defects found by trying to break the CLI (issue 9), each tried again after its fix."""
+    """The defects found by trying to break the CLI, each tried again after its fix."""
     report.append("## Careless and hostile use\n")
     good = fakedata.make_dataset(OUT / "data" / "good", 256, 64)
     run = OUT / "F"

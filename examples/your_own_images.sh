@@ -10,5 +10,6 @@ $LAB train --data imagefolder:shapes --preset speedrun --epochs 20 --batch-size 
 $LAB evaluate --checkpoint "$OUT/best.pt" --precision fp32
 $LAB predict --checkpoint "$OUT/best.pt" shapes/star/star_0001.bmp shapes/ring/ring_0002.png shapes/cross/cross_0003.webp
 $LAB export --checkpoint "$OUT/best.pt" --format onnx --out "$OUT/shapes.onnx"
-$LAB export --checkpoint "$OUT/best.pt" --format torchscript --out "$OUT/shapes.pt"
+$LAB export --checkpoint "$OUT/best.pt" --format pt2 --out "$OUT/shapes.pt2"
+$LAB export --checkpoint "$OUT/best.pt" --format safetensors --out "$OUT/shapes.safetensors"
 $LAB predict --model-file "$OUT/shapes.onnx" shapes/star/star_0001.bmp shapes/ring/ring_0002.png shapes/cross/cross_0003.webp

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every measurement behind docs/EXERCISES.md, in order of cost; results land in runs/exercises/.
-# Usage: docs/exercises.sh [step...]   (steps: best alexnet lenet ex1 sweep profile; default: all)
+# Usage: examples/exercises.sh [step...]   (steps: best alexnet lenet ex1 sweep profile; default: all)
 # Set ALEXNET_LAB to the command to use (default: alexnet-lab).
 set -euo pipefail
 cd "$(dirname "$0")/.."
