@@ -14,16 +14,7 @@ from alexnet_lab.cli import main
 from alexnet_lab.engine.checkpoint import load_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def offline_one_thread(monkeypatch):
-    monkeypatch.setenv("ALEXNET_LAB_OFFLINE", "1")
-    with fakedata.one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return fakedata.make_dataset(tmp_path_factory.mktemp("fmnist"), n_train=64, n_test=32)
+pytestmark = pytest.mark.usefixtures("offline_cli")  # conftest.py: offline, one thread; data_dir is shared
 
 
 def train_args(data_dir, out, *extra):
