@@ -85,3 +85,16 @@ def signal_at(monkeypatch, step: int, *signums):
     monkeypatch.setattr(train_cli, "fit", lambda config, callbacks, **kw: real_fit(
         config, [*callbacks, SendSignal()], **kw))
     return lambda: monkeypatch.setattr(train_cli, "fit", real_fit)
+
+
+class StopAt(Callback):
+    """Requests a stop once `step` steps are done (as the signal handler does)."""
+
+    def __init__(self, step: int):
+        self.step, self.done = step, 0
+
+    def on_step(self, step: int) -> None:
+        self.done = step
+
+    def should_stop(self) -> bool:
+        return self.done >= self.step

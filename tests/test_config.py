@@ -16,7 +16,7 @@ from alexnet_lab.models import get_spec, list_models
 
 # The fields whose values are free: a switch, or text checked elsewhere. Every other field declares a
 # range or its choices.
-FREE_BOOLS = {"nesterov", "channels_last", "compile", "deterministic", "strict"}
+FREE_BOOLS = {"nesterov", "channels_last", "compile", "deterministic", "strict", "muon_renorm", "freeze_bn_weights"}
 FREE_TEXT = {"data_dir",   # a folder: the data loader says whether it holds the data
              "data",       # fashion-mnist or imagefolder:DIR (check_data_spec, tests/test_sources.py)
              "preset"}     # the name of the preset a config started from (a saved run may name an old one)
@@ -88,7 +88,7 @@ def test_a_number_just_outside_its_range_is_refused_and_each_bound_as_its_end_sa
 
 def test_none_is_accepted_exactly_for_the_fields_annotated_or_none():
     optional = {f.name for f in FIELDS if str(f.type).replace(" ", "").endswith("|None")}
-    assert optional == {"resize", "limit_train", "limit_test", "target_accuracy", "time_budget_s",
+    assert optional == {"resize", "limit_train", "limit_test", "target_accuracy", "time_budget_s", "bn_momentum",
                         "checkpoint_every", "data_dir", "channels"}
     for f in FIELDS:
         if f.name in optional:
@@ -137,7 +137,7 @@ def test_bench_and_compare_take_the_settings_declared_for_them():
     from alexnet_lab.cli import bench, compare
 
     assert set(bench.CONFIG_FLAGS) == {"model", "batch_size", "resize", "seed", "precision", "channels_last",
-                                       "compile", "device", "data_dir", "limit_train"}
+                                       "compile", "device", "data_dir", "limit_train", "optimizer"}
     assert compare.ALWAYS == ("model", "preset", "epochs", "batch_size", "lr")
     assert set(compare.HIDDEN) == {"data_dir", "log_points_per_epoch", "checkpoint_every", "ddp_timeout"}
 
@@ -177,7 +177,7 @@ def test_the_augment_flag_names_kinds_and_alone_means_the_models_own():
 def test_an_unknown_kind_of_augmentation_is_refused_with_the_kinds(value, capsys):
     with pytest.raises(SystemExit):
         parsed_augment("--augment", value)
-    assert (f"argument --augment: must be one of none or kinds joined by '+' (crop, flip, translate, jitter, "
+    assert (f"argument --augment: must be one of none or kinds joined by '+' (crop, flip, altflip, translate, jitter, "
             f"lighting; e.g. flip+translate), got {value!r}.") in capsys.readouterr().err
     with pytest.raises(UserError, match=r"^Invalid configuration: --augment must be one of none or kinds"):
         with_value("augment", value)

@@ -27,7 +27,8 @@ from alexnet_lab.engine.checkpoint import load_checkpoint
 from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.device import autocast
 from alexnet_lab.data.loader import BatchLoader
-from alexnet_lab.engine.builders import Splits, build_optimizer, build_scheduler, prepare_model
+from alexnet_lab.engine.builders import Splits, build_scheduler, prepare_model
+from alexnet_lab.engine.optimizers import build_optimizer
 from alexnet_lab.engine.step import to_model_input, train_step
 from alexnet_lab.engine.trainer import Callback, evaluate, fit
 from alexnet_lab.models import build_model

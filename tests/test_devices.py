@@ -14,8 +14,8 @@ from alexnet_lab import d2l
 from alexnet_lab.cli import main
 from alexnet_lab.engine import checkpoint, device as dev
 from alexnet_lab.engine.config import make_config
-from alexnet_lab.engine.builders import (build_optimizer, evaluation_batch_size, load_optimizer_state,
-                                         sgd_implementation)
+from alexnet_lab.engine.builders import evaluation_batch_size
+from alexnet_lab.engine.optimizers import build_optimizer, load_optimizer_state, sgd_implementation
 from alexnet_lab.errors import UserError
 from runhelpers import last_line, train_args
 

@@ -22,7 +22,7 @@ from alexnet_lab.engine.checkpoint import load_checkpoint
 from alexnet_lab.engine.trainer import Callback, StopRequested
 from alexnet_lab.engine.run_dir import read_metrics
 from alexnet_lab.models import registry
-from runhelpers import assert_same_run, config_for, last_line, recipe_args, run_fit, signal_at, train_args
+from runhelpers import StopAt, assert_same_run, config_for, last_line, recipe_args, run_fit, signal_at, train_args
 
 pytestmark = pytest.mark.usefixtures("offline_cli")
 
@@ -38,19 +38,6 @@ def tiny_model(monkeypatch) -> str:
     spec = registry.ModelSpec("tiny-dropout", tiny_relu_dropout, 28, "test model")
     monkeypatch.setitem(registry._REGISTRY, "tiny-dropout", spec)
     return "tiny-dropout"
-
-
-class StopAt(Callback):
-    """Requests a stop once `step` steps are done (as the signal handler does)."""
-
-    def __init__(self, step: int):
-        self.step, self.done = step, 0
-
-    def on_step(self, step: int) -> None:
-        self.done = step
-
-    def should_stop(self) -> bool:
-        return self.done >= self.step
 
 
 class CrashAt(Callback):

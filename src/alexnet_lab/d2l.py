@@ -20,7 +20,8 @@ from torch import nn
 
 from alexnet_lab import files
 from alexnet_lab.data.loader import BatchLoader
-from alexnet_lab.engine.builders import init_weights, splits_for
+from alexnet_lab.engine.builders import splits_for
+from alexnet_lab.engine.model_setup import init_weights
 from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.device import backend_flags
 from alexnet_lab.engine.step import book_step, correct_count

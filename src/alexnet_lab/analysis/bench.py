@@ -26,7 +26,8 @@ from alexnet_lab.analysis.reference_pipeline import D2L_NUM_WORKERS, reference_l
 from alexnet_lab.data import BatchLoader
 from alexnet_lab.engine.config import PRESETS, TrainConfig
 from alexnet_lab.engine.device import DTYPES, backend_flags, resolve_device, resolve_precision, synchronize
-from alexnet_lab.engine.builders import Splits, init_weights, input_size, model_options
+from alexnet_lab.engine.builders import Splits, input_size, model_options
+from alexnet_lab.engine.model_setup import init_weights
 from alexnet_lab.engine.step import build_training_step
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model, check_input_size

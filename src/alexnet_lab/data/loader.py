@@ -36,8 +36,11 @@ def to_float_batch(images_u8: torch.Tensor, resize: int | None, center_crop: boo
 # The kinds of augmentation --augment combines (joined by "+", applied in this order), each batched on
 # the device. crop: a random crop of 224/256 of the side (the 2012 paper's; evaluation takes the centre
 # crop); flip: a horizontal mirror image with probability 1/2; translate: a random shift of up to
-# 2/28 of the side; jitter: brightness and contrast jitter; lighting: the paper's PCA lighting.
-AUGMENT_KINDS = ("crop", "flip", "translate", "jitter", "lighting")
+# 2/28 of the side; jitter: brightness and contrast jitter; lighting: the paper's PCA lighting; altflip:
+# airbench's alternating flip, each image mirrored in every other epoch (a seeded half of the images
+# in even epochs, the other half in odd ones), in place of flip's coin toss per image and epoch.
+AUGMENT_KINDS = ("crop", "flip", "altflip", "translate", "jitter", "lighting")
+EXCLUSIVE_KINDS = (("flip", "altflip"), ("crop", "altflip"))  # two ways of flipping: one at a time
 NO_AUGMENT = "none"
 # What `--augment` alone (and `augment: true` in a config of an older version) means, by the model's
 # registered augmentation (models/registry.py): the kinds the single switch used to turn on.
@@ -53,9 +56,21 @@ def augment_kinds(augment: bool | str, augmentation: str = "shift") -> tuple[str
         return ()
     kinds = tuple(augment.split("+"))
     unknown = [k for k in kinds if k not in AUGMENT_KINDS]
-    if unknown or not kinds:
+    if unknown or not kinds or any(set(pair) <= set(kinds) for pair in EXCLUSIVE_KINDS):
         raise ValueError(f"unknown augmentation {augment!r}")
     return kinds
+
+
+def alternating_flips(flip_half: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Which images of a batch altflip mirrors: `flip_half` (N,) bool marks the images mirrored in even
+    epochs; odd epochs mirror the others. `indices`: the batch's positions in the split."""
+    flipped = flip_half.index_select(0, indices)
+    return ~flipped if epoch % 2 else flipped
+
+
+def mirror(x: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """x (B, C, H, W) with the images where `which` (B,) is true mirrored left to right: exact, no resampling."""
+    return torch.where(which.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None,
@@ -85,8 +100,8 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None,
         theta[:, 1, 2] = shift_y
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    elif flip:  # an exact mirror image: no resampling
-        x = torch.where(mirrored.view(b, 1, 1, 1), x.flip(-1), x)
+    elif flip:
+        x = mirror(x, mirrored)
     if not jitter:
         return x
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -94,9 +109,13 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None,
 
 
 def apply_augmentation(x: torch.Tensor, kinds: tuple[str, ...], generator: torch.Generator | None = None,
-                       color_pca: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                       color_pca: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       flipped: torch.Tensor | None = None) -> torch.Tensor:
     """x: (B, C, H, W) float in [0, 1] -> `kinds` applied in AUGMENT_KINDS's order: (B, C, h, w), h < H
-    after a crop. A crop takes the flip along (mirrored reads); `color_pca` (lighting): augment_2012.color_pca."""
+    after a crop. A crop takes the flip along (mirrored reads); `color_pca` (lighting): augment_2012.color_pca;
+    `flipped` (altflip): which images to mirror (alternating_flips)."""
+    if "altflip" in kinds:
+        x = mirror(x, flipped)
     if "crop" in kinds:
         x = augment_2012.random_crops(x, generator, flip="flip" in kinds)
     flip = "flip" in kinds and "crop" not in kinds
@@ -156,6 +175,11 @@ class BatchLoader:
         self.center_crop = center_crop
         # the colour statistics PCA lighting follows
         self.color_pca = augment_2012.color_pca(self.images) if "lighting" in self.kinds else None
+        # altflip: the images mirrored in even epochs, a seeded half (the same on every rank)
+        self.flip_half = None
+        if "altflip" in self.kinds:
+            gen = torch.Generator().manual_seed((self.seed * 100_003 + 7) % SEED_MODULUS)
+            self.flip_half = (torch.randperm(len(self.images), generator=gen) < len(self.images) // 2).to(self.device)
 
     def _batch_bounds(self) -> list[tuple[int, int]]:
         """(start, end) of this rank's slice of every global batch, as positions in the epoch's order."""
@@ -213,7 +237,8 @@ class BatchLoader:
                 aug_gen.manual_seed((((self.seed * 100_003 + self.epoch) * 100_003 + i) * 64 + self.rank)
                                     % SEED_MODULUS)
                 # augment at the stored size (28x28 for Fashion-MNIST), then resize
-                x = apply_augmentation(to_float_batch(x, None), self.kinds, aug_gen, self.color_pca)
+                flipped = None if self.flip_half is None else alternating_flips(self.flip_half, idx, self.epoch)
+                x = apply_augmentation(to_float_batch(x, None), self.kinds, aug_gen, self.color_pca, flipped)
                 if self.resize is not None and self.resize != x.shape[-1]:
                     x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
             else:

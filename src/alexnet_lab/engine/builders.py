@@ -19,6 +19,7 @@ from alexnet_lab.data.fingerprint import data_fingerprint
 from alexnet_lab.data.sources import load_source
 from alexnet_lab.engine.config import TrainConfig, per_rank_batch
 from alexnet_lab.engine.device import resolve_device
+from alexnet_lab.engine.model_setup import set_up_model
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model, check_input_size, get_spec
 
@@ -137,36 +138,6 @@ def whitening_images(config: TrainConfig, splits: Splits) -> torch.Tensor:
     return to_float_batch(splits.train_images[:WHITENING_IMAGES], input_size(config))
 
 
-def init_weights(model: nn.Module) -> None:
-    """d2l's train_ch6 init: xavier_uniform_ on every Conv2d/Linear weight, biases untouched."""
-    for m in model.modules():
-        if type(m) in (nn.Linear, nn.Conv2d):
-            nn.init.xavier_uniform_(m.weight)
-
-
-def sgd_implementation(device: torch.device) -> dict:
-    """SGD's kernel choice for `device`. CUDA: fused=True, the whole update in one kernel, which also
-    lets GradScaler skip its host sync (it hands the scale and the inf flag to the kernel). Elsewhere
-    foreach=True: one multi-tensor kernel per parameter group instead of one per tensor."""
-    return {"fused": True, "foreach": False} if device.type == "cuda" else {"fused": False, "foreach": True}
-
-
-def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    device = next(model.parameters()).device
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           nesterov=config.nesterov and config.momentum > 0,
-                           weight_decay=config.weight_decay, **sgd_implementation(device))
-
-
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Load a checkpoint's optimizer state, keeping this device's kernel choice: the state of a run
-    saved on a GPU says fused=True, which a CPU resuming it must not take over (and vice versa)."""
-    optimizer.load_state_dict(state)
-    device = optimizer.param_groups[0]["params"][0].device
-    for group in optimizer.param_groups:
-        group.update(sgd_implementation(device))
-
-
 def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int,
                     budget_used: Callable[[], float] | None = None) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step learning-rate schedule; `constant` keeps lr fixed (the book's recipe).
@@ -211,8 +182,7 @@ def prepare_model(config: TrainConfig, device: torch.device, **model_kwargs) -> 
     torch.manual_seed(config.seed)
     model = build_model(config.model, **model_kwargs)
     check_input_size(config.model, input_size(config))
-    if config.init == "xavier":
-        init_weights(model)
+    set_up_model(config, model)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 
-from alexnet_lab.data.loader import AUGMENT_KINDS, MODEL_AUGMENTS, NO_AUGMENT
+from alexnet_lab.data.loader import AUGMENT_KINDS, EXCLUSIVE_KINDS, MODEL_AUGMENTS, NO_AUGMENT
 from alexnet_lab.data.sources import check_data_spec
 from alexnet_lab.engine.tta import TTA_MODES
 from alexnet_lab.errors import UserError
@@ -23,7 +23,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 INDEXED_DEVICE = re.compile(r"(cuda|mps):\d{1,3}")  # one GPU of several (torchrun's ranks): not a flag choice
 SCHEDULES = ("constant", "onecycle", "cosine")
-INITS = ("xavier", "default")
+INITS = ("xavier", "default", "dirac")
+OPTIMIZERS = ("sgd", "muon")
 COMPARE = ("always", "if different", "never")
 
 
@@ -60,7 +61,8 @@ def augment_choices() -> list[str]:
     combos = [[]]
     for kind in AUGMENT_KINDS:
         combos += [c + [kind] for c in combos]
-    return [NO_AUGMENT] + ["+".join(c) for c in combos[1:]]
+    allowed = [c for c in combos[1:] if not any(set(pair) <= set(c) for pair in EXCLUSIVE_KINDS)]
+    return [NO_AUGMENT] + ["+".join(c) for c in allowed]
 
 
 def parse_augment(text: str) -> str:
@@ -73,6 +75,10 @@ def parse_augment(text: str) -> str:
     if unknown:
         raise UserError(f"Invalid configuration: --augment must be one of {NO_AUGMENT} or kinds joined by '+' "
                         f"({', '.join(AUGMENT_KINDS)}; e.g. flip+translate), got {text!r}.")
+    for pair in EXCLUSIVE_KINDS:
+        if set(pair) <= set(parts):
+            raise UserError(f"Invalid configuration: --augment {text!r} names both {pair[0]} and {pair[1]}, "
+                            "two ways of flipping: keep one.")
     return "+".join(kind for kind in AUGMENT_KINDS if kind in parts)
 
 
@@ -102,18 +108,48 @@ class TrainConfig:
     momentum: float = setting(0.0, "SGD momentum", range=(0, 1, "high"))
     nesterov: bool = setting(False, "Nesterov momentum (with --momentum > 0)")
     weight_decay: float = setting(0.0, "L2 weight decay", range=(0, 1e4))
+    optimizer: str = setting("sgd", "sgd: SGD for every parameter; muon: Muon (momentum orthogonalised by "
+                                    "Newton-Schulz iterations, torch.optim.Muon's update) for the convolution "
+                                    "filters, each viewed as an out x in*k*k matrix, at --muon-lr, and SGD "
+                                    "(--lr, --momentum, --nesterov) for the rest: biases, BatchNorm, linear layers",
+                             choices=OPTIMIZERS, bench=True)
+    muon_lr: float = setting(0.02, "--optimizer muon: the filters' (peak) learning rate, on --lr's schedule",
+                             range=(0, 1e4, "low"))
+    muon_momentum: float = setting(0.95, "--optimizer muon: the filters' (Nesterov) momentum", range=(0, 1, "high"))
+    muon_ns_steps: int = setting(5, "--optimizer muon: Newton-Schulz iterations per step (airbench: 3)",
+                                 range=(1, 99))  # torch.optim.Muon refuses 100 or more
+    muon_renorm: bool = setting(False, "--optimizer muon: rescale each filter tensor to norm sqrt(its output "
+                                       "channels) before every step (airbench's), which changes nothing a "
+                                       "BatchNorm after it sees: for models with BatchNorm")
+    bn_momentum: float | None = setting(None, "BatchNorm's running-statistics momentum, PyTorch's convention: "
+                                              "the weight of each new batch (default: the model's, 0.1)",
+                                        range=(0, 1, "low"))
+    freeze_bn_weights: bool = setting(False, "BatchNorm scales stay at 1, untrained (airbench's)")
+    bn_bias_lr_scale: float = setting(1.0, "BatchNorm biases train at this multiple of --lr (airbench: 64, "
+                                           "with --freeze-bn-weights)", range=(0, 1e4, "low"))
+    head_scale: float = setting(1.0, "multiply the model's output (logits) by this, as airbench scales its "
+                                     "head down; done exactly as a reparametrisation of the last linear layer "
+                                     "(initial weights and bias x s, its lr x s^2, its weight decay / s^2), so "
+                                     "the saved model is the plain architecture", range=(0, 1e3, "low"))
+    lookahead_every: int = setting(0, "Lookahead: every N steps the slow weights move --lookahead-alpha of the "
+                                      "way to the trained ones, which restart from them (0: off)",
+                                   range=(0, 1_000_000))
+    lookahead_alpha: float = setting(0.5, "Lookahead's step towards the trained weights", range=(0, 1, "low"))
     schedule: str = setting("constant", "learning-rate schedule, per step", choices=SCHEDULES)
     warmup_frac: float = setting(0.25, "onecycle schedule: fraction of the steps spent warming up", range=(0, 1))
     label_smoothing: float = setting(0.0, "cross-entropy label smoothing", range=(0, 1, "high"))
     init: str = setting("xavier", "weight init: xavier (d2l's xavier_uniform_ on every Conv2d/Linear "
-                                  "weight) or default (the model's own: PyTorch's, or for alexnet-2012 the "
-                                  "paper's N(0, 0.01) with biases of 1)", choices=INITS)
+                                  "weight), default (the model's own: PyTorch's, or for alexnet-2012 the "
+                                  "paper's N(0, 0.01) with biases of 1) or dirac (the model's own, then every "
+                                  "trained convolution the identity on its first in-channels outputs: "
+                                  "airbench's)", choices=INITS)
     resize: int | None = setting(None, "input side in pixels (default: the model's)", range=(1, 4096), bench=True)
     augment: str = setting(NO_AUGMENT, "augmentation on the device, kinds joined by '+': crop (random "
                                        "224/256 crops; tested on the centre crop), flip (mirror images: not "
                                        "for digits or text), translate (shifts of up to 2/28 of the side), "
                                        "jitter (brightness, contrast), lighting (the 2012 paper's PCA "
-                                       "lighting); alone: the model's own, flip+translate+jitter "
+                                       "lighting), altflip (instead of flip: each image mirrored in every "
+                                       "other epoch, airbench's); alone: the model's own, flip+translate+jitter "
                                        "(alexnet-2012: crop+flip+lighting); --no-augment: none",
                            choices=augment_choices,
                            flag=dict(nargs="?", const=True, metavar="KINDS", type=parse_augment,

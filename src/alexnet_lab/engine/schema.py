@@ -18,6 +18,7 @@ import torch
 from alexnet_lab.engine import checkpoint as ckpt
 from alexnet_lab.engine.builders import input_size
 from alexnet_lab.engine.config import DEVICES, TrainConfig, augment_value
+from alexnet_lab.engine.optimizers import parameter_groups
 from alexnet_lab.engine.trainer import RunState
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model, check_input_size, list_models
@@ -187,13 +188,17 @@ def check_checkpoint(payload: dict, path, *, for_resume: bool = False, advice: s
     if payload.get("data_fingerprint") is not None:  # evaluate and a resume compare it with the data
         _fingerprint(c, payload["data_fingerprint"])
     if for_resume:
-        _resume_parts(c, payload, [tuple(p.shape) for p in model.parameters()])
+        _resume_parts(c, payload, config, model)
     return config
 
 
-def _resume_parts(c: Fields, payload: dict, params: list[tuple]) -> None:
-    """What only a resume restores: optimizer, scheduler, scaler and RNG states."""
-    _optimizer_state(c, payload["optimizer_state"], params)
+def _resume_parts(c: Fields, payload: dict, config: TrainConfig, model: torch.nn.Module) -> None:
+    """What only a resume restores: optimizer, scheduler, scaler, Lookahead and RNG states."""
+    groups = parameter_groups(config, model)  # the order the run's optimizer lists the parameters in
+    _optimizer_state(c, payload["optimizer_state"], [tuple(p.shape) for g in groups for p in g["params"]])
+    trained = {id(p) for g in groups for p in g["params"] if p.requires_grad}
+    _lookahead_state(c, payload.get("lookahead_state"), config,
+                     [tuple(p.shape) for p in model.parameters() if id(p) in trained])
     _scheduler_state(c, payload["scheduler_state"], len(payload["optimizer_state"]["param_groups"]))
     _scaler_state(c, payload["scaler_state"])
     _rng_state(c, payload["rng"])
@@ -261,6 +266,26 @@ def _ema_state(c: Fields, value, config: TrainConfig, expected: dict, model_name
     c.number("ema_state.decay", ema["decay"], 0, 1, open_low=True, open_high=True)
 
 
+def _lookahead_state(c: Fields, value, config: TrainConfig, shapes: list[tuple]) -> None:
+    """Lookahead's slow weights (engine/lookahead.py): present exactly when the run uses Lookahead, one
+    float tensor per trained parameter (the shapes given, in the model's order)."""
+    if not config.lookahead_every:
+        if value is not None:
+            c.fail("lookahead_state", "is present, but the run uses no Lookahead (config.lookahead_every is 0)")
+        return
+    if value is None:
+        c.fail("lookahead_state", f"is missing, but the run uses Lookahead (lookahead_every {config.lookahead_every})")
+    state = c.mapping("lookahead_state", value)
+    c.keys("lookahead_state", state, required=("slow", "steps", "every", "alpha"))
+    slow = c.sequence("lookahead_state.slow", state["slow"], len(shapes), len(shapes))
+    for i, (tensor, shape) in enumerate(zip(slow, shapes)):
+        if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tuple(tensor.shape) == shape):
+            c.fail(f"lookahead_state.slow[{i}]", f"must be a float tensor of shape {shape}, got {describe(tensor)}")
+    c.whole("lookahead_state.steps", state["steps"])
+    c.whole("lookahead_state.every", state["every"], 1)
+    c.number("lookahead_state.alpha", state["alpha"], 0, 1, open_low=True)
+
+
 def _run_state(c: Fields, value, for_resume: bool) -> None:
     """The run's position and sums (engine.trainer.RunState), typed as RunState declares them."""
     state = c.mapping("run_state", value)
@@ -288,8 +313,9 @@ def _run_state(c: Fields, value, for_resume: bool) -> None:
 
 
 def _optimizer_state(c: Fields, value, params: list[tuple]) -> None:
-    """SGD's state: one group or more covering the model's parameters in order, momentum buffers shaped
-    like them (a wrong shape would fail only at the first step)."""
+    """SGD's state: one group or more listing the optimizer's parameters (`params`: their shapes, in the
+    order of engine/optimizers.parameter_groups) in order, momentum buffers shaped like them (a wrong
+    shape would fail only at the first step)."""
     state = c.mapping("optimizer_state", value)
     c.keys("optimizer_state", state, required=("state", "param_groups"))
     groups = c.sequence("optimizer_state.param_groups", state["param_groups"], 1, len(params))
@@ -301,13 +327,15 @@ def _optimizer_state(c: Fields, value, params: list[tuple]) -> None:
         for key in ("lr", "momentum", "dampening", "weight_decay", "initial_lr"):
             if key in group:
                 c.number(f"{name}.{key}", group[key], 0, 1e4)
-        for key in ("nesterov", "maximize", "differentiable", "foreach", "fused"):
+        for key in ("nesterov", "maximize", "differentiable", "foreach", "fused", "muon", "renorm"):
             if key in group:
                 c.flag(f"{name}.{key}", group[key], optional=key in ("foreach", "fused"))
+        if group.get("muon"):  # engine/optimizers.MuonSGD's groups
+            c.whole(f"{name}.ns_steps", group.get("ns_steps"), 1, 99)
         order += [c.whole(f"{name}.params[{j}]", p, 0, len(params) - 1)
                   for j, p in enumerate(c.sequence(f"{name}.params", group["params"]))]
     if order != list(range(len(params))):
-        c.fail("optimizer_state.param_groups", f"do not list the model's {len(params)} parameters in order")
+        c.fail("optimizer_state.param_groups", f"do not list the run's {len(params)} trained parameters in order")
     buffers = state["state"]
     if not isinstance(buffers, dict):
         c.fail("optimizer_state.state", f"must be a dict, got {describe(buffers)}")

@@ -12,10 +12,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from alexnet_lab.engine.builders import build_optimizer, build_scheduler, load_optimizer_state, prepare_model
+from alexnet_lab.engine.builders import build_scheduler, prepare_model
+from alexnet_lab.engine.optimizers import build_optimizer, load_optimizer_state
 from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.engine.device import autocast, check_compile, resolve_device, resolve_precision
 from alexnet_lab.engine.ema import WeightEMA
+from alexnet_lab.engine.lookahead import Lookahead
 from alexnet_lab.errors import UserError
 
 
@@ -60,6 +62,7 @@ class TrainingStep:
     loss_fn: nn.Module
     step_model: nn.Module
     ema: WeightEMA | None = None  # an average of the weights that evaluations use (--ema-decay)
+    lookahead: Lookahead | None = None  # slow weights the trained ones restart from (--lookahead-every)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -76,6 +79,8 @@ class TrainingStep:
         out = train_step(self.step_model, self.loss_fn, self.optimizer, self.scaler,
                          to_model_input(images, self.config.channels_last), labels, self.precision, self.device)
         self.scheduler.step()
+        if self.lookahead is not None:
+            self.lookahead.update(self.model)
         if self.ema is not None:
             self.ema.update(self.model)
         return out
@@ -87,7 +92,8 @@ class TrainingStep:
     def state_dict(self) -> dict:
         return {"model_state": self.model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
                 "scheduler_state": self.scheduler.state_dict(), "scaler_state": self.scaler.state_dict(),
-                **({"ema_state": self.ema.state_dict()} if self.ema is not None else {})}
+                **({"ema_state": self.ema.state_dict()} if self.ema is not None else {}),
+                **({"lookahead_state": self.lookahead.state_dict()} if self.lookahead is not None else {})}
 
     def load_state_dict(self, payload: dict) -> None:
         self.model.load_state_dict(payload["model_state"])
@@ -96,6 +102,8 @@ class TrainingStep:
         self.scaler.load_state_dict(payload["scaler_state"])
         if self.ema is not None:
             self.ema.load_state_dict(payload["ema_state"])
+        if self.lookahead is not None:
+            self.lookahead.load_state_dict(payload["lookahead_state"])
 
 
 def _compiled(model: nn.Module, compile_: bool) -> nn.Module:
@@ -120,7 +128,8 @@ def build_training_step(config: TrainConfig, total_steps: int = 1, device: torch
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
         loss_fn=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
         step_model=_compiled(model, config.compile),
-        ema=WeightEMA(model, config.ema_decay) if config.ema_decay else None)
+        ema=WeightEMA(model, config.ema_decay) if config.ema_decay else None,
+        lookahead=Lookahead(model, config.lookahead_every, config.lookahead_alpha) if config.lookahead_every else None)
 
 
 def book_step(net: nn.Module, loss: nn.Module, optimizer: torch.optim.Optimizer, X: torch.Tensor,

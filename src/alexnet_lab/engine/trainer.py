@@ -215,11 +215,13 @@ def fit_whitening(run: Run) -> None:
         images = whitening_images(run.config, run.splits)
         for layer in layers:
             layer.fit(images)
+        if run.step.lookahead is not None:  # its slow weights start from the fitted layers
+            run.step.lookahead.reset(run.step.model)
 
 
 def restore(step: TrainingStep, resume: dict) -> RunState:
     """Load a checkpoint payload into `step` (weights, optimizer, schedule, scaler) and the RNGs."""
-    damaged = [name for part in ("model_state", "optimizer_state", "ema_state")
+    damaged = [name for part in ("model_state", "optimizer_state", "ema_state", "lookahead_state")
                for name in _non_finite(resume.get(part), part)]
     if damaged:  # else the first log point would blame the learning rate for the file's NaNs
         more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
