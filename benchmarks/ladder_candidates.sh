@@ -2,7 +2,8 @@
 # The recipe search behind docs/RECORDS.md ("How the rungs were found"): the candidates tried for
 # each rung, in one process per rung, under the shared CPU lock with nothing else running:
 #   flock /tmp/alexnet-lab-cpu.lock benchmarks/ladder_candidates.sh [RUNG...]
-# RUNG is one of 883 883-ablation 90 92 94 94-ablation 94-removal 95 (default: 883 90 92). Each rung is
+# RUNG is one of 883 883-ablation 883-muon 90 90-muon 90-ablation 92 92-muon muon-records 94 94-ablation 94-removal 95
+# (default: 883 90 92). Each rung is
 # one `alexnet-lab record --candidate ...` (a candidate is PRESET:key=value,... over the presets in
 # engine/config.py, judged against its preset's target; the old presets are spelled out as overrides of
 # today's): per-seed rows, a table of the candidates (mean/min test accuracy, share of seeds reaching
@@ -77,7 +78,44 @@ for rung in ${*:-883 90 92}; do
     95)  # towards 95 %: the 94 % recipe trained longer, with augmentation and flip-translate TTA, seed 0
          # (speedrun-95 is speedrun-94 at 40 epochs with augment=True,tta=flip-translate)
         search 95 1 'speedrun-95' 'speedrun-95:model=fmnist-net,epochs=30' ;;
-    *) echo "unknown rung $rung (one of 883 883-ablation 90 92 94 94-ablation 94-removal 95)" >&2; exit 2 ;;
+    90-muon)  # 2026-11-30, Muon and airbench's options on the 0.90 rung: Muon's lr, then one option at a
+              # time over Muon at 1.1 epochs, then the BatchNorm-bias lr scale and Lookahead at 1 epoch
+        search 90-muon 1 'speedrun-90' 'speedrun-90:optimizer=muon,muon_lr=0.02' \
+            'speedrun-90:optimizer=muon,muon_lr=0.05' 'speedrun-90:optimizer=muon,muon_lr=0.1' \
+            'speedrun-90:optimizer=muon,muon_lr=0.2,muon_momentum=0.6,muon_renorm=True' \
+            'speedrun-90:optimizer=muon,muon_lr=0.1,muon_momentum=0.6,muon_renorm=True' \
+            'speedrun-90:optimizer=muon,muon_lr=0.05,muon_renorm=True' 'speedrun-90:optimizer=muon,muon_lr=0.05,epochs=1'
+        m='speedrun-90:optimizer=muon,muon_lr=0.05,epochs=1.1'
+        search 90-muon 2 "$m" "$m,freeze_bn_weights=True,bn_bias_lr_scale=8" "$m,freeze_bn_weights=True" \
+            "$m,init=dirac" "$m,bn_momentum=0.4" "$m,head_scale=0.3" "$m,lookahead_every=5,lookahead_alpha=0.5" \
+            "$m,augment=altflip" "$m,label_smoothing=0.2"
+        m='speedrun-90:optimizer=muon,freeze_bn_weights=True'
+        search 90-muon 2 "$m,muon_lr=0.05,epochs=1.1,bn_bias_lr_scale=16" "$m,muon_lr=0.05,epochs=1.1,bn_bias_lr_scale=64" \
+            "$m,muon_lr=0.05,epochs=1,bn_bias_lr_scale=8" "$m,muon_lr=0.05,epochs=1,bn_bias_lr_scale=8,lookahead_every=5" \
+            "$m,muon_lr=0.05,epochs=1,bn_bias_lr_scale=8,lr=0.2" "$m,muon_lr=0.1,epochs=1,bn_bias_lr_scale=8" ;;
+    883-muon)  # the 0.90 rung's Muon options on the 0.883 rung (speednet, batch 192)
+        m='optimizer=muon,muon_lr=0.05,freeze_bn_weights=True,bn_bias_lr_scale=8,lookahead_every=5'
+        search 883-muon 2 'speedrun' "speedrun:$m" "speedrun:$m,epochs=0.45" "speedrun:$m,epochs=0.4" ;;
+    92-muon)  # Muon with the 0.90 rung's options (1 seed), then Muon alone (the 0.90 ablation's finding)
+        m='optimizer=muon,muon_lr=0.05,freeze_bn_weights=True,bn_bias_lr_scale=8,lookahead_every=5'
+        search 92-muon 1 "speedrun-92:$m,epochs=4" "speedrun-92:$m,epochs=3"
+        search 92-muon 2 'speedrun-92:optimizer=muon,muon_lr=0.05,epochs=4' 'speedrun-92:optimizer=muon,muon_lr=0.05,epochs=4.5' ;;
+    muon-records)  # 2026-11-30: each rung's preset as it was and with Muon (the ablation's one trick that pays),
+                   # 5 seeds each, in one process per rung: the times of both on the same machine
+        m='optimizer=muon,muon_lr=0.05'
+        search 883 5 'speedrun' "speedrun:$m,epochs=0.45"
+        search 90 5 'speedrun-90' "speedrun-90:$m,epochs=1.1"
+        search 92 5 'speedrun-92' "speedrun-92:$m,epochs=4" ;;
+    90-ablation)  # airbench's style at the 0.90 rung, 3 seeds a row, 1 epoch: the plain recipe (speedrun-90's
+                  # SGD recipe cut to 1 epoch), each option added alone, then the final recipe and each of its
+                  # options removed alone
+        p='speedrun-90:epochs=1'
+        m='optimizer=muon,muon_lr=0.05'
+        b='freeze_bn_weights=True,bn_bias_lr_scale=8'
+        l='lookahead_every=5'
+        search 90-ablation 3 "$p" "$p,$m" "$p,$b" "$p,$l" "$p,init=dirac" "$p,bn_momentum=0.4" "$p,head_scale=0.3" \
+            "$p,augment=altflip" "$p,$m,$b,$l" "$p,$b,$l" "$p,$m,$l" "$p,$m,$b" ;;
+    *) echo "unknown rung $rung (one of 883 883-ablation 883-muon 90 90-muon 90-ablation 92 92-muon 94 94-ablation 94-removal 95)" >&2; exit 2 ;;
     esac
 done
 echo "== done ($(date -u +%FT%TZ); load average: $(cut -d' ' -f1-3 /proc/loadavg))"

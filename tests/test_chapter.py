@@ -17,7 +17,7 @@ def fake_timings(monkeypatch, step_s, test_batch_s):
 def test_cpu_budget_fits_training_and_testing_into_the_budget(monkeypatch):
     fake_timings(monkeypatch, lambda config: 1.5 if config.precision == "fp32" else 0.5, 3.0)
     full = make_config("d2l", device="cpu")
-    plan = estimate.plan_budget(full, 120, train_examples=60000, test_examples=10000)
+    plan = estimate.plan_budget(full, 120, train_examples=60000, test_examples=10000, recipe="fast")
     config = plan.config
     assert config.model == "alexnet" and config.resize is None  # the chapter's net at 224x224
     assert config.preset == "fast-cpu-budget" and config.momentum == 0.9 and config.epochs == 1
@@ -31,6 +31,12 @@ def test_cpu_budget_fits_training_and_testing_into_the_budget(monkeypatch):
     assert "would take about 2.0 h" in out  # 469 steps x 10 epochs x 1.5 s = 7035 s
     small = estimate.plan_budget(full, 1e6, train_examples=1000, test_examples=500)  # all the data fits
     assert (small.config.limit_train, small.config.limit_test) == (1000, 500)
+    # the default recipe, one-epoch's: batch 32, so the same 192 steps take 192 x 32 images
+    default = estimate.plan_budget(full, 120, train_examples=60000, test_examples=10000).config
+    assert default.preset == "one-epoch-cpu-budget" and default.batch_size == 32
+    assert default.limit_train == 192 * 32 and default.time_budget_s == 96.0
+    assert "the 'one-epoch' recipe (batch 32," in chapter.describe_budget(
+        estimate.plan_budget(full, 120, train_examples=60000, test_examples=10000), full, 60000, 2)
 
 
 def test_the_chapter_says_how_long_its_budget_run_took_against_the_budget():

@@ -130,3 +130,10 @@ def test_the_resume_check_knows_muon_and_lookahead(data_dir_512, tmp_path):
         with pytest.raises(UserError, match=message):
             check_checkpoint(broken, "c.pt", for_resume=True)
 
+
+
+def test_the_printed_recipe_leaves_out_settings_that_change_nothing():
+    from alexnet_lab.engine.config import unused_settings
+
+    assert {"muon_lr", "muon_ns_steps", "lookahead_alpha"} <= unused_settings(make_config("speedrun"))
+    assert unused_settings(make_config("speedrun-90", lookahead_every=5)) == set()  # Muon and Lookahead on

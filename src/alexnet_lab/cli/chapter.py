@@ -12,7 +12,7 @@ from alexnet_lab.cli.running import add_output, tensorboard_on, train_and_report
 from alexnet_lab.engine.builders import input_size, splits_for
 from alexnet_lab.engine.config import TrainConfig, make_config
 from alexnet_lab.engine.device import resolve_device
-from alexnet_lab.engine.estimate import BudgetPlan, plan_budget, seconds_per_step, total_steps
+from alexnet_lab.engine.estimate import BUDGET_RECIPES, BudgetPlan, plan_budget, seconds_per_step, total_steps
 from alexnet_lab.models import build_model
 from alexnet_lab.engine.run_dir import claim_run_dir, default_run_dir
 
@@ -25,6 +25,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--budget-minutes", type=positive_float, default=4.0,
                         help="CPU only: minutes of training and testing (training stops in time if the "
                              "machine runs slower than measured)")
+    parser.add_argument("--budget-preset", choices=BUDGET_RECIPES, default=BUDGET_RECIPES[0],
+                        help="CPU only: the recipe the budget trains with: one-epoch (batch 32, the most "
+                             "accuracy per image) or fast (batch 128, the most images per second) "
+                             f"(default: {BUDGET_RECIPES[0]}; docs/RECORDS.md compares them)")
     add_device(parser)
     add_data(parser)
     parser.add_argument("--out", default=None, help="run folder (default: runs/<timestamp>-alexnet)")
@@ -42,7 +46,8 @@ def run(args) -> int:
     train_examples, test_examples = len(splits.train_images), len(splits.test_images)
     budget = None
     if device.type == "cpu" and not args.full:
-        plan = plan_budget(config, args.budget_minutes * 60, train_examples, test_examples)
+        plan = plan_budget(config, args.budget_minutes * 60, train_examples, test_examples,
+                           recipe=args.budget_preset)
         print(describe_budget(plan, config, train_examples, args.budget_minutes))
         config, budget = plan.config, args.budget_minutes
         splits = splits.head(config.limit_train, config.limit_test)
@@ -68,11 +73,12 @@ def describe_budget(plan: BudgetPlan, full: TrainConfig, train_examples: int, bu
         f"No GPU here: the book's full recipe ({full.epochs:g} epochs x {train_examples:,} images at {size}x{size}, "
         f"{full.precision}) would take about {plan.full_train_seconds / 3600:.1f} h of training on this CPU "
         f"(measured: {plan.full_step_seconds:.2f} s per step of {full.batch_size} images in {full.precision}, "
-        f"{plan.step_seconds:.2f} s with the fast numerics).\n"
+        f"{plan.step_seconds:.2f} s per step of {fast.batch_size} with the budget recipe's numerics).\n"
         f"So this runs a {budget_minutes:g}-minute budget instead: the same AlexNet at {size}x{size}, one pass over "
-        f"at most the first {fast.limit_train:,} training images with the 'fast' recipe (Nesterov SGD, one-cycle "
-        f"lr to {fast.lr}, label smoothing {fast.label_smoothing}, bf16 autocast where the CPU supports it, "
-        f"channels-last), tested on the first {fast.limit_test:,} test images.\n"
+        f"at most the first {fast.limit_train:,} training images with the '{fast.preset.removesuffix('-cpu-budget')}' "
+        f"recipe (batch {fast.batch_size}, Nesterov SGD, one-cycle lr to {fast.lr}, label smoothing "
+        f"{fast.label_smoothing}, bf16 autocast where the CPU supports it, channels-last), tested on the first "
+        f"{fast.limit_test:,} test images.\n"
         f"Estimated time: {plan.train_seconds / 60:.1f} min of training plus ~{plan.eval_seconds / 60:.1f} "
         f"min of evaluation (both from timed steps). Training stops after at most "
         f"{fast.time_budget_s / 60:.1f} min, on fewer images if the machine runs slower than measured "

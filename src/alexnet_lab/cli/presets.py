@@ -12,8 +12,10 @@ MEASURED = {
     "fast": "0.8841 reached after 1.99 epochs (119,520 examples) at 224x224 (docs/PERFORMANCE.md)",
     "one-epoch": "0.8928 after 1 epoch, 806 s, seed 0, 2-core AMD EPYC (docs/RECORDS.md)",
     "speedrun": "0.8852 mean of 5 seeds in 1.51 s, 2-core AMD EPYC (docs/RECORDS.md)",
-    "speedrun-90": "0.9046 mean of 5 seeds in 3.71 s, 2-core AMD EPYC (docs/RECORDS.md)",
-    "speedrun-92": "0.9210 mean of 5 seeds in 15.68 s, 2-core AMD EPYC (docs/RECORDS.md)",
+    "speedrun-90": "0.9016 mean of 5 seeds in 17.99 s on a 2-core AVX2 AMD EPYC (fp32), the SGD recipe it "
+                   "replaced 22.75 s there, 3.71 s on an AVX-512 one (docs/RECORDS.md)",
+    "speedrun-92": "0.9202 mean of 5 seeds in 55.06 s on a 2-core AVX2 AMD EPYC (fp32), the SGD recipe it "
+                   "replaced 85.29 s there, 15.68 s on an AVX-512 one (docs/RECORDS.md)",
     "speedrun-94": "0.9416 mean of 5 seeds in 80.99 s, 2-core AMD EPYC (docs/RECORDS.md)",
     "speedrun-95": "not reached: 0.9491 in 502.7 s, seed 0, 2-core AMD EPYC (docs/RECORDS.md)",
     "best": "0.9530 in 1,197 s, seed 0, 2-core AMD EPYC (docs/RECORDS.md)",

@@ -16,7 +16,7 @@ from alexnet_lab.cli.interrupt import GracefulInterrupt, ImmediateExit, Interrup
 from alexnet_lab.cli.progress import ConsoleReporter, add_progress, chapter_lines
 from alexnet_lab.engine import distributed
 from alexnet_lab.engine.builders import Splits
-from alexnet_lab.engine.config import TrainConfig
+from alexnet_lab.engine.config import TrainConfig, unused_settings
 from alexnet_lab.engine.run import fit_into
 from alexnet_lab.engine.trainer import StopRequested
 from alexnet_lab.errors import UserError
@@ -82,8 +82,9 @@ def train_and_report(config: TrainConfig, out: Path | None, *, splits: Splits, r
                               interrupt.exit_code)
         reporter = ConsoleReporter(config, out, mode=progress)
         # The full recipe, as saved in config.json: a preset is just a named config.
+        hidden = {"preset", "data_dir"} | unused_settings(config)
         print(f"Config ({config.preset}): " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()
-                                                        if k not in ("preset", "data_dir")), flush=True)
+                                                        if k not in hidden), flush=True)
         if events is not None:
             print(tensorboard_line(out), flush=True)
         started = time.perf_counter()

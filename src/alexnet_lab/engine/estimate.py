@@ -109,14 +109,20 @@ class BudgetPlan:
     full_train_seconds: float    # the full recipe's training time on all the data
 
 
+BUDGET_RECIPES = ("one-epoch", "fast")  # the presets a CPU budget may train with; the first is the default
+
+
 def plan_budget(full: TrainConfig, budget_seconds: float, train_examples: int, test_examples: int,
-                limit_test: int = 2000, min_steps: int = 10) -> BudgetPlan:
-    """The chapter's AlexNet with the `fast` recipe, tested on the first `limit_test` images, trained for
-    one pass over as many images as fit `budget_seconds` less the test evaluation's time in measured steps
-    (at least `min_steps`). A measurement only predicts: the run's time_budget_s stops its training when
-    that time is up however slow the steps turn out (the lr schedule following the clock), and the
-    evaluation after it keeps to its estimate unless the machine slows further."""
-    fast = make_config("fast", device=full.device, data_dir=full.data_dir)
+                limit_test: int = 2000, min_steps: int = 10, recipe: str = BUDGET_RECIPES[0]) -> BudgetPlan:
+    """The chapter's AlexNet with the `recipe` preset's recipe (one-epoch: batch 32; fast: batch 128),
+    tested on the first `limit_test` images, trained for one pass over as many images as fit
+    `budget_seconds` less the test evaluation's time in measured steps (at least `min_steps`). A
+    measurement only predicts: the run's time_budget_s stops its training when that time is up however
+    slow the steps turn out (the lr schedule following the clock), and the evaluation after it keeps to
+    its estimate unless the machine slows further."""
+    if recipe not in BUDGET_RECIPES:
+        raise ValueError(f"unknown budget recipe {recipe!r}")
+    fast = make_config(recipe, device=full.device, data_dir=full.data_dir)
     step_s = seconds_per_step(fast)
     limit_test = min(limit_test, test_examples)
     # One pass tests once, at its end, however many steps it takes: that time is reserved out of the budget.
@@ -126,7 +132,7 @@ def plan_budget(full: TrainConfig, budget_seconds: float, train_examples: int, t
     steps = max(min_steps, int(train_budget / step_s))
     limit_train = min(train_examples, steps * fast.batch_size)
     budget = fast.replace(epochs=1, limit_train=limit_train, limit_test=limit_test, time_budget_s=train_budget,
-                          preset="fast-cpu-budget")
+                          preset=f"{recipe}-cpu-budget")
     full_step_s = seconds_per_step(full, steps=1)  # the full recipe's numerics (d2l: fp32, NCHW)
     return BudgetPlan(budget, step_s, total_steps(budget, limit_train) * step_s, eval_s, full_step_s,
                       total_steps(full, train_examples) * full_step_s)
