@@ -74,5 +74,5 @@ def test_make_run_job_end_to_end_on_cpu(tmp_path, monkeypatch, real_data, capsys
     assert printed.splitlines()[-2].startswith("Budget: trained and tested in ")
     assert "Tested on the first 2,000 of the 10,000 test images" in (out / "report.html").read_text()
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["train_examples"] == 1280 and summary["model"] == "alexnet"
+    assert summary["train_examples"] == 10 * 32 and summary["model"] == "alexnet"  # one-epoch's batch 32
     assert {"curves.png", "curves.svg", "checkpoint.pt", "metrics.jsonl", "config.json"} <= {p.name for p in out.iterdir()}
