@@ -85,6 +85,20 @@ def test_a_runs_own_config_json_repeats_the_run(tmp_path, monkeypatch):
            [json.loads(line)["train_loss"] for line in (first / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_a_cpu_budget_runs_config_json_is_no_unknown_preset():
+    """make run saves its budget under a label (one-epoch-cpu-budget) that is no preset: its complete
+    config.json still resolves, to itself; a partial file naming no preset is still refused."""
+    saved = make_config("one-epoch", limit_train=2336, time_budget_s=189.3).replace(
+        preset="one-epoch-cpu-budget").to_dict()
+    config = resolve_config(None, saved, {"seed": 1})
+    assert config.preset == "one-epoch-cpu-budget" and config.batch_size == 32 and config.seed == 1
+    assert config.replace(seed=0).to_dict() == saved
+    with pytest.raises(UserError, match="Unknown preset 'one-epoch-cpu-budget'"):
+        resolve_config(None, {"preset": "one-epoch-cpu-budget", "epochs": 2}, {})
+    with pytest.raises(UserError, match="Unknown preset 'one-epoch-cpu-budget'"):
+        resolve_config("one-epoch-cpu-budget", saved, {})
+
+
 def test_config_with_resume_is_refused(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path), "--config", str(tmp_path / "c.yaml")]) == 2
     assert "--config cannot be combined with --resume" in capsys.readouterr().err

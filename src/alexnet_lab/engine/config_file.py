@@ -79,8 +79,17 @@ def resolve_config(preset: str | None, file_values: dict | None, flag_values: di
     file_values = dict(file_values or {})
     name = preset or file_values.pop("preset", None) or "d2l"
     file_values.pop("preset", None)
-    if name not in PRESETS:
+    if name in PRESETS:
+        base = make_config(name).to_dict()
+    elif preset is None and _complete(file_values):  # e.g. make run's one-epoch-cpu-budget: kept as its label
+        base = {**make_config("d2l").to_dict(), "preset": name}
+    else:
         raise UserError(f"Unknown preset '{name}'. Choose one of: {', '.join(preset_names())}.")
-    values = {**make_config(name).to_dict(), **file_values,
-              **{k: v for k, v in flag_values.items() if v is not None}}
+    values = {**base, **file_values, **{k: v for k, v in flag_values.items() if v is not None}}
     return TrainConfig.from_dict(values)
+
+
+def _complete(file_values: dict) -> bool:
+    """Whether a file sets every setting, as a run's config.json does: its preset names where the recipe
+    came from and decides nothing, so a name that is no preset (a CPU budget's) is no typo there."""
+    return {f.name for f in TrainConfig.flag_fields()} <= set(file_values)
