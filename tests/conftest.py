@@ -59,6 +59,15 @@ def lenet_checkpoint(data_dir_512, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def offline_private_cache(tmp_path, monkeypatch):
+    """No downloads (Fashion-MNIST read by mistake fails loudly), a private image cache, one intra-op thread."""
+    monkeypatch.setenv("ALEXNET_LAB_OFFLINE", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with fakedata.one_thread():
+        yield
+
+
+@pytest.fixture
 def offline_cli(monkeypatch):
     """For tests that run `train`: no downloads; one intra-op thread (on a shared 2-core machine 2 threads
     run ~10x slower); curves written as empty files (matplotlib costs ~0.5 s a figure; figures are tested

@@ -9,21 +9,9 @@ from pathlib import Path
 
 from alexnet_lab.engine import distributed
 from alexnet_lab.engine.config import make_config
-from alexnet_lab.engine.trainer import Callback, StopRequested, fit
+from alexnet_lab.engine.trainer import StopRequested, fit
 from alexnet_lab.engine.run_dir import RunWriter
-
-
-class StopAt(Callback):
-    """Asks to stop from step N on (and keeps asking, as a signal flag does)."""
-
-    def __init__(self, step: int):
-        self.stop_step, self.step = step, 0
-
-    def on_step(self, step: int) -> None:
-        self.step = step
-
-    def should_stop(self) -> bool:
-        return self.step >= self.stop_step
+from runhelpers import StopAt  # tests/ is this script's folder, first on sys.path
 
 
 def main() -> None:

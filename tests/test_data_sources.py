@@ -38,13 +38,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SHAPES = ("circle", "square")
 
 
-@pytest.fixture(autouse=True)
-def offline_one_thread(tmp_path, monkeypatch):
-    """No downloads (Fashion-MNIST read by mistake would fail loudly), a private image cache, one thread."""
-    monkeypatch.setenv("ALEXNET_LAB_OFFLINE", "1")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    with fakedata.one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("offline_private_cache")  # conftest.py
 
 
 @pytest.fixture

@@ -26,13 +26,7 @@ from alexnet_lab.errors import UserError
 from imagedata import make_shapes
 
 
-@pytest.fixture(autouse=True)
-def offline_one_thread(tmp_path, monkeypatch):
-    """No downloads, a private image cache, one intra-op thread."""
-    monkeypatch.setenv("ALEXNET_LAB_OFFLINE", "1")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    with fakedata.one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("offline_private_cache")  # conftest.py
 
 
 @pytest.fixture(scope="module")
