@@ -20,7 +20,7 @@ from alexnet_lab.engine.builders import input_size
 from alexnet_lab.engine.config import DEVICES, TrainConfig, augment_value
 from alexnet_lab.engine.optimizers import parameter_groups
 from alexnet_lab.engine.trainer import RunState
-from alexnet_lab.errors import UserError
+from alexnet_lab.errors import UserError, describe
 from alexnet_lab.models import build_model, check_input_size, list_models
 
 METADATA_FORMAT = "alexnet-lab-model/1"  # the exported model's metadata (engine/inference.py writes it)
@@ -40,21 +40,6 @@ SGD_GROUP = ("params", "lr", "momentum", "dampening", "weight_decay")  # what SG
 # Settings whose type changed, with the type older versions saved them as: TrainConfig takes that too.
 LEGACY_TYPES = {"augment": bool}  # a switch before it named the kinds (true: the model's own, false: none)
 RESUME_RUN_STATE = ("epoch", "batch", "step", "examples", "metrics")  # what a resume cannot do without
-
-
-def describe(value) -> str:
-    """A short description of a value for a message: never the whole of a large or deeply nested one."""
-    if value is None or isinstance(value, (bool, float)):
-        return repr(value)
-    if isinstance(value, int):  # repr() of an int of over 4,300 digits raises
-        return repr(value) if abs(value) < 10**18 else f"a {value.bit_length()}-bit whole number"
-    if isinstance(value, str):
-        return repr(value) if len(value) <= 40 else repr(value[:40]) + "..."
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    if isinstance(value, (list, tuple, dict)):
-        return f"a {type(value).__name__} of {len(value)} item(s)"
-    return f"a {type(value).__name__}"
 
 
 class Fields:
