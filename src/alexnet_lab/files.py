@@ -2,9 +2,11 @@
 
 The rules (docs/RELIABILITY.md, "Hostile files"): a temp file is created with O_EXCL|O_NOFOLLOW
 beside its target (never a link, never a reused name), fsync'ed and renamed into place; a target
-that is a symlink is refused, not written through; nothing is deleted or truncated that this program
-did not create; modes come from the umask (0666 & ~umask), as for any other program's files; temp
-names have a fixed short length, so any legal target name works. A folder may have been prepared by
+that is a symlink is refused, not written through, and so is one that is not a regular file (a folder,
+a device, a FIFO, a socket), even with --force; --force never replaces a file of a run folder that the
+command did not write itself; nothing is deleted or truncated that this program did not create;
+modes come from the umask (0666 & ~umask), as for any other program's files; temp names have a fixed
+short length, so any legal target name works. A folder may have been prepared by
 someone else: its contents are untrusted input.
 """
 
@@ -60,9 +62,14 @@ def is_symlink(path: Path) -> bool:
         return False
 
 
+_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+
+
 def check_target(path: Path) -> None:
     """Refuse a target that is a symlink (a shared folder may hold one aimed at the user's files) or
-    a folder; a missing or regular file is fine."""
+    anything but a regular file: a folder, a device (`--force` onto /dev/null would have replaced the
+    machine's /dev/null with a file), a FIFO, a socket. A missing or regular file is fine."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -73,8 +80,11 @@ def check_target(path: Path) -> None:
         raise WriteError(path, None, message=f"Refused to write '{path}': it is a symbolic link (to "
                                        f"'{os.readlink(path)}'), and alexnet-lab never writes through one. "
                                        "Remove the link, or choose another folder.")
-    if stat.S_ISDIR(mode):
-        raise WriteError(path, None, message=f"Cannot write '{path}': it is a folder. Pass a file name.")
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+        raise WriteError(path, None, message=f"Refused to write '{path}': it is {kind}, and alexnet-lab writes "
+                                       "only regular files, never in place of anything else (not even with "
+                                       "--force). Choose a file name.")
 
 
 def _temp_name(folder: Path) -> Path:
@@ -231,10 +241,36 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[str]:
     return removed
 
 
-def check_output_file(out: str | os.PathLike, *, force: bool = False, flag: str = "--out",
-                      inputs: tuple = ()) -> Path:
+RUN_MARKERS = ("checkpoint.pt", "config.json")  # a folder holding either is a training run's (engine/run_dir.py)
+
+
+def in_run_folder(path: str | os.PathLike) -> bool:
+    """Whether the folder that holds `path` is a run folder (it holds a run's checkpoint.pt or config.json)."""
+    return any(os.path.lexists(Path(path).parent / name) for name in RUN_MARKERS)
+
+
+def head(path: str | os.PathLike, size: int = 4096) -> bytes:
+    """The first `size` bytes of a regular file; b"" for anything else (missing, a link, a FIFO, a device,
+    unreadable). Never follows a link, never blocks: for telling a file this program wrote by its mark."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return b""
+    try:
+        return os.pread(fd, size, 0) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def check_output_file(out: str | os.PathLike, *, force: bool = False, flag: str = "--out", inputs: tuple = (),
+                      own: Callable[[Path], bool] | None = None) -> Path:
     """A user-named output file: never one of the command's own inputs (even with --force), never a
-    folder or a link, and an existing file only with --force (the program cannot know whose it is)."""
+    folder, a link, a device, a FIFO or a socket, and an existing file only with --force (the program
+    cannot know whose it is). Inside a run folder (`in_run_folder`) an existing file is replaced only
+    if `own(out)` says it is this command's own earlier output (a page or figure it marked): --force
+    never replaces a run's checkpoint, config or metrics, nor a file someone put there."""
     if not str(out).strip():
         raise UserError(f"{flag} is empty. Pass a file name.")
     out = Path(out)
@@ -244,9 +280,32 @@ def check_output_file(out: str | os.PathLike, *, force: bool = False, flag: str 
                 raise UserError(f"{flag} '{out}' is the file this command reads ({source}); writing there would "
                                 "destroy it. Choose another file name.")
     check_target(out)
+    if os.path.lexists(out) and not (own is not None and own(out)) and in_run_folder(out):
+        raise UserError(f"{flag} '{out}' is a file in the run folder '{out.parent}' that this command did not "
+                        "write, and alexnet-lab never replaces a run's files, not even with --force. Choose "
+                        "another file name or folder.")
     if out.exists() and not force:
         raise UserError(f"{flag} '{out}' already exists; alexnet-lab does not overwrite a file it did not just "
                         "make. Choose another name, or pass --force to replace it.")
     if out.parent.exists() and not out.parent.is_dir():
         raise UserError(f"Cannot write {flag} '{out}': '{out.parent}' is a file, not a folder.")
     return out
+
+
+def check_own_output(path: str | os.PathLike, own: Callable[[Path], bool], *, force: bool = False,
+                     flag: str = "--out", inputs: tuple = ()) -> Path:
+    """A file a command writes under a fixed name (report.html, confusion.png, evaluation.json...): its
+    own earlier output (`own(path)`: it carries the command's mark) is replaced as a matter of course;
+    anything else as `check_output_file` says."""
+    return check_output_file(path, force=force or own(Path(path)), flag=flag, inputs=inputs, own=own)
+
+
+CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula (OWASP)
+
+
+def csv_cell(value):
+    """A CSV cell safe to open in a spreadsheet: text that begins like a formula gets a leading '
+    (OWASP's rule against CSV injection); numbers are left as they are, so their columns stay numeric."""
+    if isinstance(value, str) and value.startswith(CSV_FORMULA_STARTS):
+        return "'" + value
+    return value
