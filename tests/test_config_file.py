@@ -102,3 +102,107 @@ def test_a_cpu_budget_runs_config_json_is_no_unknown_preset():
 def test_config_with_resume_is_refused(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path), "--config", str(tmp_path / "c.yaml")]) == 2
     assert "--config cannot be combined with --resume" in capsys.readouterr().err
+
+
+# --- bounded input, bounded messages --------------------------------------------------------------
+
+def alias_bomb() -> str:
+    """441 bytes of YAML whose `model` would be 10^9 items: nine levels of ten aliases of the level below."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    return "\n".join(lines + ["model: *a8"]) + "\n"
+
+
+def refusal(tmp_path, text: str | bytes, name: str = "c.yaml") -> str:
+    """The UserError message reading `text` as a config file gives (it must give one)."""
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(UserError) as refused:
+        resolve_config(None, read_config_file(path), {})
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("text", [alias_bomb(), "epochs: &e 2\n", "base: &b {epochs: 2}\nlr: 0.1\n",
+                                  "<<: *undefined\n", "epochs: 2\nlr: !!float &x 0.1\n"])
+def test_yaml_anchors_and_aliases_are_refused_before_anything_is_expanded(tmp_path, text):
+    message = refusal(tmp_path, text)
+    assert "anchor or alias (line " in message and "write each value out in full" in message
+    assert "\n" not in message and len(message) < 300
+
+
+@pytest.mark.parametrize("argv", [["train"], ["record"], ["record", "--candidate", "speedrun"],
+                                  ["sweep", "--batch-sizes", "32"]])
+def test_train_record_and_sweep_refuse_an_alias_bomb_in_one_line(tmp_path, capsys, argv):
+    """Each command reads --config through the one reader: one line, exit 2, nothing written."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb())
+    out = tmp_path / "out"
+    assert main([*argv, "--config", str(path), "--out", str(out)] if argv[0] != "record" else
+                [*argv, "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "uses a YAML anchor or alias (line 1)" in err and len(err) < 300
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name, text", [("deep.json", "[" * 200_000 + "]" * 200_000),
+                                        ("deep.json", '{"model": ' + "[" * 200_000 + "]" * 200_000 + "}"),
+                                        ("deep.yaml", "model: " + "[" * 200_000 + "]" * 200_000 + "\n"),
+                                        ("deep.yaml", "".join(f"{' ' * i}k{i}:\n" for i in range(1000)))])
+def test_a_config_nested_200000_levels_deep_is_a_user_error(tmp_path, name, text):
+    message = refusal(tmp_path, text, name)
+    assert "nests lists or mappings too deeply" in message and "one 'key: value' line per setting" in message
+
+
+@pytest.mark.parametrize("text, shown", [("preset: [1, 2]\n", "preset to a list of 2 item(s)"),
+                                         ("preset: {a: 1}\n", "preset to a dict of 1 item(s)"),
+                                         ('{"epochs": [1]}', "epochs to a list of 1 item(s)"),
+                                         ("lr: !!set {0.1}\n", "lr to a set of 1 item(s)")])
+def test_a_list_or_mapping_where_a_setting_takes_one_value_is_refused(tmp_path, text, shown):
+    message = refusal(tmp_path, text, "c.json" if text.startswith("{") else "c.yaml")
+    assert shown in message and "each setting takes one value" in message
+
+
+@pytest.mark.parametrize("name, text, flag", [("c.json", '{"data_dir": "a\\u0000b"}', "--data-dir"),
+                                              ("c.yaml", 'data_dir: "a\\0b"\n', "--data-dir"),
+                                              ("c.yaml", 'data: "imagefolder:x\\0"\n', "--data"),
+                                              ("c.json", '{"preset": "d2l\\u0000"}', "--preset")])
+def test_a_nul_character_in_a_text_setting_is_refused(tmp_path, name, text, flag):
+    message = refusal(tmp_path, text, name)
+    assert f"{flag} must be text without NUL characters, got '" in message and "\\x00" in message
+
+
+def test_a_4300_digit_number_gets_the_message_its_flag_gets(tmp_path, capsys):
+    digits = "9" * 4300
+    assert main(["train", "--seed", digits]) == 2
+    flag_message = capsys.readouterr().err.split("error: ", 1)[1].strip()
+    for name, text in (("c.yaml", f"seed: {digits}\n"), ("c.json", f'{{"seed": {digits}}}')):
+        assert refusal(tmp_path, text, name) == flag_message
+    assert flag_message == "Invalid configuration: --seed must be in [0, 4294967295], got a 14285-bit whole number."
+    assert "a 14285-bit whole number" in refusal(tmp_path, f"epochs: {digits}\n")  # a float setting's too
+
+
+@pytest.mark.parametrize("name, text", [("c.yaml", "seed: " + "9" * 4400 + "\n"),
+                                        ("c.yaml", "seed: " + "1:" * 3000 + "1\n"),  # base 60
+                                        ("c.json", '{"seed": ' + "9" * 4400 + "}")])
+def test_a_number_longer_than_python_reads_is_refused_by_its_length(tmp_path, name, text):
+    message = refusal(tmp_path, text, name)
+    assert "digits" in message and "more than any setting takes: fix that value" in message
+
+
+@pytest.mark.parametrize("text, message", [
+    (b"epochs: 2\nlr: \xff\n", "is not UTF-8 text (invalid start byte at byte 15). Save it as UTF-8."),
+    ("epochs: 2001-13-01\n", "is not valid YAML (month must be in 1..12): fix it there"),
+    ("epochs: 2001-01-01\n", "--epochs must be a number, got a date."),
+    ("lr: !!binary aGVsbG8=\n", "--lr must be a number, got a bytes."),
+    ("- 1\n", "holds a list of 1 item(s), not a mapping of settings: write one 'key: value' line per setting"),
+])
+def test_what_yaml_reads_but_no_setting_takes_is_named(tmp_path, text, message):
+    assert message in refusal(tmp_path, text)
+
+
+def test_a_config_larger_than_a_mebibyte_or_not_a_file_is_refused(tmp_path):
+    assert "larger than 1,048,576 bytes" in refusal(tmp_path, "epochs: 2\n" + "#" * (1 << 20))
+    with pytest.raises(UserError, match="is not a config file"):
+        read_config_file(tmp_path)
+    with pytest.raises(UserError, match="a file name cannot hold a NUL character"):
+        read_config_file(str(tmp_path / "c\0.yaml"))

@@ -28,7 +28,7 @@ def describe(value, longest: int = 40) -> str:
     if value is None or isinstance(value, (bool, float)):
         return repr(value)
     if isinstance(value, int):  # repr() of an int of over 4,300 digits raises
-        return repr(value) if abs(value) < 10**18 else f"a {value.bit_length()}-bit whole number"
+        return repr(value) if abs(value) < 10**longest else f"a {value.bit_length()}-bit whole number"
     if isinstance(value, str):
         text = printable(value)  # quoted as is: repr() would double the escapes' backslashes
         return f"'{text}'" if len(text) <= longest else f"'{text[:longest]}'..."

@@ -13,7 +13,7 @@ import torch
 
 from alexnet_lab.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 from alexnet_lab.data.imagefolder import load_image_folder
-from alexnet_lab.errors import UserError
+from alexnet_lab.errors import UserError, describe
 
 FASHION_MNIST = "fashion-mnist"
 IMAGEFOLDER = "imagefolder:"
@@ -39,7 +39,7 @@ class Dataset:
 def check_data_spec(spec: str) -> None:
     if spec != FASHION_MNIST and not (spec.startswith(IMAGEFOLDER) and len(spec) > len(IMAGEFOLDER)):
         raise UserError(f"--data must be '{FASHION_MNIST}' or '{IMAGEFOLDER}DIR' (a folder of class "
-                        f"sub-folders), got {spec!r}.")
+                        f"sub-folders), got {describe(spec)}.")
 
 
 def image_folder_of(spec: str) -> Path | None:

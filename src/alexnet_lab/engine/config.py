@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from alexnet_lab.data.loader import AUGMENT_KINDS, EXCLUSIVE_KINDS, MODEL_AUGMENTS, NO_AUGMENT
 from alexnet_lab.data.sources import check_data_spec
 from alexnet_lab.engine.tta import TTA_MODES
-from alexnet_lab.errors import UserError
+from alexnet_lab.errors import UserError, describe
 from alexnet_lab.models import get_spec, list_models
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -74,10 +74,10 @@ def parse_augment(text: str) -> str:
     unknown = [part for part in parts if part not in AUGMENT_KINDS]
     if unknown:
         raise UserError(f"Invalid configuration: --augment must be one of {NO_AUGMENT} or kinds joined by '+' "
-                        f"({', '.join(AUGMENT_KINDS)}; e.g. flip+translate), got {text!r}.")
+                        f"({', '.join(AUGMENT_KINDS)}; e.g. flip+translate), got {describe(text)}.")
     for pair in EXCLUSIVE_KINDS:
         if set(pair) <= set(parts):
-            raise UserError(f"Invalid configuration: --augment {text!r} names both {pair[0]} and {pair[1]}, "
+            raise UserError(f"Invalid configuration: --augment {describe(text)} names both {pair[0]} and {pair[1]}, "
                             "two ways of flipping: keep one.")
     return "+".join(kind for kind in AUGMENT_KINDS if kind in parts)
 
@@ -130,7 +130,8 @@ class TrainConfig:
     head_scale: float = setting(1.0, "multiply the model's output (logits) by this, as airbench scales its "
                                      "head down; done exactly as a reparametrisation of the last linear layer "
                                      "(initial weights and bias x s, its lr x s^2, its weight decay / s^2), so "
-                                     "the saved model is the plain architecture", range=(0, 1e3, "low"))
+                                     "the saved model is the plain architecture",
+                                     range=(1e-3, 1e3))  # lr x s^2 and decay / s^2: within 1e6 of --lr, --weight-decay
     lookahead_every: int = setting(0, "Lookahead: every N steps the slow weights move --lookahead-alpha of the "
                                       "way to the trained ones, which restart from them (0: off)",
                                    range=(0, 1_000_000))
@@ -190,7 +191,7 @@ class TrainConfig:
               "during training included, the one after the last step not), or at the planned steps if "
               "sooner; the lr schedule follows whichever is further along, the steps or the time, so "
               "one-cycle and cosine still end at lr 0. The clock decides: reruns and resumes are not bit-exact",
-        range=(0, 1e7, "low"),  # 1e7 s: 116 days
+        range=(0.01, 1e7),  # 1e7 s: 116 days; the schedule's place is the time spent / this
         group="data")
     checkpoint_every: int | None = setting(None, "also checkpoint every N steps", range=(1, 2**40), resumable=True,
                                            group="data", compare="never")
@@ -208,6 +209,12 @@ class TrainConfig:
                                   range=(0, 1, "low high"), group="data")
     strict: bool = setting(False, "image folders: refuse unreadable image files instead of listing and "
                                   "skipping them", group="data")
+    data_regime: str = setting("auto", "image folders: memory (decoded once, held in memory, on the GPU "
+                                       "if there is one), stream (decoded by worker processes as batches "
+                                       "need them) or auto (stream when the decoded images would exceed "
+                                       "half the free memory, or 4 GiB); the same batches either way",
+                               choices=("auto", "memory", "stream"), resumable=True, group="data",
+                               compare="never")
     preset: str = "custom"        # the preset this config started from (not a flag: --preset picks it)
 
     def __post_init__(self):
@@ -304,6 +311,11 @@ def _fields_by_name() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in fields(TrainConfig)}
 
 
+def field_range(name: str) -> tuple:
+    """TrainConfig field `name`'s declared range: (low, high, open ends)."""
+    return _fields_by_name()[name].metadata["range"]
+
+
 def choices_of(field: dataclasses.Field) -> tuple | None:
     """A setting's allowed values (its `choices`, called if a function), or None if it declares none."""
     choices = field.metadata.get("choices")
@@ -324,26 +336,29 @@ def check_setting(name: str, value) -> None:
     if choices and value not in choices and not (name == "device" and INDEXED_DEVICE.fullmatch(value)):
         also = " (or cuda:N)" if name == "device" else ""
         raise UserError(f"Invalid configuration: {flag_name(name)} must be one of "
-                        f"{', '.join(map(str, choices))}{also}, got {value!r}.")
+                        f"{', '.join(map(str, choices))}{also}, got {describe(value)}.")
 
 
 def _check_type(name: str, kind: type, value) -> None:
     if kind in (int, float):  # a float field takes a whole number too; bool is no number here
         if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
             raise UserError(f"Invalid configuration: {flag_name(name)} must be "
-                            f"{'a whole number' if kind is int else 'a number'}, got {value!r}.")
-        if not math.isfinite(value):
+                            f"{'a whole number' if kind is int else 'a number'}, got {describe(value)}.")
+        if isinstance(value, float) and not math.isfinite(value):  # a whole number is finite, however long
             raise UserError(f"Invalid configuration: {flag_name(name)} must be a finite number, got {value}.")
     elif not isinstance(value, kind):
         raise UserError(f"Invalid configuration: {flag_name(name)} must be "
-                        f"{'true or false' if kind is bool else 'text'}, got {value!r}.")
+                        f"{'true or false' if kind is bool else 'text'}, got {describe(value)}.")
+    elif kind is str and "\0" in value:  # no file name, device or choice holds one (os.stat raises on it)
+        raise UserError(f"Invalid configuration: {flag_name(name)} must be text without NUL characters, got "
+                        f"{describe(value)}.")
 
 
 def _check_range(name: str, value, low, high, open_ends: str) -> None:
     below = value <= low if "low" in open_ends else value < low
     above = value >= high if "high" in open_ends else value > high
     if below or above:
-        show = lambda x: str(x) if isinstance(x, int) else f"{x:g}"  # noqa: E731
+        show = lambda x: describe(x) if isinstance(x, int) else f"{x:g}"  # noqa: E731
         span = f"{'(' if 'low' in open_ends else '['}{show(low)}, {show(high)}{')' if 'high' in open_ends else ']'}"
         raise UserError(f"Invalid configuration: {flag_name(name)} must be in {span}, got {show(value)}.")
 
