@@ -3,6 +3,7 @@ enforced by one check; presets are well-formed named configs; the per-process ba
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import fields
 
@@ -10,8 +11,8 @@ import pytest
 
 from alexnet_lab import UserError
 from alexnet_lab.engine.builders import input_size
-from alexnet_lab.engine.config import (PRESETS, TrainConfig, choices_of, field_types, flag_name, make_config,
-                                       per_rank_batch)
+from alexnet_lab.engine.config import (PRESETS, TrainConfig, choices_of, field_range, field_types, flag_name,
+                                       make_config, per_rank_batch)
 from alexnet_lab.models import get_spec, list_models
 
 # The fields whose values are free: a switch, or text checked elsewhere. Every other field declares a
@@ -148,6 +149,74 @@ def test_each_process_takes_an_even_share_of_the_global_batch():
     with pytest.raises(UserError, match=r"--batch-size 256 \(the global batch\) must be divisible by the "
                                         r"number of processes \(3\)"):
         per_rank_batch(config, 3)
+
+
+# --- every range keeps the arithmetic finite ---------------------------------------------------------
+
+# Settings multiplied into one another (a group's lr is --lr x --head-scale^2, its decay --weight-decay /
+# --head-scale^2, ...): every combination of their ends is walked; every other setting's ends alone.
+MULTIPLIED = ("lr", "weight_decay", "head_scale", "bn_bias_lr_scale", "muon_lr")
+STEPS_PER_EPOCH = (1, 2**40)  # one batch, and --limit-train's largest at batch 1
+LONGEST_RUN_S = 1e7  # --time-budget-s's largest: the clock the schedule reads runs at most this long
+
+
+def range_ends(name: str) -> tuple:
+    """The smallest and the largest value setting `name` takes (an open end: the nearest value inside)."""
+    low, high, open_ends = field_range(name)
+    kind, _ = field_types()[name]
+    inside = (lambda x, way: x + way) if kind is int else (lambda x, way: math.nextafter(x, way * math.inf))
+    return (inside(low, 1) if "low" in open_ends else low, inside(high, -1) if "high" in open_ends else high)
+
+
+def derived_numbers(config: TrainConfig, steps_per_epoch: int) -> list[float]:
+    """What training computes from `config` before its first step: each parameter group's lr and weight
+    decay (speednet: filters, BatchNorm biases, head, rest), the schedule's lr at its landmarks and where
+    the clock of a time budget can put it, the curves' spacing and the EMA's first decay."""
+    from alexnet_lab.engine.builders import build_scheduler
+    from alexnet_lab.engine.config import log_every
+    from alexnet_lab.engine.ema import WeightEMA
+    from alexnet_lab.engine.optimizers import build_optimizer
+    from alexnet_lab.models import build_model
+
+    model = build_model("speednet", in_channels=1)
+    optimizer = build_optimizer(config, model)
+    total = max(1, math.ceil(config.epochs * steps_per_epoch))
+    budget = None if config.time_budget_s is None else (lambda: LONGEST_RUN_S / config.time_budget_s)
+    factor = build_scheduler(config, optimizer, total, budget).lr_lambdas[0]
+    places = [0, 1, total // 2, total - 1, total, int(config.warmup_frac * total)]
+    numbers = [g[key] for g in optimizer.param_groups for key in ("lr", "weight_decay")]
+    numbers += [g["lr"] * factor(place) for g in optimizer.param_groups for place in places]
+    numbers += [total, log_every(config, steps_per_epoch, total)]
+    return numbers + ([WeightEMA(model, config.ema_decay).decay_at(0)] if config.ema_decay else [])
+
+
+def assert_finite(config: TrainConfig, what: str) -> None:
+    for steps in STEPS_PER_EPOCH:
+        numbers = derived_numbers(config, steps)
+        assert all(math.isfinite(x) and x >= 0 for x in numbers), f"{what}, {steps} steps an epoch: {numbers}"
+
+
+@pytest.mark.parametrize("schedule", ["constant", "onecycle", "cosine"])
+def test_every_combination_of_the_multiplied_settings_ends_keeps_the_arithmetic_finite(schedule):
+    base = make_config("d2l", model="speednet", optimizer="muon", schedule=schedule, time_budget_s=60)
+    for ends in itertools.product(*(range_ends(name) for name in MULTIPLIED)):
+        assert_finite(base.replace(**dict(zip(MULTIPLIED, ends))), str(dict(zip(MULTIPLIED, ends))))
+
+
+@pytest.mark.parametrize("name", [f.name for f in RANGED if f.name not in MULTIPLIED])
+def test_each_end_of_every_other_numeric_setting_keeps_the_arithmetic_finite(name):
+    base = make_config("d2l", model="speednet", optimizer="muon", schedule="onecycle", head_scale=1e-3,
+                       weight_decay=1e4, time_budget_s=60)
+    for end in range_ends(name):
+        assert_finite(base.replace(**{name: end}), f"{name}={end}")
+
+
+def test_the_smallest_head_scale_once_divided_by_zero():
+    """--head-scale 1e-300 squared is 0.0 in floating point: the head's weight decay / s^2 raised
+    ZeroDivisionError; its range now starts at 1e-3."""
+    assert 1e-300 ** 2 == 0.0
+    with pytest.raises(UserError, match=r"--head-scale must be in \[0.001, 1000\], got 1e-300"):
+        with_value("head_scale", 1e-300)
 
 
 # --- --augment: the kinds ---------------------------------------------------------------------------

@@ -43,6 +43,9 @@ def test_impossible_flags(data_dir_512, tmp_path, capsys, flags, message):
     (["--seed", "99999999999999999999"], "--seed must be in [0, 4294967295], got 99999999999999999999"),
     (["--resize", "5000"], "--resize must be in [1, 4096], got 5000"),
     (["--momentum", "1"], "--momentum must be in [0, 1), got 1"),
+    (["--head-scale", "1e-300"], "--head-scale must be in [0.001, 1000], got 1e-300"),  # its decay / s^2 was / 0.0
+    (["--time-budget-s", "1e-300"], "--time-budget-s must be in [0.01, 1e+07], got 1e-300"),
+    (["--seed", "9" * 4300], "--seed must be in [0, 4294967295], got a 14285-bit whole number"),
 ])
 def test_out_of_range_numbers_are_refused(data_dir, tmp_path, capsys, flags, message):
     out = tmp_path / "r"
@@ -52,17 +55,17 @@ def test_out_of_range_numbers_are_refused(data_dir, tmp_path, capsys, flags, mes
     assert not out.exists()
 
 
-@pytest.mark.parametrize("argv", [
-    ["train", "--resize", "99999999999999999999"],
-    ["summary", "--model", "lenet", "--input-size", "99999999999999999999"],
-    ["profile", "--model", "lenet", "--batch-size", "99999999999999999999"],
+@pytest.mark.parametrize("argv, largest", [
+    (["train", "--resize", "99999999999999999999"], 2**31 - 1),
+    (["summary", "--model", "lenet", "--input-size", "99999999999999999999"], 4096),  # --resize's range
+    (["profile", "--model", "lenet", "--batch-size", "99999999999999999999"], 2**24),  # --batch-size's range
 ])
-def test_sizes_beyond_int32_are_refused_by_the_parser(tmp_path, capsys, argv):
+def test_sizes_beyond_int32_are_refused_by_the_parser(tmp_path, capsys, argv, largest):
     """Past the parser they would reach torch and end in a C++ traceback."""
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2
-    assert "must be at most 2147483647, got 99999999999999999999" in capsys.readouterr().err
+    assert f"must be at most {largest}, got 99999999999999999999" in capsys.readouterr().err
 
 
 def test_the_largest_seed_trains_with_augmentation(data_dir, tmp_path):
@@ -99,3 +102,76 @@ def test_predict_top_must_be_positive(tmp_path, capsys, top):
         main(["predict", "--checkpoint", str(tmp_path / "c.pt"), "--top", top, str(tmp_path / "x.png")])
     assert exit_.value.code == 2
     assert f"argument --top: must be at least 1, got {top}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--data-dir", "--out", "--config"])
+def test_a_nul_character_in_any_argument_is_one_line_and_writes_nothing(data_dir, tmp_path, capsys, flag):
+    """Only a caller in Python can pass one (a shell cannot): os.stat() would raise ValueError on it."""
+    out = tmp_path / "r"
+    argv = train_args(data_dir, out, flag, str(tmp_path / "a\0b"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("alexnet-lab: error: the argument '") and err.count("\n") == 1
+    assert err.endswith(" holds a NUL character, which no file name or value can hold: remove it.\n")
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sweep", "--batch-sizes", "32,64,32"], "--batch-sizes names a size twice ('32,64,32')"),
+    (["sweep", "--batch-sizes", "0,32"], "each in [1, 16,777,216]; got '0,32'"),
+    (["sweep", "--batch-sizes", str(2**24 + 1)], "each in [1, 16,777,216]"),
+    (["sweep", "--batch-sizes", ",".join(map(str, range(1, 34)))], "names 33 sizes; a sweep runs at most 32"),
+    (["record", "--seed", str(2**32 - 1), "--seeds", "2"],
+     "--seeds 2 from --seed 4,294,967,295 goes past the largest seed, 4,294,967,295: give at most 1 seeds"),
+])
+def test_a_count_past_what_it_counts_is_refused_before_anything_runs(tmp_path, capsys, argv, message):
+    assert main([*argv, *(["--out", str(tmp_path / "s")] if argv[0] == "sweep" else [])]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sweep", "--timeout-minutes", "1e308"], "argument --timeout-minutes: must be at most 100000, got 1e+308"),
+    (["export", "--checkpoint", "c.pt", "--out", "m.onnx", "--check-images", "257"],
+     "argument --check-images: must be at most 256, got 257"),
+    (["visualize", "--checkpoint", "c.pt", "--test-index", "-1"], "argument --test-index: must be at least 0, got -1"),
+    (["summary", "--batch-size", str(2**24 + 1)], f"argument --batch-size: must be at most {2**24}"),
+    (["train", "--lr", "x" * 5000], "argument --lr: expected a number, got '" + "x" * 40 + "'..."),
+])
+def test_a_count_flag_without_a_bound_of_its_own_is_capped_by_the_parser(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()[-1]) < 300  # the usage lines above it are argparse's
+
+
+@pytest.mark.parametrize("maps", ["2000", "100000"])
+def test_visualize_maps_beyond_the_widest_convolution_is_refused_naming_it(lenet_checkpoint, tmp_path, capsys, maps):
+    """--maps 2000 drew a 231,161-pixel-wide PNG, --maps 100000 ended in a traceback. LeNet's widest
+    convolution has 16 channels."""
+    out = tmp_path / "pngs"
+    assert main(["visualize", "--checkpoint", str(lenet_checkpoint), "--maps", maps, "--out", str(out),
+                 "--device", "cpu"]) == 2
+    assert f"--maps {int(maps):,} is more than lenet's widest convolution has channels (16): give at most 16." \
+        in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_visualize_test_index_past_the_test_set_is_refused(lenet_checkpoint, tmp_path, capsys):
+    out = tmp_path / "pngs"
+    assert main(["visualize", "--checkpoint", str(lenet_checkpoint), "--test-index", "64", "--out", str(out),
+                 "--device", "cpu"]) == 2
+    assert "--test-index 64 is past the last of the run's 64 test images: give 0 to 63." in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_predict_top_shows_at_most_every_class(lenet_checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    image = tmp_path / "x.png"
+    Image.new("L", (28, 28), 128).save(image)
+    assert main(["predict", "--checkpoint", str(lenet_checkpoint), "--device", "cpu", "--top", str(2**31 - 1),
+                 "--json", str(image)]) == 0
+    top = json.loads(capsys.readouterr().out)["predictions"][0]["top"]
+    assert len(top) == 10 and sorted(guess["index"] for guess in top) == list(range(10))

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 import fakedata
 from alexnet_lab.cli import main
 from alexnet_lab.engine.checkpoint import load_checkpoint
+from runhelpers import folder_state
 
 
 pytestmark = pytest.mark.usefixtures("offline_cli")  # conftest.py: offline, one thread; data_dir is shared
@@ -116,12 +118,13 @@ def test_export_over_its_own_checkpoint_is_refused_even_with_force(finished_run,
     load_checkpoint(run / "checkpoint.pt")
 
 
-def test_export_onto_another_run_file_needs_force(finished_run, tmp_path, capsys):
+def test_export_onto_another_run_file_is_refused_even_with_force(finished_run, tmp_path, capsys):
     run = copy_run(finished_run, tmp_path / "b")
     before = (run / "checkpoint.pt").read_bytes()
-    assert main(["export", "--checkpoint", str(run / "best.pt"), "--out", str(run / "checkpoint.pt")]) == 2
-    line = err_line(capsys)
-    assert "already exists" in line and "--force" in line
+    for extra in ([], ["--force"]):
+        assert main(["export", "--checkpoint", str(run / "best.pt"), "--out", str(run / "checkpoint.pt"),
+                     *extra]) == 2
+        assert "never replaces a run's files, not even with --force" in err_line(capsys)
     assert (run / "checkpoint.pt").read_bytes() == before
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "checkpoint.pt", "config.json", "metrics.jsonl",
                                                      "summary.json"]
@@ -193,3 +196,68 @@ def test_out_pointing_at_a_file_is_a_clear_error(data_dir, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = err_line(capsys)
         assert f"'{a_file}' as a folder: a file of that name exists. Choose a writable folder." in err, err
+
+
+# --- only regular files, and never another run's ----------------------------------------------------------
+
+def make_node(path: Path, kind: str) -> Path:
+    """A FIFO, or a device node of our own making (the numbers of /dev/null; never the machine's own)."""
+    if kind == "fifo":
+        os.mkfifo(path)
+        return path
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a device node needs root")
+    return path
+
+
+@pytest.mark.parametrize("kind, said", [("fifo", "a FIFO"), ("device", "a character device")])
+def test_outputs_onto_a_device_or_a_fifo_are_refused_even_with_force_and_write_nothing(
+        finished_run, tmp_path, capsys, kind, said):
+    """`evaluate --predictions /dev/null --force`, the "discard it" idiom, replaced the machine's /dev/null."""
+    run = copy_run(finished_run, tmp_path / "b")
+    sink = make_node(tmp_path / "sink", kind)
+    before = folder_state(tmp_path)
+    for argv in (["evaluate", "--checkpoint", str(run / "best.pt"), "--device", "cpu", "--predictions", str(sink)],
+                 ["report", str(run), "--device", "cpu", "--out", str(sink)],
+                 ["export", "--checkpoint", str(run / "best.pt"), "--format", "onnx", "--out", str(sink)]):
+        assert main([*argv, "--force"]) == 2, argv
+        line = err_line(capsys)
+        assert f"it is {said}" in line and "writes only regular files" in line, argv
+    assert folder_state(tmp_path) == before  # the node as it was; no confusion.png, no temp file
+
+
+def test_force_never_replaces_another_runs_files(finished_run, tmp_path, capsys):
+    a, b = copy_run(finished_run, tmp_path / "a"), copy_run(finished_run, tmp_path / "b")
+    before = folder_state(b)
+    for argv in (["report", str(a), "--device", "cpu", "--out", str(b / "best.pt")],
+                 ["evaluate", "--checkpoint", str(a / "best.pt"), "--device", "cpu", "--out", str(tmp_path),
+                  "--predictions", str(b / "metrics.jsonl")],
+                 ["export", "--checkpoint", str(a / "best.pt"), "--out", str(b / "config.json")]):
+        assert main([*argv, "--force"]) == 2, argv
+        assert "never replaces a run's files, not even with --force" in err_line(capsys), argv
+    assert folder_state(b) == before
+
+
+def test_evaluate_and_visualize_replace_their_own_figures_in_a_run_but_never_anyone_elses(finished_run, tmp_path,
+                                                                                          capsys):
+    run = copy_run(finished_run, tmp_path / "b")
+    evaluate = ["evaluate", "--checkpoint", str(run / "best.pt"), "--device", "cpu"]
+    visualize = ["visualize", "--checkpoint", str(run / "best.pt"), "--device", "cpu"]
+    for argv in (evaluate, evaluate, visualize, visualize):  # the second time over their own earlier output
+        assert main(argv) == 0, argv
+    for argv, name in ((evaluate, "confusion.png"), (evaluate, "evaluation.json"), (visualize, "filters.png")):
+        (run / name).write_bytes(b"someone's own file")
+        before = folder_state(run)
+        assert main([*argv, "--force"]) == 2, argv
+        assert f"'{run / name}' is a file in the run folder" in err_line(capsys)
+        assert folder_state(run) == before  # refused before any file was written
+        (run / name).unlink()
+    elsewhere = tmp_path / "elsewhere"  # not a run folder: an existing file of that name needs --force
+    elsewhere.mkdir()
+    (elsewhere / "confusion.png").write_bytes(b"mine")
+    assert main([*evaluate, "--out", str(elsewhere)]) == 2
+    assert "already exists" in err_line(capsys) and (elsewhere / "confusion.png").read_bytes() == b"mine"
+    assert main([*evaluate, "--out", str(elsewhere), "--force"]) == 0
+    assert (elsewhere / "confusion.png").read_bytes().startswith(b"\x89PNG")

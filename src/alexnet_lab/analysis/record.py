@@ -79,7 +79,7 @@ def run_record(config: TrainConfig, seeds: int, *, target: float | None = None, 
     splits = splits or splits_for(config)
     device = resolve_device(config.device)
     start = time.perf_counter()
-    train(config.replace(seed=config.seed + 10_000), splits=warmup_splits(splits))
+    train(config.replace(seed=(config.seed + 10_000) % 2**32), splits=warmup_splits(splits))  # another seed
     warmup_s = time.perf_counter() - start
     rows = []
     for i in range(seeds):

@@ -14,7 +14,7 @@ import sys
 import alexnet_lab
 from alexnet_lab.cli import signals
 from alexnet_lab.cli.signals import ImmediateExit, Interrupted, StartupSignals
-from alexnet_lab.errors import UserError
+from alexnet_lab.errors import UserError, describe
 
 # Nothing heavy is imported at module level (torch comes with the commands), so main() installs its
 # signal handler before torch, numpy or any command is imported.
@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         _safe_streams()
         try:
             argv = sys.argv[1:] if argv is None else argv
+            nul = next((word for word in argv if "\0" in word), None)  # only a Python caller can pass one
+            if nul is not None:  # and os.stat() raises on it
+                print(f"alexnet-lab: error: the argument {describe(nul)} holds a NUL character, which no file "
+                      "name or value can hold: remove it.", file=sys.stderr)
+                return 2
             parser = build_parser(_named_command(argv))  # imports that command, and with it torch
             args = parser.parse_args(argv)
             signals.check("while starting up")

@@ -8,7 +8,7 @@ import sys
 import torch
 
 from alexnet_lab import files
-from alexnet_lab.cli.options import positive_int
+from alexnet_lab.cli.options import whole_number
 from alexnet_lab.engine.export import DEPRECATED, FORMATS, ModelFile, compare_outputs, export_model
 from alexnet_lab.engine.inference import load_trained, metadata
 from alexnet_lab.engine.evaluation import checkpoint_test_split
@@ -16,6 +16,8 @@ from alexnet_lab.data import to_float_batch
 from alexnet_lab.errors import UserError
 
 NAME = "export"
+
+MAX_CHECK_IMAGES = 256  # compared in one batch through both models
 
 
 def add_arguments(parser) -> None:
@@ -27,8 +29,8 @@ def add_arguments(parser) -> None:
                         help="file to write (e.g. model.onnx, model.pt2, model.safetensors); the format comes "
                              "from --format, not the name")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file (never the checkpoint read)")
-    parser.add_argument("--check-images", type=positive_int, default=8,
-                        help="test images to compare the exported model on")
+    parser.add_argument("--check-images", type=whole_number(1, MAX_CHECK_IMAGES), default=8,
+                        help=f"test images to compare the exported model on (at most {MAX_CHECK_IMAGES}: one batch)")
 
 
 def check_inputs(config, payload: dict, meta: dict, n: int) -> tuple[torch.Tensor, str]:

@@ -8,44 +8,74 @@ from __future__ import annotations
 
 import argparse
 
-from alexnet_lab.engine.config import TrainConfig, choices_of, field_types, flag_name, preset_names
+from alexnet_lab.engine.config import TrainConfig, choices_of, field_range, field_types, flag_name, preset_names
+from alexnet_lab.errors import UserError, describe
 
 GROUPS = {"recipe": "recipe (overrides the preset)", "numerics": "numerics", "data": "data and run"}
 
 
-MAX_INT = 2**31 - 1
+MAX_INT = 2**31 - 1  # counts and sizes beyond int32 only overflow inside torch (a C++ traceback)
 
-def positive_int(text: str) -> int:
+
+def whole_number(low: int | None = None, high: int | None = None):
+    """An argparse type: a whole number, in [low, high] where given (the message quotes at most a
+    short part of what was typed)."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:  # also a number of more than 4,300 digits, which int() refuses
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {describe(text)}") from None
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {describe(value)}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {describe(value)}")
+        return value
+    convert.__name__ = "whole_number"
+    return convert
+
+
+positive_int = whole_number(1, MAX_INT)
+
+
+def number(text: str) -> float:
     try:
-        value = int(text)
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    if value > MAX_INT:  # sizes and counts beyond int32 only overflow inside torch (a C++ traceback)
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_INT}, got {value}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected a number, got {describe(text)}") from None
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
+def positive_number(high: float | None = None):
+    """An argparse type: a number above 0, and at most `high` where given."""
+    def convert(text: str) -> float:
+        value = number(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:g}, got {value:g}")
+        return value
+    convert.__name__ = "positive_number"
+    return convert
+
+
+positive_float = positive_number()
+
+
+def like_setting(name: str):
+    """An argparse type: a whole number inside TrainConfig field `name`'s range, for a flag of another
+    command that means the same (summary's --input-size is --resize's side, its --batch-size a batch)."""
+    low, high, _ = field_range(name)
+    return whole_number(low, high)
 
 
 def _parse_type(kind: type, value_range: tuple | None):
     """What argparse converts a flag's text with: positive_int / positive_float where the declared range
-    starts at 1 (a whole number) or above 0 (a number), so `--epochs -1` is refused as it is parsed."""
-    if value_range is not None:
-        low, _, open_ends = value_range
-        if kind is int and low >= 1:
-            return positive_int
-        if kind is float and (low > 0 or (low == 0 and "low" in open_ends)):
-            return positive_float
+    starts at 1 (a whole number) or above 0 (a number), so `--epochs -1` is refused as it is parsed;
+    the rest of the range is TrainConfig's to check."""
+    low, _, open_ends = value_range or (None, None, "")
+    if kind is int:
+        return positive_int if low is not None and low >= 1 else whole_number()
+    if kind is float:
+        return positive_float if low is not None and (low > 0 or (low == 0 and "low" in open_ends)) else number
     return kind
 
 
@@ -77,8 +107,6 @@ def add_config_flag(container, name: str, **overrides) -> None:
 def _argparse_type(parse, flag: str):
     """A setting's parse function (raising UserError) as an argparse type (raising ArgumentTypeError,
     which argparse prints after the flag's name)."""
-    from alexnet_lab.errors import UserError
-
     def convert(text: str):
         try:
             return parse(text)

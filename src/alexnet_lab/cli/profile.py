@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from alexnet_lab.analysis.profile import OPTIMIZER_STATES, findings, profile_model, step_timing
-from alexnet_lab.cli.options import add_adaptation, add_device, add_model, model_for_args, positive_int
+from alexnet_lab.cli.options import add_adaptation, add_device, add_model, like_setting, model_for_args
 from alexnet_lab.models import check_input_size, get_spec
 from alexnet_lab.errors import UserError
 from alexnet_lab.reports.plots import plot_profile
+from alexnet_lab.engine.preflight import check_memory
 from alexnet_lab.engine.run_dir import make_output_dir
 
 NAME = "profile"
@@ -19,9 +22,9 @@ NAME = "profile"
 
 def add_arguments(parser) -> None:
     add_model(parser)
-    parser.add_argument("--batch-size", type=positive_int, default=1,
+    parser.add_argument("--batch-size", type=like_setting("batch_size"), default=1,
                         help="probe batch; all counts are for the whole probe")
-    parser.add_argument("--input-size", type=positive_int, default=None,
+    parser.add_argument("--input-size", type=like_setting("resize"), default=None,
                         help="side of the probe image (default: the model's own, 224 for alexnet)")
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZER_STATES), default="momentum",
                         help="optimizer state to count: plain SGD (none) or SGD with momentum (one buffer)")
@@ -67,6 +70,7 @@ def format_table(profile: dict) -> str:
 def run(args) -> int:
     size = args.input_size or get_spec(args.model).input_size
     check_input_size(args.model, size)
+    check_memory(args.model, size, args.batch_size, "fp32", torch.device("cpu"))  # the probe runs on the CPU
     model, channels = model_for_args(args)
     shape = (args.batch_size, channels, size, size)
     profile = profile_model(model, shape, args.optimizer)

@@ -11,7 +11,7 @@ import sys
 from alexnet_lab.analysis.machine import format_machine
 from alexnet_lab.analysis.record import candidate_config, json_line, run_candidates, run_record, target_of
 from alexnet_lab.cli.options import add_training, config_from_args, positive_int, training_overrides
-from alexnet_lab.engine.config import RECORD_TARGETS, TrainConfig
+from alexnet_lab.engine.config import RECORD_TARGETS, TrainConfig, field_range
 from alexnet_lab.engine.config_file import read_config_file
 from alexnet_lab.errors import UserError
 
@@ -73,6 +73,14 @@ def describe(config: TrainConfig) -> str:
     return f"{config.model}, {config.epochs:g} epochs, batch {config.batch_size}"
 
 
+def check_seeds(config: TrainConfig, seeds: int) -> None:
+    """The seeds --seed .. --seed + --seeds - 1 are all seeds (TrainConfig's range), checked before any trains."""
+    last = field_range("seed")[1]
+    if config.seed + seeds - 1 > last:
+        raise UserError(f"--seeds {seeds:,} from --seed {config.seed:,} goes past the largest seed, {last:,}: "
+                        f"give at most {last - config.seed + 1:,} seeds, or a smaller --seed.")
+
+
 def candidates_from_args(args) -> list[tuple[str, TrainConfig]]:
     """Every --candidate's config, all built before anything trains (a typo fails at once)."""
     if args.preset:
@@ -83,6 +91,7 @@ def candidates_from_args(args) -> list[tuple[str, TrainConfig]]:
     candidates = [(text, candidate_config(text, flags, file_values)) for text in args.candidate]
     for _, config in candidates:
         target_of(config)  # a preset off the ladder needs --target-accuracy
+        check_seeds(config, args.seeds)
     return candidates
 
 
@@ -106,6 +115,7 @@ def run(args) -> int:
     if args.candidate:
         return run_candidate_list(args)
     config = config_from_args(args, default_preset="speedrun")
+    check_seeds(config, args.seeds)
     print(f"record: {config.preset} ({describe(config)}), "
           f"{args.seeds} seeds after one warm-up", flush=True)
     result = run_record(config, args.seeds, on_seed=lambda row: print(format_row(row), flush=True))

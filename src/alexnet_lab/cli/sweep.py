@@ -9,22 +9,34 @@ from __future__ import annotations
 import json
 
 from alexnet_lab.analysis.sweep import sweep, sweep_configs
-from alexnet_lab.cli.options import add_training, config_from_args, positive_float
+from alexnet_lab.cli.options import add_training, config_from_args, positive_number
 from alexnet_lab import files
-from alexnet_lab.errors import UserError
+from alexnet_lab.engine.config import field_range
+from alexnet_lab.errors import UserError, describe
 from alexnet_lab.engine.run_dir import default_run_dir, prepare_run_dir
 from alexnet_lab.reports.plots import plot_sweep
 
 NAME = "sweep"
 
 
+MAX_SIZES = 32  # runs in one sweep: each is a training run in a process and a folder of its own
+MAX_TIMEOUT_MINUTES = 1e5  # 69 days, a run's timeout: subprocess cannot wait for an infinite one
+
+
 def batch_sizes(text: str) -> list[int]:
+    """--batch-sizes' text -> the sizes, each once and each a batch size TrainConfig takes."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UserError(f"--batch-sizes must be whole numbers separated by commas, got {text!r}.") from None
-    if not values or min(values) < 1:
-        raise UserError(f"--batch-sizes needs at least one size, each at least 1; got {text!r}.")
+        raise UserError(f"--batch-sizes must be whole numbers separated by commas, got {describe(text)}.") from None
+    low, high = field_range("batch_size")[:2]
+    if not values or not all(low <= v <= high for v in values):
+        raise UserError(f"--batch-sizes needs at least one size, each in [{low}, {high:,}]; got {describe(text)}.")
+    if len(set(values)) < len(values):
+        raise UserError(f"--batch-sizes names a size twice ({describe(text)}): each size runs once, into its own "
+                        "folder bs<N>.")
+    if len(values) > MAX_SIZES:
+        raise UserError(f"--batch-sizes names {len(values):,} sizes; a sweep runs at most {MAX_SIZES}: split it.")
     return values
 
 
@@ -32,7 +44,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-sizes", default="32,64,128,256,512", help="comma-separated batch sizes")
     parser.add_argument("--lr-scaling", choices=("none", "linear"), default="none",
                         help="keep the lr for every batch size, or scale it by batch/128")
-    parser.add_argument("--timeout-minutes", type=positive_float, default=None,
+    parser.add_argument("--timeout-minutes", type=positive_number(MAX_TIMEOUT_MINUTES), default=None,
                         help="stop a run that takes longer than this (recorded as timeout)")
     add_training(parser)
     parser.add_argument("--out", default=None, help="sweep folder (default: runs/<timestamp>-sweep)")

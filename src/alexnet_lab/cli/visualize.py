@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from alexnet_lab.analysis.features import feature_maps, first_layer_filters, strongest_channels
-from alexnet_lab.cli.options import add_data, add_device, positive_int
+from alexnet_lab.analysis.features import conv_layers, feature_maps, first_layer_filters, strongest_channels
+from alexnet_lab.cli.options import MAX_INT, add_data, add_device, positive_int, whole_number
 from alexnet_lab.data.loader import to_float_batch
 from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.engine.evaluation import checkpoint_test_split
@@ -27,9 +27,11 @@ def add_arguments(parser) -> None:
                              "(28x28 grey for Fashion-MNIST); default: the first test image")
     parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                         help="--image, Fashion-MNIST models: invert dark-on-light images to light-on-dark")
-    parser.add_argument("--test-index", type=int, default=0, help="without --image: which test image")
+    parser.add_argument("--test-index", type=whole_number(0, MAX_INT), default=0,
+                        help="without --image: which test image (0: the first)")
     parser.add_argument("--maps", type=positive_int, default=8, metavar="N",
-                        help="feature maps shown per convolution: the N channels that respond most")
+                        help="feature maps shown per convolution: the N channels that respond most (at most "
+                             "the model's widest convolution's channels)")
     parser.add_argument("--out", default=None, help="folder for the PNGs (default: the checkpoint's)")
     add_device(parser)
     add_data(parser)
@@ -39,17 +41,27 @@ def model_input(args, config, payload: dict, meta: dict) -> tuple[torch.Tensor, 
     """(1, C, S, S) float input as the model takes it, and what the image is."""
     if args.image is not None:
         return images_to_input([args.image], meta, args.invert), Path(args.image).name
-    if args.test_index < 0:
-        raise UserError(f"--test-index must be 0 or more, got {args.test_index}.")
     splits = checkpoint_test_split(config, payload, data_dir=args.data_dir, limit=args.test_index + 1)
-    index = min(args.test_index, len(splits.test_images) - 1)
+    index = args.test_index
+    if index >= len(splits.test_images):
+        raise UserError(f"--test-index {index:,} is past the last of the run's {len(splits.test_images):,} test "
+                        f"images: give 0 to {len(splits.test_images) - 1:,}.")
     x = to_float_batch(splits.test_images[index:index + 1], meta["input_size"], meta["center_crop"])
     return x, f"test image {index} ({meta['class_names'][int(splits.test_labels[index])]})"
+
+
+def check_maps(maps: int, model, name: str) -> None:
+    """--maps shows that many channels of every convolution: no more than the widest one has."""
+    widest = max((conv.out_channels for _, conv in conv_layers(model)), default=0)
+    if 0 < widest < maps:  # none: first_layer_filters says the model has no convolution
+        raise UserError(f"--maps {maps:,} is more than {name}'s widest convolution has channels ({widest}): "
+                        f"give at most {widest}.")
 
 
 def run(args) -> int:
     device = resolve_device(args.device or "auto")
     model, config, payload = load_trained(args.checkpoint, device)
+    check_maps(args.maps, model, config.model)
     out = Path(args.out or Path(args.checkpoint).parent)
     out.mkdir(parents=True, exist_ok=True)
     filters = first_layer_filters(model)
