@@ -1,15 +1,18 @@
-"""Export: ONNX (run by onnxruntime), torch.export (.pt2), safetensors and TorchScript files give PyTorch's
-outputs, carry the class names and input size, are told apart by their content, and `predict --model-file`
-agrees with `predict --checkpoint`; forged safetensors metadata and .pt2 archives are refused."""
+"""Export: ONNX (run by onnxruntime), torch.export (.pt2) and safetensors files give PyTorch's outputs, carry
+the class names and input size, are told apart by their content, and `predict --model-file` agrees with
+`predict --checkpoint`; forged safetensors metadata and .pt2 archives, and TorchScript, are refused; a full
+disk is one clear error for every format."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
+import os
 import re
 import shutil
-import zipfile
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,10 +26,11 @@ from alexnet_lab.engine.inference import load_trained
 from alexnet_lab.engine.run_dir import RunWriter
 from fakedata import one_thread
 from imagedata import make_shapes
+from zipdata import rewrite_member
 
 CLASSES = ("circle", "square", "star")
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = {"onnx": "model.onnx", "pt2": "model.pt2", "safetensors": "model.safetensors", "torchscript": "model.pt"}
+NAMES = {"onnx": "model.onnx", "pt2": "model.pt2", "safetensors": "model.safetensors"}
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +134,8 @@ def test_predict_json_is_one_object_with_the_top_classes_most_probable_first(tra
 
 def test_the_model_file_kind_comes_from_its_content_for_every_format(exports, tmp_path):
     expected = {"onnx": "onnx (onnxruntime)", "pt2": "pt2 (torch.export)",
-                "safetensors": "safetensors (alexnet_lab.models)", "torchscript": "torchscript"}
-    misleading = dict(zip(NAMES, ["model.pt2", "model.onnx", "model.pt", "model.safetensors"]))
+                "safetensors": "safetensors (alexnet_lab.models)"}
+    misleading = dict(zip(NAMES, ["model.pt2", "model.safetensors", "model.onnx"]))
     for fmt, (path, _, _) in exports.items():
         for name in (misleading[fmt], "model"):
             copy = tmp_path / fmt / name
@@ -145,14 +149,28 @@ def test_a_zip_archive_that_is_not_a_model_is_refused_naming_the_checkpoint_flag
     image = str(next(root.glob("*/*")))
     assert main(["predict", "--model-file", str(checkpoint), image]) == 2
     err = capsys.readouterr().err
-    assert "is a zip archive but neither a TorchScript nor a torch.export (.pt2) model" in err
+    assert "is a zip archive but not a torch.export (.pt2) model" in err
     assert "a checkpoint goes to --checkpoint" in err and "Traceback" not in err
 
 
-def test_torchscript_export_prints_a_deprecation_note_pointing_to_pt2(exports):
-    note = "TorchScript is deprecated in PyTorch (torch.jit); --format torchscript will be removed"
-    assert note in exports["torchscript"][2] and "Use --format pt2 (torch.export) instead" in exports["torchscript"][2]
-    assert all("deprecated" not in err for fmt, (_, _, err) in exports.items() if fmt != "torchscript")
+def test_export_format_torchscript_is_answered_with_one_line_naming_pt2_and_onnx(trained, tmp_path, capsys):
+    checkpoint, _ = trained
+    out = tmp_path / "model.pt"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--format torchscript was removed" in err
+    assert "--format pt2" in err and "--format onnx" in err and not out.exists()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, to make the file
+def test_a_torchscript_model_file_is_refused_as_code_without_loading_it(trained, tmp_path, capsys, monkeypatch):
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("torch.jit.load was called"))
+    assert main(["predict", "--model-file", str(path), str(next(trained[1].glob("*/*")))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "it is a TorchScript model, which is code" in err and f"'{path}'" in err
+    assert "Export the model again with alexnet-lab export (--format onnx, pt2 or safetensors)" in err
 
 
 def forged_safetensors(source: Path, target: Path, edit) -> Path:
@@ -198,19 +216,6 @@ def test_predict_refuses_a_safetensors_file_with_forged_metadata(trained, export
     assert "Traceback" not in err and f"'{path}'" in err and message in err, err
 
 
-def rewrite_member(source: Path, target: Path, suffix: str, edit) -> Path:
-    """A copy of the zip `source` whose member ending in `suffix` is `edit(bytes)` (added when absent)."""
-    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w") as zout:
-        names = zin.namelist()
-        top = names[0].split("/")[0]
-        for name in names:
-            data = zin.read(name)
-            zout.writestr(name, edit(data) if name.endswith(suffix) else data)
-        if not any(name.endswith(suffix) for name in names):
-            zout.writestr(f"{top}/{suffix}", edit(b""))
-    return target
-
-
 def edit_json(change):
     def edit(data: bytes) -> bytes:
         value = json.loads(data)
@@ -238,11 +243,12 @@ PT2_CASES = {
                    "it holds guard code (Python source)"),
     "a shape expression with Python in it": (
         "models/model.json", lambda data: data.replace(b"Symbol('s", b"__import__('os').getcwd() + Symbol('s"),
-        "it has the shape expression \"__import__('os')"),
+        "it has the shape expression '__import__('os')"),
     "pickled weights": ("data/weights/model_weights_config.json",
                         edit_json(lambda c: first_weight(c).update(use_pickle=True)), "is stored as a pickle"),
     "a legacy weights pickle": ("data/weights/model.pt", lambda data: b"\x80\x02N.",
-                                "it holds data/weights/model.pt, which would be unpickled"),
+                                "it holds an entry named 'data/weights/model.pt', which alexnet-lab export never "
+                                "writes"),
 }
 
 
@@ -263,17 +269,111 @@ def test_a_forged_pt2_archive_is_refused_before_torch_export_reads_it(trained, e
     assert message in err, err
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script/save
 def test_model_files_not_from_export_are_refused(tmp_path):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x08\x01garbage")
     with pytest.raises(UserError, match="is not a readable ONNX model"):
         ModelFile(junk)
-    plain = tmp_path / "plain.pt"
-    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(plain))
-    with pytest.raises(UserError, match="was not written by alexnet-lab export"):
-        ModelFile(plain)
     program = tmp_path / "plain.pt2"
     torch.export.save(torch.export.export(torch.nn.Linear(2, 2), (torch.rand(1, 2),)), str(program))
     with pytest.raises(UserError, match="was not written by alexnet-lab export"):
         ModelFile(program)
+
+
+# --- a full disk ----------------------------------------------------------------------------------------
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def assert_disk_full_message(text: str, out: Path) -> None:
+    assert f"Cannot write '{out}': No space left on device. The file needs about " in text, text
+    assert "MiB (the model's weights)" in text
+    assert "Free disk space or choose another --out; nothing was written" in text
+
+
+@pytest.mark.parametrize("fmt", list(NAMES))
+def test_a_disk_too_full_for_the_weights_is_refused_before_exporting(trained, tmp_path, capsys, monkeypatch, fmt):
+    checkpoint, _ = trained
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=4096))
+    monkeypatch.setattr(torch.export, "export", lambda *a, **k: pytest.fail("exported although the disk is full"))
+    out = tmp_path / "out" / NAMES[fmt]
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "0.0 MiB are free there" in err
+    assert_disk_full_message(err, out)
+    assert leftovers(out.parent) == []
+
+
+def fill_while_writing(fmt: str, monkeypatch, wrapped: bool) -> None:
+    """The disk fills while `fmt`'s file is written: ONNX's own writer raises, or (pt2, safetensors) the
+    write through files.py; `wrapped`: as torch's zip writer reports it, a RuntimeError around the OSError."""
+    def full(*args, **kwargs):
+        if fmt == "onnx":
+            Path(args[1]).write_bytes(b"x" * 100)  # a partly written file
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            if wrapped:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0") from None
+            raise
+
+    if fmt == "onnx":
+        monkeypatch.setattr(torch.onnx.ONNXProgram, "save", full)
+    elif wrapped:
+        monkeypatch.setattr(torch.export, "save", full)
+    else:
+        import fakedata
+        monkeypatch.setattr(os, "fdopen", fakedata.FullDisk(files_ok=0))
+
+
+@pytest.mark.parametrize("fmt, wrapped", [("onnx", False), ("onnx", True), ("pt2", False), ("pt2", True),
+                                          ("safetensors", False)])  # safetensors' writer is Python's
+def test_a_disk_that_fills_while_writing_is_one_clear_error_and_leaves_nothing(trained, tmp_path, monkeypatch,
+                                                                             fmt, wrapped):
+    from alexnet_lab.engine.export import export_model
+    from alexnet_lab.engine.inference import metadata
+
+    model, config, payload = load_trained(trained[0], torch.device("cpu"))
+    out = tmp_path / NAMES[fmt]
+    fill_while_writing(fmt, monkeypatch, wrapped)
+    with pytest.raises(UserError) as err, one_thread():
+        export_model(model, metadata(config, payload), fmt, out)
+    assert_disk_full_message(str(err.value), out)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (needs root and mount rights: else the test is skipped), unmounted afterwards."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], check=True,
+                       capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({exc}); the monkeypatched tests cover the code path")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False, capture_output=True, timeout=30)
+
+
+@pytest.mark.parametrize("fmt", list(NAMES))
+def test_export_to_a_really_full_disk_is_one_clear_error_and_leaves_nothing(trained, small_disk, capsys,
+                                                                            monkeypatch, fmt):
+    """A real full tmpfs: first nearly full (refused before exporting), then with the check told there is
+    room, so that the write itself meets ENOSPC (torch's own zip writer used to abort the process there)."""
+    checkpoint, _ = trained
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(bytes(free - 16 * 1024))
+    out = small_disk / NAMES[fmt]
+    argv = ["export", "--checkpoint", str(checkpoint), "--format", fmt, "--out", str(out), "--check-images", "1"]
+    assert main(argv) == 2
+    assert_disk_full_message(capsys.readouterr().err, out)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=2**40))
+    with one_thread():
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert_disk_full_message(err, out)
+    assert "Traceback" not in err and leftovers(small_disk) == ["filler"]

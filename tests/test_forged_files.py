@@ -8,11 +8,11 @@ One tiny LeNet run (synthetic data, CPU, offline) is trained per module; each te
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fakedata
+import zipdata
 from alexnet_lab.cli import main
 
 DELETE = object()  # a field value meaning "remove the field"
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
-
-@contextlib.contextmanager
-def torchscript_quietly():
-    """torch.jit's calls warn that TorchScript is deprecated; these tests forge TorchScript files on purpose."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        yield
 
 
 @contextlib.contextmanager
@@ -57,7 +50,7 @@ def offline_one_thread():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
     """A finished 1-epoch LeNet run (2 steps) with momentum and an average of the weights, so its
-    checkpoint holds every part (momentum buffers, ema_state); its TorchScript export; a test image."""
+    checkpoint holds every part (momentum buffers, ema_state); its torch.export (.pt2) export; a test image."""
     base = tmp_path_factory.mktemp("forged")
     data = fakedata.make_dataset(base / "data", n_train=64, n_test=32)
     run = base / "run"
@@ -65,16 +58,15 @@ def trained(tmp_path_factory) -> dict:
         assert main(["train", "--model", "lenet", "--data-dir", str(data), "--epochs", "1", "--batch-size", "32",
                      "--momentum", "0.9", "--ema-decay", "0.5", "--device", "cpu", "--out", str(run),
                      "--no-report", "--progress", "none"]) == 0
-        assert main(["export", "--checkpoint", str(run / "checkpoint.pt"), "--format", "torchscript",
-                     "--out", str(base / "model.pt"), "--check-images", "2"]) == 0
+        assert main(["export", "--checkpoint", str(run / "checkpoint.pt"), "--format", "pt2",
+                     "--out", str(base / "model.pt2"), "--check-images", "2"]) == 0
     from PIL import Image
 
     Image.new("L", (40, 30), 200).save(base / "image.png")
-    extra = {"alexnet_lab.json": ""}
-    with torchscript_quietly():
-        torch.jit.load(str(base / "model.pt"), _extra_files=extra)
-    return {"data": data, "run": run, "torchscript": base / "model.pt", "image": base / "image.png",
-            "meta": json.loads(extra["alexnet_lab.json"])}
+    (meta_text,) = [data for name, data in zipdata.members(base / "model.pt2")
+                    if name.endswith("/extra/alexnet_lab.json")]
+    return {"data": data, "run": run, "pt2": base / "model.pt2", "image": base / "image.png",
+            "meta": json.loads(meta_text)}
 
 
 def error_line(capsys) -> str:
@@ -114,7 +106,7 @@ def commands(trained, checkpoint: Path, out: Path) -> list[list[str]]:
     return [["predict", "--checkpoint", str(checkpoint), "--device", "cpu", str(trained["image"])],
             ["evaluate", "--checkpoint", str(checkpoint), "--data-dir", str(trained["data"]), "--device", "cpu",
              "--out", str(out)],
-            ["export", "--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(out / "m.pt")],
+            ["export", "--checkpoint", str(checkpoint), "--format", "safetensors", "--out", str(out / "m.safetensors")],
             ["visualize", "--checkpoint", str(checkpoint), "--data-dir", str(trained["data"]), "--device", "cpu",
              "--out", str(out)]]
 
@@ -228,20 +220,23 @@ def onnx_model(meta_text: str | None, channels: int = 1, size: int = 28, classes
     return model.SerializeToString()
 
 
-def torchscript_model(source: Path, meta_text, target: Path, module=None) -> Path:
-    """`source`'s TorchScript graph (or `module`, scripted) saved with `meta_text` as its metadata."""
-    with torchscript_quietly():
-        graph = torch.jit.script(module) if module is not None else torch.jit.load(str(source))
-        torch.jit.save(graph, str(target), _extra_files={"alexnet_lab.json": meta_text})
+def pt2_model(source: Path | None, meta_text: str, target: Path, module=None) -> Path:
+    """`source`'s .pt2 with `meta_text` as its metadata (the rest byte for byte), or `module` exported so."""
+    if module is None:
+        return zipdata.rewrite_member(source, target, "extra/alexnet_lab.json", lambda _: meta_text.encode())
+    buffer = io.BytesIO()
+    torch.export.save(torch.export.export(module, (torch.rand(2, 2),)), buffer,
+                      extra_files={"alexnet_lab.json": meta_text})
+    target.write_bytes(buffer.getvalue())
     return target
 
 
 def model_file(trained, tmp_path: Path, kind: str, meta_text, name: str | None = None, **graph) -> Path:
-    target = tmp_path / (name or ("model.onnx" if kind == "onnx" else "model.pt"))
+    target = tmp_path / (name or ("model.onnx" if kind == "onnx" else "model.pt2"))
     if kind == "onnx":
         target.write_bytes(onnx_model(meta_text, **graph))
         return target
-    return torchscript_model(trained["torchscript"], meta_text, target)
+    return pt2_model(trained["pt2"], meta_text, target)
 
 
 @pytest.fixture
@@ -294,7 +289,7 @@ MODEL_FILE_CASES = {
 }
 
 
-@pytest.mark.parametrize("kind", ["onnx", "torchscript"])
+@pytest.mark.parametrize("kind", ["onnx", "pt2"])
 @pytest.mark.parametrize("case", MODEL_FILE_CASES)
 def test_predict_refuses_a_model_file_with_forged_metadata(trained, tmp_path, capsys, decoded_sizes, kind, case):
     forge, message = MODEL_FILE_CASES[case]
@@ -305,7 +300,7 @@ def test_predict_refuses_a_model_file_with_forged_metadata(trained, tmp_path, ca
     assert decoded_sizes == []  # refused before any image was decoded
 
 
-@pytest.mark.parametrize("kind", ["onnx", "torchscript"])
+@pytest.mark.parametrize("kind", ["onnx", "pt2"])
 def test_a_foreign_graph_with_copied_metadata_is_refused(trained, tmp_path, capsys, kind):
     text = json.dumps(trained["meta"])
     if kind == "onnx":  # another graph's input and output names
@@ -313,14 +308,14 @@ def test_a_foreign_graph_with_copied_metadata_is_refused(trained, tmp_path, caps
         path.write_bytes(onnx_model(text, names=("input", "output")))
         found = "its graph takes 'input' ['batch', 1, 28, 28] and gives 'output' (an alexnet-lab export takes"
     else:  # a module that takes (batch, 2)
-        path = torchscript_model(None, text, tmp_path / "foreign.pt", module=torch.nn.Linear(2, 10))
+        path = pt2_model(None, text, tmp_path / "foreign.pt2", module=torch.nn.Linear(2, 10))
         found = "the graph refuses such an input"
     assert main(["predict", "--model-file", str(path), str(trained["image"])]) == 2
     err = error_line(capsys)
     assert f"Model file '{path}' does not match its own metadata" in err and found in err, err
 
 
-@pytest.mark.parametrize("kind, name", [("onnx", "model.pt"), ("torchscript", "model.onnx"), ("onnx", "model")])
+@pytest.mark.parametrize("kind, name", [("onnx", "model.pt2"), ("pt2", "model.onnx"), ("onnx", "model")])
 def test_the_model_file_kind_comes_from_its_content_not_its_name(trained, tmp_path, capsys, kind, name):
     path = model_file(trained, tmp_path, kind, json.dumps(trained["meta"]), name=name)
     assert main(["predict", "--model-file", str(path), str(trained["image"])]) == 0, capsys.readouterr().err
@@ -482,7 +477,7 @@ META_FIELDS = ["format", "model", "class_names", "input_size", "in_channels", "d
 
 
 @FUZZ
-@given(kind=st.sampled_from(["onnx", "torchscript"]), field=st.sampled_from([None, *META_FIELDS]),
+@given(kind=st.sampled_from(["onnx", "pt2"]), field=st.sampled_from([None, *META_FIELDS]),
        value=json_values | st.just(DELETE), text=st.text(max_size=30))
 def test_fuzzed_model_file_metadata_gives_a_clear_error_or_a_prediction(trained, tmp_path, capsys, decoded_sizes,
                                                                         kind, field, value, text):

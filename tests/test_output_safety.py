@@ -106,7 +106,7 @@ def test_a_new_run_writes_files_readable_by_the_group_as_the_umask_says(data_dir
 
 # --- outputs never clobber a run -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
 def test_export_over_its_own_checkpoint_is_refused_even_with_force(finished_run, tmp_path, capsys, fmt):
     run = copy_run(finished_run, tmp_path / "b")
     before = (run / "checkpoint.pt").read_bytes()

@@ -1,5 +1,5 @@
-"""`alexnet-lab export`: write a checkpoint's model as ONNX, torch.export (.pt2), safetensors weights or
-(deprecated) TorchScript, then check the file against PyTorch on a few test images and print that check."""
+"""`alexnet-lab export`: write a checkpoint's model as ONNX, torch.export (.pt2) or safetensors weights, then
+check the file against PyTorch on a few test images and print that check."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from alexnet_lab import files
 from alexnet_lab.cli.options import whole_number
-from alexnet_lab.engine.export import DEPRECATED, FORMATS, ModelFile, compare_outputs, export_model
+from alexnet_lab.engine.export import FORMATS, ModelFile, check_format, compare_outputs, export_model
 from alexnet_lab.engine.inference import load_trained, metadata
 from alexnet_lab.engine.evaluation import checkpoint_test_split
 from alexnet_lab.data import to_float_batch
@@ -22,9 +22,9 @@ MAX_CHECK_IMAGES = 256  # compared in one batch through both models
 
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt or best.pt of a run")
-    parser.add_argument("--format", choices=FORMATS, default="onnx",
+    parser.add_argument("--format", default="onnx", metavar="{" + ",".join(FORMATS) + "}",
                         help="onnx (onnxruntime and other runtimes), pt2 (torch.export), safetensors (the "
-                             "weights, for alexnet_lab.models.build_model), torchscript (deprecated: use pt2)")
+                             "weights, for alexnet_lab.models.build_model)")
     parser.add_argument("--out", required=True, metavar="FILE",
                         help="file to write (e.g. model.onnx, model.pt2, model.safetensors); the format comes "
                              "from --format, not the name")
@@ -47,9 +47,8 @@ def check_inputs(config, payload: dict, meta: dict, n: int) -> tuple[torch.Tenso
 
 
 def run(args) -> int:
+    check_format(args.format)  # a one-line answer for --format torchscript, which was removed
     files.check_output_file(args.out, force=args.force, inputs=(args.checkpoint,))
-    if args.format in DEPRECATED:
-        print(f"note: {DEPRECATED[args.format]}", file=sys.stderr)
     model, config, payload = load_trained(args.checkpoint, torch.device("cpu"))
     meta = metadata(config, payload)
     out = export_model(model, meta, args.format, args.out)

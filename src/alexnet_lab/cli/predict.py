@@ -19,7 +19,7 @@ def add_arguments(parser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="checkpoint.pt or best.pt of a run")
     source.add_argument("--model-file", help="a model written by `alexnet-lab export`: ONNX (runs in onnxruntime), "
-                                             "pt2, safetensors or TorchScript, told apart by the file's content")
+                                             "pt2 or safetensors, told apart by the file's content")
     parser.add_argument("images", nargs="+", metavar="IMG", help="image files")
     parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                         help="Fashion-MNIST models: invert dark-on-light images to the dataset's light-on-dark")

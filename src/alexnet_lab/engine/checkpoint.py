@@ -16,7 +16,8 @@ import torch
 
 import alexnet_lab
 from alexnet_lab import files
-from alexnet_lab.errors import UserError
+from alexnet_lab.engine.archives import CHECKPOINT_NAMES, read_archive
+from alexnet_lab.errors import UserError, printable
 
 FORMAT = "alexnet-lab-checkpoint/1"
 
@@ -127,12 +128,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if path.is_dir():
         raise UserError(f"Checkpoint '{path}' is a folder, not a file. Pass the checkpoint file itself, "
                         f"e.g. '{path / 'checkpoint.pt'}' or '{path / 'best.pt'}'.")
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"Checkpoint '{path}' does not exist. Pass the checkpoint.pt of a training run.")
+
+    def refuse(problem: str) -> UserError:
+        return UserError(f"Checkpoint '{printable(str(path))}' is truncated or corrupt: {problem}. Nothing in it "
+                         f"was loaded. {advice}")
+
+    try:  # read once, checked as a structure (engine/archives.py); torch loads exactly the checked bytes
+        stream = read_archive(path, refuse, CHECKPOINT_NAMES).stream()
+    except OSError as exc:
+        raise UserError(f"Cannot read checkpoint '{printable(str(path))}': {exc.strerror or exc}. {advice}") from None
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing a file
             warnings.simplefilter("ignore", UserWarning)
-            payload = torch.load(path, map_location=map_location, weights_only=True)
+            payload = torch.load(stream, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         reason, carries_code = _unpickler_reason(exc)
         if carries_code:
@@ -148,6 +158,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if not isinstance(exc, RuntimeError) and str(exc):
             detail = f"{type(exc).__name__}: {detail}"  # e.g. "KeyError: 101" from the unpickler
         raise UserError(f"Checkpoint '{path}' is truncated or corrupt ({detail}). {advice}") from None
+    finally:
+        del stream  # the file's bytes: the payload's tensors are copies, so peak memory is twice the file at most
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"'{path}' is not an alexnet-lab checkpoint (no '{FORMAT}' format tag).")
     return payload

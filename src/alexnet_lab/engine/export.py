@@ -1,42 +1,53 @@
-"""Exporting a trained model for use outside this package (ONNX, torch.export, safetensors weights,
-TorchScript until its removal), and running the files.
+"""Exporting a trained model for use outside this package (ONNX, torch.export, safetensors weights), and
+running the files.
 
 Each file carries, as metadata, what a user of the file needs: the model and its build options, the class
 names, the input size and channels, and how images become inputs (`inference.metadata`). `ModelFile` runs
 every kind of file (ONNX through onnxruntime) behind one call: float32 (B, C, S, S) in [0, 1] -> logits
-(B, classes); the kind comes from the file's content, not its name.
+(B, classes); the kind comes from the file's content, not its name. TorchScript (deprecated in PyTorch) is
+neither written nor read: a TorchScript file is code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import logging
 import os
+import shutil
 import warnings
-import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from alexnet_lab import files
-from alexnet_lab.engine.archives import PT2, TORCHSCRIPT, check_pt2, weights_only_loads, zip_kind
-from alexnet_lab.engine.checkpoint import state_problems
+from alexnet_lab.engine.archives import (PT2, TORCHSCRIPT, TORCHSCRIPT_PROBLEM, check_pt2, read_archive,
+                                         weights_only_loads)
+from alexnet_lab.engine.checkpoint import _cause, state_problems
 from alexnet_lab.engine.schema import check_model_build, check_model_metadata
-from alexnet_lab.errors import UserError
+from alexnet_lab.errors import UserError, describe, printable
 
-FORMATS = ("onnx", "pt2", "safetensors", "torchscript")
-DEPRECATED = {"torchscript": "TorchScript is deprecated in PyTorch (torch.jit); --format torchscript will be "
-                             "removed in the next alexnet-lab release. Use --format pt2 (torch.export) instead; "
-                             "predict --model-file keeps reading TorchScript files until then."}
-# The metadata, one JSON text: ONNX metadata_props key; TorchScript and pt2: extra file "alexnet_lab.json";
-# safetensors: __metadata__ key (safetensors metadata maps text to text).
+FORMATS = ("onnx", "pt2", "safetensors")
+# The metadata, one JSON text: ONNX metadata_props key; pt2: extra file "alexnet_lab.json"; safetensors:
+# __metadata__ key (safetensors metadata maps text to text).
 METADATA_KEY = "alexnet_lab"
-ZIP_MAGIC = b"PK\x03\x04"               # TorchScript and pt2 files are zip archives (engine/archives.py)
+ZIP_MAGIC = b"PK\x03\x04"               # pt2 files are zip archives (engine/archives.py)
 ATOL, RTOL = 1e-4, 1e-3                 # the export check: |exported - pytorch| <= ATOL + RTOL * |pytorch|
-FILE_ADVICE = ("Pass a .onnx, .pt2, .safetensors or TorchScript .pt file written by alexnet-lab export "
-               "(a checkpoint goes to --checkpoint).")
+FILE_ADVICE = ("Export the model again with alexnet-lab export (--format onnx, pt2 or safetensors); a "
+               "checkpoint goes to --checkpoint.")
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def check_format(fmt: str) -> None:
+    """Refuse a format alexnet-lab does not write (TorchScript: removed, deprecated in PyTorch)."""
+    if fmt == "torchscript":
+        raise UserError("--format torchscript was removed (TorchScript is deprecated in PyTorch): use --format pt2 "
+                        "(torch.export, its successor) or --format onnx.")
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {describe(fmt)}.")
 
 
 @contextlib.contextmanager
@@ -62,36 +73,64 @@ def export_model(model: nn.Module, meta: dict, fmt: str, out: str | os.PathLike)
     ONNX uses torch.onnx's current exporter (torch.export + onnxscript, `dynamo=True`) at its default
     opset (20 with torch 2.13); pt2 is that torch.export program itself (`torch.export.save`);
     safetensors holds the weights alone, rebuilt by `build_model(meta["model"], **meta["model_kwargs"])`.
+    pt2 and safetensors are made in memory and written by files.write_bytes (torch's own zip writer aborts
+    the process on a full disk). A disk too full for the weights is refused before the export starts, and
+    one that fills while writing is the same UserError (the file and the space it needs), no temp left.
     """
-    if fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
+    check_format(fmt)
     out = Path(out)
     model = model.to("cpu", torch.float32).eval()
+    needed = sum(t.numel() * t.element_size() for t in model.state_dict().values())  # bytes: the weights
     example = torch.rand(2, meta["in_channels"], meta["input_size"], meta["input_size"])  # (B, C, S, S)
     batch = ({0: torch.export.Dim("batch")},)  # any batch size; 2 in the example so that 1 is not special
     text = json.dumps(meta)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with _quiet_exporter(), files.atomic_path(out) as tmp:
+        if _free_bytes(out.parent) < needed:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out))
+        with _quiet_exporter():
             if fmt == "onnx":
                 program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"],
                                             output_names=["logits"], verbose=False, dynamic_shapes=batch)
                 program.model.metadata_props[METADATA_KEY] = text
-                program.save(str(tmp))
+                with files.atomic_path(out) as tmp:
+                    program.save(str(tmp))
             elif fmt == "pt2":
-                program = torch.export.export(model, (example,), dynamic_shapes=batch)
-                torch.export.save(program, str(tmp), extra_files={f"{METADATA_KEY}.json": text})
-            elif fmt == "safetensors":
-                from safetensors.torch import save_file
+                buffer = io.BytesIO()
+                torch.export.save(torch.export.export(model, (example,), dynamic_shapes=batch), buffer,
+                                  extra_files={f"{METADATA_KEY}.json": text})
+                files.write_bytes(out, buffer.getbuffer())
+            else:
+                from safetensors.torch import save
 
                 weights = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
-                save_file(weights, str(tmp), metadata={"format": "pt", METADATA_KEY: text})
-            else:
-                traced = torch.jit.trace(model, example)
-                torch.jit.save(traced, str(tmp), _extra_files={f"{METADATA_KEY}.json": text})
-    except OSError as exc:  # the folder could not be made; the file's own failures are WriteErrors
-        raise files.WriteError(out, exc) from None
+                files.write_bytes(out, save(weights, metadata={"format": "pt", METADATA_KEY: text}))
+    except files.WriteError as exc:
+        if exc.cause is None or exc.cause.errno not in _FULL:
+            raise
+        raise _disk_full(out, exc.cause, needed) from None
+    except (OSError, RuntimeError) as exc:  # a RuntimeError from a writer may wrap the OSError (ENOSPC, ...)
+        cause = _cause(exc)
+        if not isinstance(cause, OSError):
+            raise
+        raise (_disk_full(out, cause, needed) if cause.errno in _FULL else files.WriteError(out, cause)) from None
     return out
+
+
+def _free_bytes(folder: Path) -> float:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return float("inf")  # unknown: the write itself will tell
+
+
+def _disk_full(out: Path, exc: OSError, needed: int) -> files.WriteError:
+    free = _free_bytes(out.parent)
+    free = f"{free / 2**20:.1f} MiB are" if free != float("inf") else "less is"
+    return files.WriteError(out, exc, message=f"Cannot write '{printable(str(out))}': {exc.strerror or exc}. The "
+                                              f"file needs about {needed / 2**20:.1f} MiB (the model's weights) and "
+                                              f"{free} free there. Free disk space or choose another --out; nothing "
+                                              "was written.")
 
 
 class ModelFile:
@@ -104,12 +143,11 @@ class ModelFile:
         try:
             with open(self.path, "rb") as fh:
                 kind = self._kind(fh)
-                meta_text = self._load_pt2(fh) if kind == PT2 else None  # the very file that was checked
+            if kind == "zip":  # read once and checked; torch loads those very bytes
+                meta_text = self._load_pt2(read_archive(self.path, self._not_a_model))
         except OSError as exc:
             raise UserError(f"Cannot read model file '{self.path}': {exc.strerror}.") from None
-        if kind == TORCHSCRIPT:
-            meta_text = self._load_torchscript()
-        elif kind == "safetensors":
+        if kind == "safetensors":
             meta_text, weights = self._read_safetensors()
         elif kind == "onnx":
             meta_text = self._load_onnx()
@@ -119,20 +157,12 @@ class ModelFile:
         self._check_graph()
 
     def _kind(self, fh) -> str:
-        """From the content, not the name: a zip archive is TorchScript or pt2 (by its members); a
-        safetensors file opens with its header's length (8 bytes, little-endian) and the header's "{";
-        anything else is read as ONNX."""
+        """From the content, not the name: a zip archive is pt2 (checked when it is read); a safetensors
+        file opens with its header's length (8 bytes, little-endian) and the header's "{"; anything else
+        is read as ONNX."""
         head = fh.read(9)
         if head[:4] == ZIP_MAGIC:
-            fh.seek(0)
-            try:
-                kind = zip_kind(fh)
-            except (zipfile.BadZipFile, EOFError, ValueError) as exc:
-                raise UserError(f"'{self.path}' is a damaged zip archive ({_reason(exc)}). {FILE_ADVICE}") from None
-            if kind is None:
-                raise UserError(f"'{self.path}' is a zip archive but neither a TorchScript nor a torch.export "
-                                f"(.pt2) model. {FILE_ADVICE}")
-            return kind
+            return "zip"
         if len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") <= os.fstat(fh.fileno()).st_size:
             return "safetensors"
         return "onnx"
@@ -147,14 +177,24 @@ class ModelFile:
         self.kind = "onnx (onnxruntime)"
         return self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
 
-    def _load_pt2(self, fh) -> str:
-        fh.seek(0)
-        check_pt2(fh, self.path)  # before torch.export.load reads anything (engine/archives.py)
-        fh.seek(0)
+    def _not_a_model(self, problem: str) -> UserError:
+        return UserError(f"'{printable(str(self.path))}' is not a model file as alexnet-lab export writes it: "
+                         f"{problem}. alexnet-lab does not load it. {FILE_ADVICE}")
+
+    def _load_pt2(self, archive) -> str:
+        """A checked archive (engine/archives.py): a TorchScript file or another zip archive is refused, a
+        .pt2 checked to hold only what an export holds before torch.export.load reads any of it."""
+        if archive.kind() == TORCHSCRIPT:
+            raise self._not_a_model(TORCHSCRIPT_PROBLEM)
+        if archive.kind() != PT2:
+            raise UserError(f"'{printable(str(self.path))}' is a zip archive but not a torch.export (.pt2) model. "
+                            f"{FILE_ADVICE}")
+        check_pt2(archive, self.path)
         extra = {f"{METADATA_KEY}.json": ""}
         try:
             with weights_only_loads(), _quiet_exporter():
-                self.module = torch.export.load(fh, extra_files=extra).module()  # eval mode is in the graph
+                # eval mode is in the graph
+                self.module = torch.export.load(archive.stream(), extra_files=extra).module()
         except Exception as exc:  # noqa: BLE001 - torch.export raises many types on damaged archives
             raise UserError(f"'{self.path}' is not a readable torch.export (.pt2) model ({_reason(exc)[:200]}). "
                             f"{FILE_ADVICE}") from None
@@ -196,18 +236,6 @@ class ModelFile:
                             f"({_reason(exc)[:200]}). Export the model again with alexnet-lab export.") from None
         return model.eval()
 
-    def _load_torchscript(self) -> bytes | str:
-        extra = {f"{METADATA_KEY}.json": ""}
-        try:
-            with warnings.catch_warnings():  # TorchScript is deprecated in favour of torch.export
-                warnings.simplefilter("ignore", DeprecationWarning)
-                self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra).eval()
-        except Exception as exc:  # noqa: BLE001 - torch.jit raises RuntimeError and others on foreign files
-            raise UserError(f"'{self.path}' is not a readable TorchScript model ({_reason(exc)}). "
-                            f"{FILE_ADVICE}") from None
-        self.kind = "torchscript"
-        return extra[f"{METADATA_KEY}.json"]
-
     def _check_graph(self) -> None:
         """The metadata must describe the graph in the file: one (1, C, S, S) float32 input of zeros gives
         (1, classes) logits. A graph with metadata copied from another model is refused here, before
@@ -225,7 +253,7 @@ class ModelFile:
                                + " (an alexnet-lab export takes 'images' and gives 'logits')")
         try:
             logits = self(torch.zeros(1, channels, size, size))
-        except Exception as exc:  # noqa: BLE001 - onnxruntime, TorchScript and torch.export raise their own types
+        except Exception as exc:  # noqa: BLE001 - onnxruntime and torch.export raise their own types
             self._mismatch(declared, f"the graph refuses such an input ({_reason(exc)[:200]})")
         if not (isinstance(logits, torch.Tensor) and logits.is_floating_point()
                 and tuple(logits.shape) == (1, classes)):
@@ -247,8 +275,7 @@ class ModelFile:
 
 
 def _reason(exc: Exception) -> str:
-    """The first non-empty line of a loader's error, else its type: torch.jit's refusal of a pickle
-    naming code opens with an empty line ("\nUnknown type name 'posix.system':\n...")."""
+    """The first non-empty line of a loader's error, else its type."""
     lines = [line.strip().rstrip(":") for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
 
