@@ -98,3 +98,19 @@ class StopAt(Callback):
 
     def should_stop(self) -> bool:
         return self.done >= self.step
+
+
+def folder_state(folder: Path) -> dict:
+    """Every entry under `folder`: a regular file's bytes hashed, a link's target, anything else its type;
+    equal before and after: nothing changed."""
+    import hashlib
+
+    state = {}
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_symlink():
+            state[str(path)] = ("link", os.readlink(path))
+        elif path.is_file():
+            state[str(path)] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
+        else:  # a folder, a FIFO, a device: never read
+            state[str(path)] = ("node", os.lstat(path).st_mode)
+    return state

@@ -164,3 +164,118 @@ def test_an_existing_output_file_needs_force(tmp_path):
         files.check_output_file("")
     with pytest.raises(UserError, match="folder"):
         files.check_output_file(tmp_path)
+
+
+# --- only regular files are written ---------------------------------------------------------------------
+
+def make_node(path: Path, kind: str) -> Path:
+    """A non-regular file of `kind` at `path` (a device node of our own making: never the machine's /dev/null)."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "character device":
+        try:
+            os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # the numbers of /dev/null
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+    elif kind == "socket":
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as sock:  # bound by a short relative name: AF_UNIX paths are short
+            cwd = os.getcwd()
+            os.chdir(path.parent)
+            try:
+                sock.bind(path.name)
+            finally:
+                os.chdir(cwd)
+    else:
+        path.mkdir()
+    return path
+
+
+NODE_KINDS = {"fifo": ("a FIFO", stat.S_ISFIFO), "character device": ("a character device", stat.S_ISCHR),
+              "socket": ("a socket", stat.S_ISSOCK), "folder": ("a folder", stat.S_ISDIR)}
+
+
+@pytest.mark.parametrize("kind", list(NODE_KINDS))
+def test_a_target_that_is_not_a_regular_file_is_refused_even_with_force_and_left_as_it_was(tmp_path, kind):
+    said, is_kind = NODE_KINDS[kind]
+    node = make_node(tmp_path / "out", kind)
+    before = os.lstat(node)
+    attempts = [lambda: files.write_bytes(node, b"x"), lambda: files.check_output_file(node, force=True)]
+    for attempt in attempts:
+        with pytest.raises(UserError, match=f"it is {said}.*writes only regular files.*Choose a file name"):
+            attempt()
+    with pytest.raises(UserError, match=said), files.atomic_path(node) as tmp:
+        tmp.write_bytes(b"model")
+    after = os.lstat(node)
+    assert is_kind(after.st_mode) and (after.st_ino, after.st_rdev) == (before.st_ino, before.st_rdev)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp left behind
+
+
+@pytest.mark.parametrize("kind", ["fifo", "character device"])
+def test_a_node_that_appears_while_the_file_is_written_is_not_replaced(tmp_path, kind):
+    """The check runs again just before the rename, which would land on whatever is there."""
+    target = tmp_path / "out"
+    with pytest.raises(UserError, match=NODE_KINDS[kind][0]), files.atomic_writer(target) as fh:
+        fh.write(b"predictions")
+        make_node(target, kind)
+    assert NODE_KINDS[kind][1](os.lstat(target).st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_head_reads_only_a_regular_file_and_never_blocks(tmp_path):
+    (tmp_path / "page.html").write_bytes(b"<meta name=generator>" + b"x" * 5000)
+    assert files.head(tmp_path / "page.html", 21) == b"<meta name=generator>"
+    os.mkfifo(tmp_path / "fifo")  # no writer: an open without O_NONBLOCK would wait for ever
+    (tmp_path / "link").symlink_to(tmp_path / "page.html")
+    assert files.head(tmp_path / "fifo") == files.head(tmp_path / "link") == files.head(tmp_path / "none") == b""
+
+
+# --- --force and a run's files -------------------------------------------------------------------------------
+
+def test_force_never_replaces_a_file_of_a_run_folder_that_is_not_the_commands_own(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    for name in ("best.pt", "metrics.csv", "notes.txt"):
+        (run / name).write_bytes(b"the run's")
+        with pytest.raises(UserError, match="never replaces a run's files, not even with --force"):
+            files.check_output_file(run / name, force=True)
+        assert (run / name).read_bytes() == b"the run's"
+    page = run / "report.html"
+    page.write_text("an earlier page")
+    assert files.check_output_file(page, force=True, own=lambda p: p == page) == page  # its own: with --force
+    with pytest.raises(UserError, match="already exists.*--force"):
+        files.check_output_file(page, own=lambda p: p == page)
+    assert files.check_own_output(page, lambda p: p == page) == page  # a fixed name regenerated: no --force
+    elsewhere = tmp_path / "notes.txt"  # not in a run folder: --force decides, as before
+    elsewhere.write_text("mine")
+    assert files.check_output_file(elsewhere, force=True) == elsewhere
+
+
+def test_a_folder_with_only_a_checkpoint_is_a_run_folder(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"weights")
+    (tmp_path / "model.onnx").write_bytes(b"an earlier export")
+    assert files.in_run_folder(tmp_path / "model.onnx") and not files.in_run_folder(tmp_path / "run" / "x")
+    with pytest.raises(UserError, match="never replaces"):
+        files.check_output_file(tmp_path / "model.onnx", force=True)
+
+
+# --- CSV cells -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_a_csv_text_cell_that_begins_like_a_formula_gets_a_leading_quote(start):
+    text = f"{start}HYPERLINK(\"http://x\")"
+    assert files.csv_cell(text) == "'" + text
+
+
+def test_other_csv_cells_and_numbers_are_left_as_they_are():
+    import csv
+    import io
+
+    assert [files.csv_cell(v) for v in ("a=b", "t-shirt", "'=x", "", " =1")] == ["a=b", "t-shirt", "'=x", "", " =1"]
+    cells = [files.csv_cell(v) for v in (-3, -0.5, 7)]
+    assert cells == [-3, -0.5, 7]  # numbers stay numbers, negative ones included
+    text = io.StringIO()
+    csv.writer(text).writerow(cells)
+    assert [float(v) for v in next(csv.reader(io.StringIO(text.getvalue())))] == [-3, -0.5, 7]

@@ -22,7 +22,8 @@ from alexnet_lab.engine.checkpoint import load_checkpoint
 from alexnet_lab.engine.trainer import Callback, StopRequested
 from alexnet_lab.engine.run_dir import read_metrics
 from alexnet_lab.models import registry
-from runhelpers import StopAt, assert_same_run, config_for, last_line, recipe_args, run_fit, signal_at, train_args
+from runhelpers import (StopAt, assert_same_run, config_for, folder_state, last_line, recipe_args, run_fit, signal_at,
+                        train_args)
 
 pytestmark = pytest.mark.usefixtures("offline_cli")
 
@@ -213,3 +214,40 @@ def test_resume_from_a_corrupt_checkpoint_gives_resume_advice(data_dir, tmp_path
     assert f"Checkpoint '{path}' is truncated or corrupt" in err
     assert "--resume reads only the run's checkpoint.pt: to continue from its best.pt instead, copy best.pt " \
            "over checkpoint.pt" in err and "Use best.pt or an earlier copy" not in err
+
+
+# --- a refused resume changes nothing ----------------------------------------------------------------
+
+def finished_run(data_dir, out):
+    assert main(train_args(data_dir, out, "--no-report", "--no-tensorboard")) == 0
+    return out
+
+
+@pytest.mark.parametrize("blocker", ["file", "symlink"])
+def test_a_resume_refused_for_its_tensorboard_folder_changes_no_file(data_dir, tmp_path, capsys, blocker):
+    from alexnet_lab.reports.tensorboard import unavailable
+
+    if unavailable() is not None:
+        pytest.skip(f"the tensorboard package cannot be imported here ({unavailable()})")
+    out = finished_run(data_dir, tmp_path / "r")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "tensorboard").write_text("not a folder") if blocker == "file" else (out / "tensorboard").symlink_to(elsewhere)
+    before = folder_state(tmp_path)
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--tensorboard"]) == 2
+    assert "writes TensorBoard events only into a folder of its own" in last_line(capsys)
+    assert folder_state(tmp_path) == before  # config.json (epochs, total_steps, start_step) as it was
+
+
+def test_a_resume_refused_for_its_checkpoints_values_changes_no_file(data_dir, tmp_path, capsys):
+    """The NaN check runs as the checkpoint is loaded into the model, inside fit: after the run's
+    files were opened for writing, once, so metrics.jsonl was cut back and summary.json removed."""
+    out = finished_run(data_dir, tmp_path / "r")
+    payload = torch.load(out / "checkpoint.pt", weights_only=True)
+    weight = next(key for key, value in payload["model_state"].items() if value.is_floating_point())
+    payload["model_state"][weight].fill_(float("nan"))
+    torch.save(payload, out / "checkpoint.pt")
+    before = folder_state(out)
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 2
+    assert "holds non-finite (NaN or inf) values" in last_line(capsys)
+    assert folder_state(out) == before and (out / "summary.json").is_file()

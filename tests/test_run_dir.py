@@ -31,6 +31,7 @@ def read_csv(path):
 
 def test_metrics_csv_holds_the_rows_of_metrics_jsonl(tmp_path):
     writer = RunWriter(tmp_path, {"model": "lenet"})
+    writer.on_train_start({})  # where fit starts the run's files
     for row in ROWS:
         writer.on_log(dict(row))
     table = read_csv(tmp_path / "metrics.csv")
@@ -48,10 +49,12 @@ def test_metrics_csv_holds_the_rows_of_metrics_jsonl(tmp_path):
 
 def test_a_resumed_run_rewrites_both_metrics_files_to_the_checkpoints_rows(tmp_path):
     writer = RunWriter(tmp_path, {"model": "lenet"})
+    writer.on_train_start({})  # where fit starts the run's files
     for row in ROWS:
         writer.on_log(dict(row))
     kept = [ROWS[0]]  # the checkpoint was taken after the first row: the second runs again
     resumed = RunWriter(tmp_path, {"model": "lenet"}, rows=kept)
+    resumed.on_train_start({})
     resumed.on_log({**ROWS[1], "train_loss": 1.5})
     table = read_csv(tmp_path / "metrics.csv")
     assert [float(r["step"]) for r in table] == [1, 2] and float(table[1]["train_loss"]) == 1.5

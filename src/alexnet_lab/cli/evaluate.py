@@ -16,9 +16,9 @@ from alexnet_lab.engine.checkpoint import class_names, model_kwargs
 from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.engine.evaluation import checkpoint_test_split, evaluate_checkpoint, run_test_record, why_it_differs
 from alexnet_lab.engine.inference import load_trained
-from alexnet_lab.errors import UserError
-from alexnet_lab.reports.plots import plot_confusion
-from alexnet_lab.engine.run_dir import make_output_dir, read_run, write_json
+from alexnet_lab.errors import UserError, printable
+from alexnet_lab.reports.plots import is_own_figure, plot_confusion
+from alexnet_lab.engine.run_dir import check_output_dir, make_output_dir, read_run, write_json
 
 NAME = "evaluate"
 
@@ -38,7 +38,9 @@ def add_arguments(parser) -> None:
                         help="also write one row per test image: its file (image folders: the path relative to "
                              "the folder; Fashion-MNIST: the index in the test set), true class, predicted "
                              "class, confidence (the predicted class's softmax probability)")
-    parser.add_argument("--force", action="store_true", help="replace an existing --predictions file")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing --predictions file, or a confusion.png or evaluation.json that "
+                             "evaluate did not write (its own are replaced anyway); never a run's own files")
 
 
 def test_split(args, config, payload):
@@ -55,12 +57,36 @@ def test_split(args, config, payload):
     return splits
 
 
+GENERATOR = "alexnet-lab evaluate"  # evaluation.json's first field: marks the files evaluate may replace
+PREDICTIONS_HEADERS = tuple(f"{first},true,predicted,confidence\n".encode() for first in ("path", "index"))
+
+
+def is_own_evaluation(path: Path) -> bool:
+    return f'"generator": "{GENERATOR}"'.encode() in files.head(path, 256)
+
+
+def is_own_predictions(path: Path) -> bool:
+    return files.head(path, 64).startswith(PREDICTIONS_HEADERS)
+
+
+def check_outputs(args, out: Path) -> None:
+    """Every file evaluate writes, checked before the evaluation (not after it): --out a folder; there
+    confusion.png and evaluation.json (an earlier evaluation's are replaced; another file only with
+    --force); --predictions (an existing file only with --force); never a run's own files."""
+    check_output_dir(out)
+    files.check_own_output(out / "confusion.png", is_own_figure, force=args.force, inputs=(args.checkpoint,))
+    files.check_own_output(out / "evaluation.json", is_own_evaluation, force=args.force, inputs=(args.checkpoint,))
+    if args.predictions is not None:
+        files.check_output_file(args.predictions, force=args.force, flag="--predictions",
+                                inputs=(args.checkpoint,), own=is_own_predictions)
+
+
 def run(args) -> int:
     device = resolve_device(args.device or "auto")
     model, run_config, payload = load_trained(args.checkpoint, device)
     names = class_names(payload)
-    if args.predictions is not None:  # refused before the evaluation, not after
-        files.check_output_file(args.predictions, force=args.force, flag="--predictions", inputs=(args.checkpoint,))
+    out = Path(args.out) if args.out is not None else Path(args.checkpoint).parent
+    check_outputs(args, out)
     splits = test_split(args, run_config, payload)
     config = run_config.replace(**{k: getattr(args, k) for k in ("tta", "precision") if getattr(args, k)})
     result = evaluate_checkpoint(model, config, splits, device, keep_logits=args.predictions is not None)
@@ -71,11 +97,12 @@ def run(args) -> int:
     record = run_test_record(payload)
     print("  " + compare_with_run(result["accuracy"], record, reasons, the_runs_number(args.checkpoint, record)))
     per_class = print_per_class(result["confusion"], names)
-    out = make_output_dir(args.out if args.out is not None else Path(args.checkpoint).parent)
+    make_output_dir(out)
     plot_confusion(result["confusion"].numpy(), names, out / "confusion.png",
                    f"{config.model}: test acc {result['accuracy']:.4f}")
     write_json(out / "evaluation.json",
-               {"checkpoint": str(args.checkpoint), "test_acc": result["accuracy"], "test_loss": result["loss"],
+               {"generator": GENERATOR, "checkpoint": printable(str(args.checkpoint)),
+                "test_acc": result["accuracy"], "test_loss": result["loss"],
                 "examples": result["examples"], "per_class_acc": per_class,
                 "confusion": result["confusion"].tolist(), "settings": result["settings"],
                 "run_test_acc": record["test_acc"] if record else None, "differs_from_run_because": reasons})
@@ -90,16 +117,18 @@ def run(args) -> int:
 def predictions_csv(result: dict, splits, names) -> bytes:
     """One CSV row per test image, in the test set's order: path (image folders) or index, true class,
     predicted class, confidence: the softmax probability of the predicted class, from the logits the
-    accuracy counted (TTA included), 4 decimals."""
+    accuracy counted (TTA included), 4 decimals. Names are shown as everywhere (undecodable bytes and
+    control characters escaped), and a cell a spreadsheet would take for a formula begins with '."""
     confidence = result["logits"].softmax(dim=1).amax(dim=1)  # (N,)
+    shown = [files.csv_cell(printable(name)) for name in names]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["path" if splits.test_files is not None else "index", "true", "predicted", "confidence"])
     for i, (true, predicted, p) in enumerate(zip(splits.test_labels.tolist(), result["predicted"].tolist(),
                                                  confidence.tolist())):
-        writer.writerow([splits.test_files[i] if splits.test_files is not None else i, names[true],
-                         names[predicted], f"{p:.4f}"])
-    return text.getvalue().encode("utf-8", "surrogateescape")  # a file name's undecodable bytes as they were
+        where = files.csv_cell(printable(splits.test_files[i])) if splits.test_files is not None else i
+        writer.writerow([where, shown[true], shown[predicted], f"{p:.4f}"])
+    return text.getvalue().encode("utf-8")
 
 
 def describe_settings(settings: dict, payload: dict, same: bool) -> str:
@@ -139,7 +168,9 @@ def compare_with_run(accuracy: float, record: dict | None, reasons: list[str], r
 
 
 def print_per_class(confusion, names) -> dict:
-    """Print per-class accuracy; return it for JSON (which has no NaN: a class without examples is null)."""
+    """Print per-class accuracy; return it for JSON (which has no NaN: a class without examples is null),
+    keyed by the names as shown (undecodable bytes escaped: JSON text holds no lone surrogate)."""
+    names = [printable(name) for name in names]
     width = max(12, *(len(n) for n in names))
     print(f"{'class':<{width}} {'accuracy':>8} {'count':>6}")
     per_class = {}

@@ -11,6 +11,7 @@ import torch
 from alexnet_lab.cli.options import add_device, positive_int
 from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.engine.inference import images_to_input, load_trained, metadata
+from alexnet_lab.errors import printable
 
 NAME = "predict"
 
@@ -53,8 +54,10 @@ def predict(args: argparse.Namespace) -> tuple[str, list[tuple[str, list[tuple[s
 
 def run(args) -> int:
     model, results = predict(args)
+    # Shown as everywhere: a file or class name's undecodable bytes and control characters escaped.
+    results = [(printable(path), [(printable(name), i, p) for name, i, p in guesses]) for path, guesses in results]
     if args.json:
-        print(json.dumps({"model": model, "source": args.checkpoint or args.model_file,
+        print(json.dumps({"model": model, "source": printable(args.checkpoint or args.model_file),
                           "predictions": [{"image": path, "top": [{"class": name, "index": i, "probability": p}
                                                                   for name, i, p in guesses]}
                                           for path, guesses in results]}))

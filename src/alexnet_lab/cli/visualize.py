@@ -8,14 +8,16 @@ from pathlib import Path
 
 import torch
 
+from alexnet_lab import files
 from alexnet_lab.analysis.features import conv_layers, feature_maps, first_layer_filters, strongest_channels
 from alexnet_lab.cli.options import MAX_INT, add_data, add_device, positive_int, whole_number
 from alexnet_lab.data.loader import to_float_batch
 from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.engine.evaluation import checkpoint_test_split
 from alexnet_lab.engine.inference import images_to_input, load_trained, metadata
-from alexnet_lab.errors import UserError
-from alexnet_lab.reports.plots import plot_feature_maps, plot_filters
+from alexnet_lab.engine.run_dir import check_output_dir, make_output_dir
+from alexnet_lab.errors import UserError, printable
+from alexnet_lab.reports.plots import is_own_figure, plot_feature_maps, plot_filters
 
 NAME = "visualize"
 
@@ -33,6 +35,9 @@ def add_arguments(parser) -> None:
                         help="feature maps shown per convolution: the N channels that respond most (at most "
                              "the model's widest convolution's channels)")
     parser.add_argument("--out", default=None, help="folder for the PNGs (default: the checkpoint's)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace a filters.png or feature_maps.png that visualize did not draw (its own are "
+                             "replaced anyway); never a run's own files")
     add_device(parser)
     add_data(parser)
 
@@ -40,14 +45,14 @@ def add_arguments(parser) -> None:
 def model_input(args, config, payload: dict, meta: dict) -> tuple[torch.Tensor, str]:
     """(1, C, S, S) float input as the model takes it, and what the image is."""
     if args.image is not None:
-        return images_to_input([args.image], meta, args.invert), Path(args.image).name
+        return images_to_input([args.image], meta, args.invert), printable(Path(args.image).name)
     splits = checkpoint_test_split(config, payload, data_dir=args.data_dir, limit=args.test_index + 1)
     index = args.test_index
     if index >= len(splits.test_images):
         raise UserError(f"--test-index {index:,} is past the last of the run's {len(splits.test_images):,} test "
                         f"images: give 0 to {len(splits.test_images) - 1:,}.")
     x = to_float_batch(splits.test_images[index:index + 1], meta["input_size"], meta["center_crop"])
-    return x, f"test image {index} ({meta['class_names'][int(splits.test_labels[index])]})"
+    return x, f"test image {index} ({printable(meta['class_names'][int(splits.test_labels[index])])})"
 
 
 def check_maps(maps: int, model, name: str) -> None:
@@ -62,16 +67,18 @@ def run(args) -> int:
     device = resolve_device(args.device or "auto")
     model, config, payload = load_trained(args.checkpoint, device)
     check_maps(args.maps, model, config.model)
-    out = Path(args.out or Path(args.checkpoint).parent)
-    out.mkdir(parents=True, exist_ok=True)
-    filters = first_layer_filters(model)
-    size = filters.shape[1]
-    plot_filters(filters.numpy(), [out / "filters.png"],
-                 title=f"{len(filters)} first-layer filters of {config.model}, {size}x{size}")
+    out = check_output_dir(args.out if args.out is not None else Path(args.checkpoint).parent)
+    for name in ("filters.png", "feature_maps.png"):  # checked before any work: its own PNGs are replaced
+        files.check_own_output(out / name, is_own_figure, force=args.force, inputs=(args.checkpoint,))
     x, what = model_input(args, config, payload, metadata(config, payload))
     layers = feature_maps(model, x)
     for layer in layers:
         layer["channels"] = strongest_channels(layer["maps"], args.maps)
+    filters = first_layer_filters(model)
+    size = filters.shape[1]
+    make_output_dir(out)
+    plot_filters(filters.numpy(), [out / "filters.png"],
+                 title=f"{len(filters)} first-layer filters of {config.model}, {size}x{size}")
     plot_feature_maps(x[0], layers, [out / "feature_maps.png"], channels=args.maps,
                       title=f"{what} through each convolution of {config.model}")
     print(f"First-layer filters ({len(filters)} of {size}x{size}): {out / 'filters.png'}")

@@ -157,11 +157,22 @@ def _check_new_run_dir(path: Path) -> None:
                         "or move those files away first.")
 
 
-def make_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """Create a folder for a command's output files; a path that cannot be one is a UserError."""
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """`make_output_dir`'s checks without making anything, for a command that checks before it writes:
+    a path that is, or lies under, a file is a UserError."""
     if not str(path).strip():  # before Path(): Path("") is "."
         raise UserError(f"{flag} is empty. Pass a folder name.")
     path = Path(path)
+    existing = next(p for p in (path, *path.parents) if os.path.lexists(p))  # ends at "." or "/"
+    if not existing.is_dir():
+        reason = "a file of that name exists" if existing == path else f"'{existing}' is a file"
+        raise UserError(f"Cannot use {flag} '{path}' as a folder: {reason}. Choose a writable folder.")
+    return path
+
+
+def make_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Create a folder for a command's output files; a path that cannot be one is a UserError."""
+    path = check_output_dir(path, flag)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -242,23 +253,24 @@ class RunWriter(Callback):
                  draw_curves: DrawCurves | None = None, val_files: list[str] | None = None):
         """`rows`: the metrics held by the checkpoint a run resumes from. metrics.jsonl is rewritten
         to exactly those, dropping rows logged after that checkpoint (those steps run again).
-        Without `rows` the run is new and metrics.jsonl starts empty."""
+        Without `rows` the run is new and metrics.jsonl starts empty. Nothing is written before
+        `on_train_start`, which comes after every check of `fit` (a refused resume changes no file)."""
         self.out = Path(out)
         self.config = config
+        self.resumed = rows is not None
         self.rows = list(rows or [])
         self.draw_curves = draw_curves
         self.val_files = val_files
-        files.write_text(self.out / "metrics.jsonl", "".join(json_line(r) for r in self.rows))
-        files.write_text(self.out / "metrics.csv", ",".join(CSV_COLUMNS) + "\n" + "".join(map(csv_line, self.rows)))
-        if rows is not None:
-            summary = self.out / "summary.json"
-            if summary.is_file() and not files.is_symlink(summary):
-                summary.unlink()  # the run is unfinished again (summary.json is this run's own file)
         self.info: dict = {}
         self.last_plot = -float("inf")
 
     def on_train_start(self, info: dict) -> None:
         self.info = info
+        files.write_text(self.out / "metrics.jsonl", "".join(json_line(r) for r in self.rows))
+        files.write_text(self.out / "metrics.csv", ",".join(CSV_COLUMNS) + "\n" + "".join(map(csv_line, self.rows)))
+        summary = self.out / "summary.json"
+        if self.resumed and summary.is_file() and not files.is_symlink(summary):
+            summary.unlink()  # the run is unfinished again (summary.json is this run's own file)
         write_json(self.out / "config.json", {**self.config, "resolved": {**info, "environment": environment()}})
         if self.val_files is not None:
             files.write_bytes(self.out / "val_files.txt", file_list(self.val_files))

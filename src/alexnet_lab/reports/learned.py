@@ -21,7 +21,7 @@ from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.engine.evaluation import checkpoint_test_split, evaluate_checkpoint, run_test_record, why_it_differs
 from alexnet_lab.engine.inference import load_trained
 from alexnet_lab.engine.checkpoint import class_names
-from alexnet_lab.errors import UserError
+from alexnet_lab.errors import UserError, printable
 from alexnet_lab.reports.plots import plot_confusion, plot_feature_maps, plot_filters, plot_image_grid
 
 MISTAKES_SHOWN = 24
@@ -73,7 +73,7 @@ def learned_sections(run_dir: Path, *, device: str = "auto", data_dir: str | Non
         ctx["data_note"] = (f"The test images could not be loaded, so the sections that need them (per-class "
                             f"accuracy, confusion, mistakes, feature maps) are missing: {exc}")
         return ctx
-    names = class_names(payload)
+    names = [printable(name) for name in class_names(payload)]  # as shown: undecodable bytes as \xNN
     # Measured as the run measured it (its precision, TTA, batch): the accuracy is the run's own.
     evaluation = evaluate_checkpoint(model, config, splits, torch_device, keep_logits=True)
     probs = torch.softmax(evaluation["logits"].double(), dim=1)

@@ -8,8 +8,10 @@ from typing import Iterable, Sequence
 
 import matplotlib
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from alexnet_lab import files
+from alexnet_lab.errors import printable
 
 
 def _subplots(*args, figsize, dpi, **kwargs):
@@ -24,6 +26,9 @@ def _save(fig, paths: Iterable[Path], suptitle: str = "") -> None:
     object such as io.BytesIO (format from savefig.format; the report embeds figures this way)."""
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
+    for text in fig.findobj(Text):  # titles, legends, captions: a name's undecodable bytes would crash the font code
+        if not text.get_text().isprintable():
+            text.set_text("\n".join(printable(line) for line in text.get_text().split("\n")))
     fig.tight_layout()
     for path in paths:
         if hasattr(path, "write"):
@@ -32,11 +37,21 @@ def _save(fig, paths: Iterable[Path], suptitle: str = "") -> None:
             save_atomically(fig, Path(path))
 
 
+SIGNATURE = "alexnet-lab"  # a PNG's Software field (matplotlib's default names itself): marks our figures
+_SIGNED_PNG = b"tEXtSoftware\x00" + SIGNATURE.encode()  # the PNG text chunk, near the file's start
+
+
 def save_atomically(fig, path: Path) -> None:
     """Write `path` through files.atomic_writer: a full disk or a kill leaves the previous figure (or
-    none), never a torn one; a symlink is refused; an OSError names `path`."""
+    none), never a torn one; a symlink is refused; an OSError names `path`. A PNG carries SIGNATURE."""
+    fmt = path.suffix.lstrip(".").lower() or None
     with files.atomic_writer(path) as fh:
-        fig.savefig(fh, format=path.suffix.lstrip(".") or None)
+        fig.savefig(fh, format=fmt, **({"metadata": {"Software": SIGNATURE}} if fmt == "png" else {}))
+
+
+def is_own_figure(path: Path) -> bool:
+    """Whether `path` is a PNG this module drew (its signature), which a command may draw again."""
+    return _SIGNED_PNG in files.head(path)
 
 
 def _series(rows: Sequence[dict], key: str) -> tuple[list, list]:
@@ -85,8 +100,9 @@ def plot_confusion(confusion, class_names: Sequence[str], path: Path, title: str
     fig, ax = _subplots(figsize=(CONFUSION_WIDTH_IN, 5.9), dpi=120)
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     font = confusion_font_pt(len(class_names))
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right", fontsize=min(font, 10))
-    ax.set_yticks(range(len(class_names)), class_names, fontsize=min(font, 10))
+    labels = [printable(name) for name in class_names]  # tick labels are set at drawing time, after _save's pass
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=min(font, 10))
+    ax.set_yticks(range(len(labels)), labels, fontsize=min(font, 10))
     ax.set_xlabel("predicted", fontsize=11)
     ax.set_ylabel("true", fontsize=11)
     for i in range(counts.shape[0]):

@@ -20,6 +20,7 @@ from alexnet_lab.reports.learned import figure_uri, learned_sections
 from alexnet_lab.reports.plots import plot_comparison, plot_curves
 from alexnet_lab import files
 from alexnet_lab.engine.run_dir import make_output_dir, read_run
+from alexnet_lab.errors import printable
 
 FULL_TRAIN, FULL_TEST = 60_000, 10_000
 # The book's printout for its d2l AlexNet run (10 epochs, lr 0.01, batch 128, 224x224, one V100).
@@ -116,10 +117,17 @@ def _environment() -> dict:
             "platform": platform.platform(), "created": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
+def _shown(value):
+    """Every value the page shows: a name's undecodable bytes and control characters escaped (a class
+    folder named b'c\\xfe' shows as c\\xfe), as the terminal shows them; str.isprintable first, for speed
+    on the figures' data URIs."""
+    return printable(value) if isinstance(value, str) and not value.isprintable() else value
+
+
 def render(context: dict) -> str:
     template_text = resources.files("alexnet_lab.reports").joinpath("report.html.j2").read_text("utf-8")
     env = jinja2.Environment(autoescape=True, trim_blocks=True,  # absent keys are falsy: sections skip
-                             lstrip_blocks=True)
+                             lstrip_blocks=True, finalize=_shown)
     return env.from_string(template_text).render(**context)
 
 
@@ -129,18 +137,14 @@ RUN_FILES = ("checkpoint.pt", "best.pt", "config.json", "metrics.jsonl", "summar
 
 def is_report(path: Path) -> bool:
     """Whether `path` is a regular file holding a page this module wrote (so it may be replaced)."""
-    try:
-        with open(path, "rb") as fh:
-            return path.is_file() and not files.is_symlink(path) and GENERATOR.encode() in fh.read(2048)
-    except OSError:
-        return False
+    return GENERATOR.encode() in files.head(path, 2048)
 
 
 def check_report_out(out: Path, run_paths: list[Path], force: bool) -> None:
     """The page never lands on a run's own files (even with --force), nor on another existing file
-    unless it is an earlier report or --force is given."""
+    unless it is an earlier report or --force is given; inside a run folder only on an earlier report."""
     inputs = [p / name for p in run_paths for name in RUN_FILES]
-    files.check_output_file(out, force=force or is_report(out), inputs=tuple(inputs))
+    files.check_own_output(out, is_report, force=force, inputs=tuple(inputs))
 
 
 def build_report(run_dirs, out: str | os.PathLike | None = None, *, device: str = "auto",

@@ -29,7 +29,7 @@ from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.engine.evaluation import evaluate_checkpoint
 from alexnet_lab.engine.inference import load_trained
 from alexnet_lab.engine.trainer import Callback
-from alexnet_lab.errors import UserError
+from alexnet_lab.errors import UserError, printable
 from alexnet_lab.reports.learned import pick_checkpoint
 from alexnet_lab.reports.plots import plot_confusion, plot_filters
 
@@ -51,19 +51,17 @@ def unavailable() -> str | None:
     return None
 
 
-def make_folder(out: Path) -> Path:
-    """RUN_DIR/tensorboard, made here unless a resumed run made it before. A link or a file of that name
-    is refused: TensorBoard's writer would follow it."""
+def check_folder(out: Path) -> Path:
+    """RUN_DIR/tensorboard is missing (made when training starts) or a folder; a link or a file of that
+    name is refused (TensorBoard's writer would follow it), before the run writes anything."""
     folder = Path(out) / FOLDER
     try:
-        os.mkdir(folder)
+        mode = os.lstat(folder).st_mode
+    except FileNotFoundError:
         return folder
-    except FileExistsError:
-        pass
     except OSError as exc:
-        raise UserError(f"Cannot create '{folder}' for the TensorBoard events: {exc.strerror}. Choose "
-                        "another --out, or run with --no-tensorboard.") from None
-    mode = os.lstat(folder).st_mode
+        raise UserError(f"Cannot use '{folder}' for the TensorBoard events: {exc.strerror}. Choose another "
+                        "--out, or run with --no-tensorboard.") from None
     if not stat.S_ISDIR(mode):
         kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a folder"
         raise UserError(f"'{folder}' is {kind}, and alexnet-lab writes TensorBoard events only into a "
@@ -71,12 +69,28 @@ def make_folder(out: Path) -> Path:
     return folder
 
 
+def make_folder(out: Path) -> Path:
+    """RUN_DIR/tensorboard, made here unless a resumed run made it before (checked again: the folder
+    may have changed since `check_folder`)."""
+    folder = Path(out) / FOLDER
+    try:
+        os.mkdir(folder)
+        return folder
+    except FileExistsError:
+        return check_folder(out)
+    except OSError as exc:
+        raise UserError(f"Cannot create '{folder}' for the TensorBoard events: {exc.strerror}. Choose "
+                        "another --out, or run with --no-tensorboard.") from None
+
+
 def hparam_value(value):
     """A config value as the hparams plugin takes it: numbers and text as they are, a switch as
     'True'/'False' (torch would store it as 1.0/0.0), None left out (an unset field), anything else as text."""
-    if value is None or isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+    if isinstance(value, str):
+        return printable(value)  # protobuf holds UTF-8 only: a folder's undecodable bytes as \xNN
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
         return value
-    return str(value)
+    return printable(str(value))
 
 
 class TensorBoardLogger(Callback):
@@ -97,6 +111,7 @@ class TensorBoardLogger(Callback):
         self.found: set[str] | None = None  # what the folder held before this process (None: not started)
         self.made_folder = False
         self.note: str | None = None  # why the end-of-run images are missing, for the console
+        check_folder(self.out)  # refused now, before the run folder is written (not at the first step)
 
     def on_train_start(self, info: dict) -> None:
         from torch.utils.tensorboard import SummaryWriter
