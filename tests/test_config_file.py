@@ -4,14 +4,20 @@ config.json, precedence preset < file < flags, unknown keys named with the neare
 from __future__ import annotations
 
 import json
+import math
+import re
+from dataclasses import fields
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fakedata
 from alexnet_lab.cli import main
-from alexnet_lab.engine.config import PRESETS, RECORD_TARGETS, make_config
+from alexnet_lab.engine.config import PRESETS, RECORD_TARGETS, TrainConfig, make_config
 from alexnet_lab.engine.config_file import read_config_file, resolve_config
 from alexnet_lab.errors import UserError
 
@@ -159,7 +165,7 @@ def test_a_config_nested_200000_levels_deep_is_a_user_error(tmp_path, name, text
                                          ("lr: !!set {0.1}\n", "lr to a set of 1 item(s)")])
 def test_a_list_or_mapping_where_a_setting_takes_one_value_is_refused(tmp_path, text, shown):
     message = refusal(tmp_path, text, "c.json" if text.startswith("{") else "c.yaml")
-    assert shown in message and "each setting takes one value" in message
+    assert shown in message and "give each setting one value" in message
 
 
 @pytest.mark.parametrize("name, text, flag", [("c.json", '{"data_dir": "a\\u0000b"}', "--data-dir"),
@@ -168,7 +174,7 @@ def test_a_list_or_mapping_where_a_setting_takes_one_value_is_refused(tmp_path, 
                                               ("c.json", '{"preset": "d2l\\u0000"}', "--preset")])
 def test_a_nul_character_in_a_text_setting_is_refused(tmp_path, name, text, flag):
     message = refusal(tmp_path, text, name)
-    assert f"{flag} must be text without NUL characters, got '" in message and "\\x00" in message
+    assert f"{flag} must be text without NUL characters or lone surrogates" in message and "\\x00" in message
 
 
 def test_a_4300_digit_number_gets_the_message_its_flag_gets(tmp_path, capsys):
@@ -206,3 +212,99 @@ def test_a_config_larger_than_a_mebibyte_or_not_a_file_is_refused(tmp_path):
         read_config_file(tmp_path)
     with pytest.raises(UserError, match="a file name cannot hold a NUL character"):
         read_config_file(str(tmp_path / "c\0.yaml"))
+
+
+# --- fuzz: any file is a config or one short UserError ------------------------------------------------
+
+FUZZ = settings(max_examples=60, deadline=timedelta(seconds=5), derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                       HealthCheck.large_base_example])
+# A message that says what to fix: one of these words (or a flag's bounds, "must be ...").
+FIX = re.compile(r"must be|Choose|Did you mean|Valid keys|write|fix it|fix that|Save it|keep one|give|remove")
+
+
+class Raw(str):
+    """Text written into the file as it is (a number of thousands of digits, brackets 5,000 deep)."""
+
+
+def emit(value, yaml_style: bool) -> str:
+    """`value` as JSON text (YAML's flow style reads it too); a YAML mapping's keys may be any scalar."""
+    if isinstance(value, Raw):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return {True: {"nan": ".nan", "inf": ".inf", "-inf": "-.inf"},
+                False: {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}}[yaml_style][repr(value)]
+    if isinstance(value, list):
+        return "[" + ", ".join(emit(v, yaml_style) for v in value) + "]"
+    if isinstance(value, dict):
+        key = (lambda k: emit(k, True)) if yaml_style else (lambda k: json.dumps(str(k)))
+        return "{" + ", ".join(f"{key(k)}: {emit(v, yaml_style)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+NAMES = [f.name for f in fields(TrainConfig)]
+TEXTS = st.text(max_size=12) | st.sampled_from(["d2l", "speedrun", "lenet", "cpu", "cuda:0", "flip+translate",
+                                                "imagefolder:x", "a\0b", "\udcff", "x" * 3000])
+SCALARS = (st.none() | st.booleans() | st.integers() | st.integers(-(2**70), 2**70) | st.floats() | TEXTS
+           | st.integers(4290, 4400).map(lambda n: Raw("9" * n))
+           | st.integers(990, 5000).map(lambda n: Raw("[" * n + "]" * n)))
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.sampled_from(NAMES) | st.text(max_size=5), inner, max_size=3),
+                      max_leaves=6)
+SETTINGS = st.dictionaries(st.sampled_from(NAMES) | TEXTS, VALUES, max_size=6) \
+    | st.dictionaries(st.sampled_from(NAMES), SCALARS, max_size=10)  # more often a file of known keys
+
+
+@st.composite
+def config_files(draw) -> tuple[str, bytes]:
+    """(file name, its bytes): JSON or YAML; YAML with an anchor and an alias, or not; now and then a
+    document that is no mapping, or bytes that are not UTF-8 spliced in."""
+    yaml_style = draw(st.booleans())
+    document = draw(SETTINGS) if draw(st.integers(0, 9)) else draw(VALUES)
+    text = emit(document, yaml_style)
+    if yaml_style and isinstance(document, dict) and document and draw(st.booleans()):
+        key = next(iter(document))
+        text = text.replace(": ", ": &a ", 1)[:-1] + f", again: *a}}"  # anchor the first value, alias it
+        assert key is not None
+    data = text.encode("utf-8", "surrogatepass")
+    if draw(st.integers(0, 9)) == 0:
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + draw(st.binary(min_size=1, max_size=3)) + data[at:]
+    return ("c.yaml" if yaml_style else "c.json"), data
+
+
+def check_outcome(config_file: Path) -> None:
+    """A TrainConfig, or one short UserError saying what to fix: never another exception."""
+    try:
+        config = resolve_config(None, read_config_file(config_file), {})
+    except UserError as exc:
+        message = str(exc)
+        assert len(message) < 2000 and "\n" not in message, message[:3000]
+        assert FIX.search(message), message
+    else:
+        assert isinstance(config, TrainConfig)
+
+
+@FUZZ
+@given(config_files())
+def test_any_config_file_is_a_config_or_one_short_user_error(tmp_path, case):
+    name, data = case
+    (tmp_path / name).write_bytes(data)
+    check_outcome(tmp_path / name)
+
+
+@settings(FUZZ, max_examples=12, deadline=None)  # bounded by the reader's fuzz above
+@given(config_files())
+def test_train_with_any_config_file_exits_0_or_2_in_a_line_and_makes_no_folder(tmp_path, capsys, case):
+    """Through the CLI, in process: the data is an empty folder, so a config train accepts still stops,
+    with exit 2, before a run folder exists."""
+    name, data = case
+    (tmp_path / name).write_bytes(data)
+    (tmp_path / "empty").mkdir(exist_ok=True)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    code = main(["train", "--config", str(tmp_path / name), "--data", f"imagefolder:{tmp_path / 'empty'}",
+                 "--device", "cpu", "--out", str(out), "--no-report"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("alexnet-lab train: error: ") and "Traceback" not in err
+    assert len(err) < 2000 and not out.exists()

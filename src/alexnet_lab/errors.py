@@ -18,7 +18,11 @@ def printable(name: str) -> str:
     """A file or class name as text any terminal, page, figure or CSV can hold: bytes that are not UTF-8
     (read from the file system as surrogates, e.g. a folder named b'c\\xfe') shown as \\xNN escapes, control
     characters as \\n, \\t, \\x1b... The name itself is unchanged on disk."""
-    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to (a YAML or JSON "\\ud800" escape)
+        raw = name.encode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 

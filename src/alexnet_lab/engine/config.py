@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import re
 import types
 import typing
@@ -349,9 +350,19 @@ def _check_type(name: str, kind: type, value) -> None:
     elif not isinstance(value, kind):
         raise UserError(f"Invalid configuration: {flag_name(name)} must be "
                         f"{'true or false' if kind is bool else 'text'}, got {describe(value)}.")
-    elif kind is str and "\0" in value:  # no file name, device or choice holds one (os.stat raises on it)
-        raise UserError(f"Invalid configuration: {flag_name(name)} must be text without NUL characters, got "
-                        f"{describe(value)}.")
+    elif kind is str and not _os_text(value):
+        raise UserError(f"Invalid configuration: {flag_name(name)} must be text without NUL characters or lone "
+                        f"surrogates (a \\ud800 escape), got {describe(value)}.")
+
+
+def _os_text(value: str) -> bool:
+    """Whether `value` can be a file name: no NUL, and no surrogate but a file name's undecodable byte (os.stat
+    raises on either, and no device or choice holds one)."""
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:
+        return False
+    return "\0" not in value
 
 
 def _check_range(name: str, value, low, high, open_ends: str) -> None:

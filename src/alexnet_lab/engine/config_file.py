@@ -41,7 +41,7 @@ def read_config_file(path: str | os.PathLike) -> dict:
         if key not in field_names():
             raise UserError(f"{shown} has an unknown key {describe(key)}.{nearest_key_hint(key, field_names())}")
         if isinstance(value, (dict, list, tuple, set)):
-            raise UserError(f"{shown} sets {key} to {describe(value)}: each setting takes one value (text, a "
+            raise UserError(f"{shown} sets {key} to {describe(value)}: give each setting one value (text, a "
                             "number, true/false or null), as 'alexnet-lab presets NAME' prints them.")
     return values
 
