@@ -136,6 +136,9 @@ def test_a_count_past_what_it_counts_is_refused_before_anything_runs(tmp_path, c
      "argument --check-images: must be at most 256, got 257"),
     (["visualize", "--checkpoint", "c.pt", "--test-index", "-1"], "argument --test-index: must be at least 0, got -1"),
     (["summary", "--batch-size", str(2**24 + 1)], f"argument --batch-size: must be at most {2**24}"),
+    (["bench", "--workers", "100000"], "argument --workers: must be at most 256, got 100000"),
+    (["bench", "--warmup", "-1"], "argument --warmup: must be at least 0, got -1"),
+    (["chapter", "--budget-minutes", "1e308"], "argument --budget-minutes: must be at most 166667, got 1e+308"),
     (["train", "--lr", "x" * 5000], "argument --lr: expected a number, got '" + "x" * 40 + "'..."),
 ])
 def test_a_count_flag_without_a_bound_of_its_own_is_capped_by_the_parser(capsys, argv, message):

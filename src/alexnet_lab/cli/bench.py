@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 
 from alexnet_lab.analysis.bench import MAX_PEAK_SIZE, PIPELINES, BenchConfig, format_report, run_bench
-from alexnet_lab.cli.options import add_config_flag, add_config_flags, add_preset, positive_int, training_overrides
+from alexnet_lab.cli.options import (MAX_INT, add_config_flag, add_config_flags, add_preset, positive_int,
+                                     training_overrides, whole_number)
 from alexnet_lab.data.sources import FASHION_MNIST
 from alexnet_lab.engine.builders import splits_for
 from alexnet_lab.engine.config import TrainConfig, make_config
@@ -18,6 +19,8 @@ NAME = "bench"
 # project pipeline's recipe is the preset's otherwise.
 CONFIG_FLAGS = [f.name for f in TrainConfig.flag_fields() if f.metadata["bench"]]
 
+MAX_WORKERS = 256  # processes, each with a copy of the loader: more only exhausts the machine
+
 
 def add_arguments(parser) -> None:
     defaults = BenchConfig()
@@ -26,12 +29,12 @@ def add_arguments(parser) -> None:
     if "data" not in CONFIG_FLAGS:  # declared so that `--data X` is refused clearly, not read as --data-dir
         add_config_flag(parser, "data", help=f"the data timed: only {FASHION_MNIST}, the book's pipeline's data")
     t = parser.add_argument_group("timing")
-    t.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed steps first")
+    t.add_argument("--warmup", type=whole_number(0, MAX_INT), default=defaults.warmup, help="untimed steps first")
     t.add_argument("--steps", type=positive_int, default=defaults.steps, help="steps per timed window")
     t.add_argument("--repeats", type=positive_int, default=defaults.repeats,
                    help="timed windows per pipeline (the median is reported)")
-    t.add_argument("--workers", type=int, default=defaults.workers,
-                   help="reference DataLoader worker processes (d2l uses 4)")
+    t.add_argument("--workers", type=whole_number(0, MAX_WORKERS), default=defaults.workers,
+                   help=f"reference DataLoader worker processes (d2l uses 4; at most {MAX_WORKERS})")
     t.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
     t.add_argument("--peak-size", type=positive_int, default=defaults.peak_size,
                    help="side of the matmuls that measure the peak FLOP/s (at least 8192 on a CUDA GPU; "

@@ -7,10 +7,10 @@ finishes in minutes, saying so (and how to run the full recipe) before it starts
 from __future__ import annotations
 
 from alexnet_lab.analysis.shapes import format_shapes
-from alexnet_lab.cli.options import add_data, add_device, positive_float
+from alexnet_lab.cli.options import add_data, add_device, positive_number
 from alexnet_lab.cli.running import add_output, tensorboard_on, train_and_report, write_report
 from alexnet_lab.engine.builders import input_size, splits_for
-from alexnet_lab.engine.config import TrainConfig, make_config
+from alexnet_lab.engine.config import TrainConfig, field_range, make_config
 from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.engine.estimate import BUDGET_RECIPES, BudgetPlan, plan_budget, seconds_per_step, total_steps
 from alexnet_lab.models import build_model
@@ -22,7 +22,7 @@ FULL_COMMAND = "alexnet-lab train --preset d2l"
 
 def add_arguments(parser) -> None:
     parser.add_argument("--full", action="store_true", help="run the full d2l recipe even on a CPU")
-    parser.add_argument("--budget-minutes", type=positive_float, default=4.0,
+    parser.add_argument("--budget-minutes", type=positive_number(field_range("time_budget_s")[1] / 60), default=4.0,
                         help="CPU only: minutes of training and testing (training stops in time if the "
                              "machine runs slower than measured)")
     parser.add_argument("--budget-preset", choices=BUDGET_RECIPES, default=BUDGET_RECIPES[0],
