@@ -140,7 +140,8 @@ def test_bench_and_compare_take_the_settings_declared_for_them():
     assert set(bench.CONFIG_FLAGS) == {"model", "batch_size", "resize", "seed", "precision", "channels_last",
                                        "compile", "device", "data_dir", "limit_train", "optimizer"}
     assert compare.ALWAYS == ("model", "preset", "epochs", "batch_size", "lr")
-    assert set(compare.HIDDEN) == {"data_dir", "log_points_per_epoch", "checkpoint_every", "ddp_timeout"}
+    assert set(compare.HIDDEN) == {"data_dir", "log_points_per_epoch", "checkpoint_every", "ddp_timeout",
+                                   "data_regime"}
 
 
 def test_each_process_takes_an_even_share_of_the_global_batch():

@@ -20,8 +20,8 @@ import torch
 
 import fakedata
 from alexnet_lab.cli import main
-from alexnet_lab.data import imagefolder
 from alexnet_lab.engine import checkpoint as ckpt
+from alexnet_lab.engine import preflight
 from alexnet_lab.errors import UserError
 from imagedata import make_shapes
 
@@ -98,13 +98,13 @@ def test_commands_read_an_image_folder_with_the_models_channels_after_it_changed
 def test_a_cache_memory_limit_that_is_not_a_size_is_refused_naming_the_variable(tmp_path, monkeypatch, capsys,
                                                                                  value):
     root = make_shapes(tmp_path / "shapes", per_class=2, classes=("circle", "square"))
-    monkeypatch.setenv(imagefolder.ENV_MEMORY_LIMIT, value)
+    monkeypatch.setenv(preflight.ENV_MEMORY_LIMIT, value)
     assert main(["train", "--model", "lenet", "--data", f"imagefolder:{root}", "--device", "cpu",
                  "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == (
         f"alexnet-lab train: error: $ALEXNET_LAB_CACHE_MEMORY_MB must be a number of MiB, 0 or more (0: always "
-        f"memory-map), got '{value}'. Set it to e.g. 4096, or unset it.")
+        f"stream image folders), got '{value}'. Set it to e.g. 4096, or unset it.")
     assert "Traceback" not in err
 
 

@@ -12,6 +12,7 @@ import torch
 
 CROP_FRACTION = 224 / 256
 LIGHTING_STD = 0.1  # the paper's standard deviation of the Gaussian PCA coefficients
+PCA_IMAGES = 2000  # training images the colour statistics come from
 
 
 def crop_side(side: int) -> int:
@@ -25,12 +26,16 @@ def center_crop(x: torch.Tensor) -> torch.Tensor:
     return x[..., top:top + h, left:left + w]
 
 
-def color_pca(images_u8: torch.Tensor, max_images: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues (C,) and eigenvectors (C, C, as columns) of the pixel-colour covariance of up to
-    `max_images` evenly spaced training images, in [0, 1] units (the paper used all of ImageNet's)."""
-    step = max(1, len(images_u8) // max_images)
-    x = images_u8[::step]
-    x = x.unsqueeze(1) if x.ndim == 3 else x                     # (n, C, H, W)
+def pca_sample(n: int, max_images: int = PCA_IMAGES) -> slice:
+    """Which of `n` training images `color_pca` is given: every one up to 2 x `max_images`, beyond that
+    every (n // max_images)-th (max_images to twice as many), evenly spaced."""
+    return slice(None, None, max(1, n // max_images))
+
+
+def color_pca(images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (C,) and eigenvectors (C, C, as columns) of the pixel-colour covariance of the
+    images (the training images `pca_sample` picks), in [0, 1] units (the paper used all of ImageNet's)."""
+    x = images_u8.unsqueeze(1) if images_u8.ndim == 3 else images_u8  # (n, C, H, W)
     pixels = x.transpose(0, 1).reshape(x.shape[1], -1).float() / 255.0  # (C, n*H*W)
     cov = torch.atleast_2d(torch.cov(pixels))
     eigenvalues, eigenvectors = torch.linalg.eigh(cov)

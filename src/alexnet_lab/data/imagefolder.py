@@ -1,203 +1,147 @@
-"""Image folders as a data source: `DIR/<class>/<image>` or `DIR/train|val/<class>/<image>`, decoded once.
+"""Image folders as a data source: `DIR/<class>/<image>` or `DIR/train|val/<class>/<image>`, split by
+their folders or a seeded stratified split, each split held as files (`FileSplit`) or decoded into memory.
 
-Every image is decoded and resized once into a uint8 array (N, C, S, S): in memory when it fits under
-a limit, else in a memory-mapped file in the user cache keyed by the folder's content, which later
-runs reuse. Bad files are collected (path and reason) and skipped, or refused with `strict`; images
-upscaled more than 2x are counted, and the validation images' files listed, for the user to see.
+The manifest (data/manifest.py) lists the files and reads their headers without decoding: a file whose
+header cannot be read is listed and skipped (refused with `strict`). A file that passes its header but
+fails to decode is replaced by the next image of its split that decodes (`FileSplit.load`), the same
+rule in memory and streamed, so both train on the same images: in memory it is listed before training
+(refused with `strict`); streamed it is met mid-run, which must not end the run: a warning names it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
-import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import torch
 
-from alexnet_lab import files
-from alexnet_lab.data.images import decode_image, is_grayscale
+from alexnet_lab.data.images import decode_image
+from alexnet_lab.data.manifest import read_manifest
 from alexnet_lab.errors import UserError
 
-CACHE_FORMAT = "alexnet-lab-imagefolder/2"  # 2: the meta holds val_files and the upscaled count
-ENV_MEMORY_LIMIT = "ALEXNET_LAB_CACHE_MEMORY_MB"  # decoded sets larger than this are memory-mapped
-DEFAULT_MEMORY_LIMIT_MB = 4096
-VAL_FOLDERS = ("val", "validation", "valid", "test")
-CACHE_META = ("n_train", "labels", "skipped", "val_files", "upscaled", "smallest")  # read back from the meta
+MAX_REPLACEMENTS = 64  # files in a row that may fail to decode before the folder itself is suspect
+
+
+@dataclass(frozen=True)
+class FileSplit:
+    """One split's images as files, in the split's order; each is decoded to uint8 (C, S, S) when asked
+    (`load`, `decode`). Stands where a (N, C, S, S) uint8 tensor would: `len`, `shape`, `ndim`, slices."""
+    root: Path
+    paths: np.ndarray   # (N,) bytes: relative to root (the manifest's)
+    labels: np.ndarray  # (N,) int64
+    sizes: np.ndarray   # (N,) int64: bytes, and
+    mtimes: np.ndarray  # (N,) int64: modification times (ns), for the fingerprint
+    side: int
+    channels: int
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return len(self), self.channels, self.side, self.side
+
+    ndim = 4
+
+    def __getitem__(self, key: slice) -> "FileSplit":
+        if not isinstance(key, slice):
+            raise TypeError("a FileSplit takes slices; decode() gives pixels")
+        return FileSplit(self.root, self.paths[key], self.labels[key], self.sizes[key], self.mtimes[key],
+                         self.side, self.channels)
+
+    def path(self, i: int) -> Path:
+        return self.root / os.fsdecode(self.paths[i])
+
+    @property
+    def names(self) -> list[str]:
+        """Each file's path relative to the folder (POSIX), as val_files.txt lists them."""
+        return [os.fsdecode(p) for p in self.paths.tolist()]
+
+    def load(self, i: int) -> tuple[np.ndarray, int, str]:
+        """(uint8 (C, S, S) pixels, label, "") of image i; if its file does not decode, those of the next
+        one in the split that does (wrapping round), with why image i did not as the third item."""
+        reason = ""
+        for k in range(min(len(self), MAX_REPLACEMENTS)):
+            j = (i + k) % len(self)
+            try:
+                return decode_image(self.path(j), self.side, self.channels)[0], int(self.labels[j]), reason
+            except UserError as exc:
+                reason = reason or str(exc)
+        raise UserError(f"{min(len(self), MAX_REPLACEMENTS)} image files in a row from '{self.root}' could not be "
+                        f"decoded, the first: {reason} Check that the folder is still there and readable, "
+                        "then resume the run.")
+
+    def decode(self, key: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+        """(uint8 (n, C, S, S) images, int64 (n,) labels, the (path, reason) of each replaced file) of
+        the images `key` selects, decoded by threads: Pillow releases the GIL while it decodes and resizes."""
+        from tqdm import tqdm
+
+        positions = range(len(self))[key]
+        images = np.zeros((len(positions), self.channels, self.side, self.side), dtype=np.uint8)
+        labels = np.zeros(len(positions), dtype=np.int64)
+
+        def one(k: int) -> tuple[str, str] | None:
+            images[k], labels[k], reason = self.load(positions[k])
+            return (str(self.path(positions[k])), reason) if reason else None
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            results = list(tqdm(pool.map(one, range(len(positions))), total=len(positions), unit="img",
+                                desc="decoding images", disable=len(positions) < 2000 or None, leave=False))
+        return torch.from_numpy(images), torch.from_numpy(labels), [r for r in results if r is not None]
+
+
+def pixels(images: torch.Tensor | FileSplit, key: slice) -> torch.Tensor:
+    """images[key] as uint8 pixels, whether `images` is a tensor or a FileSplit (then decoded)."""
+    return images.decode(key)[0] if isinstance(images, FileSplit) else images[key]
 
 
 @dataclass
 class ImageFolderSplits:
-    """A decoded image folder, split: every readable image once, uint8 (N, C, S, S), labels int64 (N,).
-
-    The arrays are in memory, or slices of one memory-mapped file (`cache_file`) for large sets.
-    """
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    val_images: np.ndarray
-    val_labels: np.ndarray
+    """A split image folder: the files of each split and, held in memory, their decoded images."""
+    train: FileSplit
+    val: FileSplit
     class_names: tuple[str, ...]
-    channels: int
     layout: str                  # "train/val folders" or "stratified split (val fraction F, seed S)"
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unreadable files
-    cache_file: Path | None = None
-    val_files: list[str] = field(default_factory=list)  # val_images[i]'s file, relative to the folder (POSIX)
-    upscaled: int = 0            # readable images whose shorter side is under half of S (upscaled > 2x)
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (path, reason): unreadable headers
+    readable: int = 0            # files whose header reads (in either split, or past a limit)
+    upscaled: int = 0            # of those, the ones whose shorter side is under half of S (upscaled > 2x)
     smallest: tuple[int, int] | None = None  # (width, height) of the upscaled image with the shortest side
+    decoded: tuple[torch.Tensor, ...] | None = None  # in memory: train images, labels, val images, labels
+    replaced: list[tuple[str, str]] = field(default_factory=list)  # in memory: files that failed to decode
 
+    @property
+    def channels(self) -> int:
+        return self.train.channels
 
-def image_extensions() -> set[str]:
-    from PIL import Image
+    @property
+    def train_images(self) -> torch.Tensor | FileSplit:
+        return self.train if self.decoded is None else self.decoded[0]
 
-    Image.init()
-    return {ext.lower() for ext in Image.registered_extensions()}
+    @property
+    def train_labels(self) -> torch.Tensor:
+        return torch.from_numpy(self.train.labels) if self.decoded is None else self.decoded[1]
 
+    @property
+    def val_images(self) -> torch.Tensor | FileSplit:
+        return self.val if self.decoded is None else self.decoded[2]
 
-def _class_folders(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                  key=lambda p: p.name)
+    @property
+    def val_labels(self) -> torch.Tensor:
+        return torch.from_numpy(self.val.labels) if self.decoded is None else self.decoded[3]
 
+    @property
+    def val_files(self) -> list[str]:
+        return self.val.names
 
-def _image_files(folder: Path, extensions: set[str]) -> list[Path]:
-    """Image files under `folder` (any depth), sorted; hidden files and other extensions ignored."""
-    files = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [Path(dirpath) / f for f in filenames
-                  if not f.startswith(".") and Path(f).suffix.lower() in extensions]
-    return sorted(files)
-
-
-def scan(root: Path) -> tuple[list[tuple[Path, int, bool]], tuple[str, ...], bool]:
-    """(files as (path, label, in_val), class names, whether DIR has the train/val layout)."""
-    if not root.is_dir():
-        raise UserError(f"Image folder '{root}' does not exist or is not a folder. Pass "
-                        "--data imagefolder:DIR with DIR/<class>/<images> or DIR/train/<class>/... "
-                        "and DIR/val/<class>/...")
-    extensions = image_extensions()
-    val_dir = next((root / v for v in VAL_FOLDERS if (root / v).is_dir()), None)
-    layout = (root / "train").is_dir() and val_dir is not None
-    train_root = root / "train" if layout else root
-    classes = _class_folders(train_root)
-    if not classes:
-        raise UserError(f"'{train_root}' has no class folders. Put each class's images in its own "
-                        "sub-folder: DIR/<class>/<image>.")
-    names = tuple(c.name for c in classes)
-    files = []
-    for label, folder in enumerate(classes):
-        found = _image_files(folder, extensions)
-        if not found:
-            raise UserError(f"Class folder '{folder}' holds no image files ({', '.join(sorted(extensions)[:6])}, "
-                            "...). Add images or remove the folder.")
-        files += [(p, label, False) for p in found]
-    if layout:
-        unknown = [c.name for c in _class_folders(val_dir) if c.name not in names]
-        if unknown:
-            raise UserError(f"'{val_dir}' has class folders that '{train_root}' lacks: {', '.join(unknown)}. "
-                            "Training and validation need the same classes.")
-        for label, name in enumerate(names):
-            if (val_dir / name).is_dir():
-                files += [(p, label, True) for p in _image_files(val_dir / name, extensions)]
-    if len(names) < 2:
-        raise UserError(f"'{train_root}' has only one class folder ('{names[0]}'); a classifier needs at "
-                        "least two. Put each class's images in its own sub-folder.")
-    return files, names, layout
-
-
-def content_hash(path: Path) -> str:
-    """BLAKE2b (128 bits) of a regular file's bytes, read in 1 MiB chunks. Anything else (a FIFO, a
-    device, a file that cannot be opened) gets a note of what it is instead, never a blocking read:
-    the decoder then reports it as a bad file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        return f"unreadable: {exc.strerror}"
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            return f"not a regular file (mode {stat.S_IFMT(mode):o})"
-        digest = hashlib.blake2b(digest_size=16)
-        while chunk := os.read(fd, 2**20):
-            digest.update(chunk)
-        return digest.hexdigest()
-    except OSError as exc:
-        return f"unreadable: {exc.strerror}"
-    finally:
-        os.close(fd)
-
-
-def cache_key(root: Path, files: list[tuple[Path, int, bool]], size: int, channels: int | None,
-              split: tuple | None) -> str:
-    """A digest of what the cached arrays depend on: each file's relative path and content hash, its
-    class and folder split, the image side, the channels asked for and the split's fraction and seed.
-
-    The content, not size and modification time (as make judges a change): a file rewritten in place
-    with both kept back would otherwise be served from the cache, and a resumed run would pass its
-    data check (fingerprint.py hashes the decoded arrays) on the old pixels. Hashing costs one read
-    of every file: 10,000 PNGs of 3 kB (32x32 RGB) took 0.3-0.45 s from the page cache on a shared
-    2-core machine (size and modification time: 0.05 s; decoding them: 7 s); threads did not help.
-    A cold disk adds the read time, which decoding pays anyway.
-    """
-    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, size, channels, split]).encode())
-    for path, label, in_val in files:
-        digest.update(json.dumps([str(path.relative_to(root)), content_hash(path), label, in_val]).encode())
-    return digest.hexdigest()[:32]
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "alexnet-lab" / "imagefolder"
-
-
-def memory_limit_bytes() -> int:
-    text = os.environ.get(ENV_MEMORY_LIMIT) or str(DEFAULT_MEMORY_LIMIT_MB)  # empty: unset
-    try:
-        megabytes = float(text)
-    except ValueError:
-        megabytes = math.nan
-    if not 0 <= megabytes < math.inf:  # also refuses nan, inf and -1
-        raise UserError(f"${ENV_MEMORY_LIMIT} must be a number of MiB, 0 or more (0: always memory-map), "
-                        f"got {text!r}. Set it to e.g. {DEFAULT_MEMORY_LIMIT_MB}, or unset it.")
-    return int(megabytes * 2**20)
-
-
-def _resolve_channels(files, channels: int | None) -> tuple[int, list[tuple[str, str]]]:
-    """`channels` or, when None, 1 if every readable image is grayscale else 3 (headers only)."""
-    if channels is not None:
-        return channels, []
-    bad = []
-    for path, _, _ in files:
-        try:
-            if not is_grayscale(path):
-                return 3, bad
-        except UserError as exc:
-            bad.append((str(path), str(exc)))
-    return 1, bad
-
-
-def _decode_into(target: np.ndarray, files, size: int, channels: int,
-                 dims: np.ndarray) -> list[tuple[str, str]]:
-    """Decode every file into target[i] and its own (width, height) into dims[i]; return the bad
-    files. Pillow releases the GIL while it decodes and resizes, so threads overlap the work."""
-    from tqdm import tqdm
-
-    def one(i_path):
-        i, path = i_path
-        try:
-            target[i], dims[i] = decode_image(path, size, channels)
-            return None
-        except UserError as exc:
-            return str(path), str(exc)
-
-    jobs = list(enumerate(p for p, _, _ in files))
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        results = list(tqdm(pool.map(one, jobs), total=len(jobs), unit="img", desc="decoding images",
-                            disable=len(jobs) < 2000 or None, leave=False))
-    return [r for r in results if r is not None]
+    def decode(self) -> None:
+        """Decode both splits into memory (the in-memory regime)."""
+        (train, train_labels, bad_train), (val, val_labels, bad_val) = self.train.decode(), self.val.decode()
+        self.decoded = (train, train_labels, val, val_labels)
+        self.replaced = bad_train + bad_val
 
 
 def split_indices(labels: np.ndarray, good: np.ndarray, in_val: np.ndarray | None, val_fraction: float,
@@ -219,52 +163,6 @@ def split_indices(labels: np.ndarray, good: np.ndarray, in_val: np.ndarray | Non
     return rng.permutation(train), rng.permutation(val)
 
 
-def _reorder_into_cache(path: Path, raw: np.ndarray, order: np.ndarray, meta: dict) -> np.ndarray:
-    """Write raw[order] as a .npy file at `path` (chunk by chunk, never all in memory) and its meta
-    beside it, both renamed into place atomically; return it memory-mapped."""
-    try:
-        with files.atomic_path(path) as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(order), *raw.shape[1:]))
-            for start in range(0, len(order), 1024):
-                out[start:start + 1024] = raw[order[start:start + 1024]]
-            out.flush()
-            del out
-        files.write_text(path.with_suffix(".json"), json.dumps(meta))
-    except files.WriteError as exc:
-        raise UserError(f"Cannot write the image cache: {exc} Or set XDG_CACHE_HOME to another folder, or "
-                        f"raise ${ENV_MEMORY_LIMIT}.") from None
-    return np.load(path, mmap_mode="c")  # copy-on-write: writable for torch, never written back
-
-
-def _read_cache(path: Path) -> tuple[np.ndarray, dict] | None:
-    """The cached array and its meta, or None when missing, torn or from another version."""
-    try:
-        meta = json.loads(path.with_suffix(".json").read_text())
-        array = np.load(path, mmap_mode="c")
-    except (OSError, ValueError):
-        return None
-    if meta.get("format") != CACHE_FORMAT or list(array.shape) != meta.get("shape") or array.dtype != np.uint8:
-        return None
-    if not set(CACHE_META) <= meta.keys() or len(meta["val_files"]) != len(array) - meta["n_train"]:
-        return None
-    return array, meta
-
-
-def _decode_all(files, size: int, channels: int | None, raw_path: Path | None):
-    """Decode every file once, into memory or (raw_path) a scratch memory map: (array, channels, bad,
-    each file's own (width, height), zeros for a bad one)."""
-    channels, header_bad = _resolve_channels(files, channels)
-    shape = (len(files), channels, size, size)
-    if raw_path is None:
-        raw = np.zeros(shape, dtype=np.uint8)
-    else:
-        raw_path.parent.mkdir(parents=True, exist_ok=True)
-        raw = np.lib.format.open_memmap(raw_path, mode="w+", dtype=np.uint8, shape=shape)
-    dims = np.zeros((len(files), 2), dtype=np.int64)
-    bad = _decode_into(raw, files, size, channels, dims)
-    return raw, channels, bad or header_bad, dims
-
-
 def upscaled_images(dims: np.ndarray, good: np.ndarray, size: int) -> tuple[int, tuple[int, int] | None]:
     """(how many good images are upscaled more than 2x to `size`, i.e. their shorter side x 2 < size;
     the (width, height) of the one with the shortest side, None if none is)."""
@@ -277,66 +175,36 @@ def upscaled_images(dims: np.ndarray, good: np.ndarray, size: int) -> tuple[int,
 
 
 def load_image_folder(root: str | os.PathLike, size: int, channels: int | None = None, strict: bool = False,
-                      val_fraction: float = 0.2, seed: int = 0) -> ImageFolderSplits:
-    """Scan `root`, decode every image once (or reuse the cache) and split; see the module docstring."""
+                      val_fraction: float = 0.2, seed: int = 0, *, limit_train: int | None = None,
+                      limit_test: int | None = None, stream: bool | Callable[[int], bool] = False
+                      ) -> ImageFolderSplits:
+    """Read `root`'s manifest, split it, keep the first `limit_train` / `limit_test` images of each split,
+    and decode them into memory unless `stream` (or `stream(bytes)`: given the bytes the decoded images
+    would take, whether to stream them) says they stay files. `channels` None: 1 if every readable
+    image is grayscale, else 3."""
     root = Path(root).expanduser()
-    files, names, has_layout = scan(root)
-    layout = ("train/val folders" if has_layout
+    manifest = read_manifest(root)
+    good = manifest.good
+    skipped = [(str(manifest.path(i)), reason) for i, reason in sorted(manifest.errors.items())]
+    in_val = manifest.in_val if manifest.has_layout else None
+    _check_classes(root, manifest.class_names, manifest.labels, good, in_val)
+    channels = channels or (1 if manifest.gray[good].all() else 3)
+    train, val = split_indices(manifest.labels, good, in_val, val_fraction, seed)
+
+    def files(rows: np.ndarray) -> FileSplit:
+        size_bytes, mtimes = manifest.stamps[rows, 0], manifest.stamps[rows, 1]
+        return FileSplit(root, manifest.paths[rows], manifest.labels[rows], size_bytes, mtimes, size, channels)
+
+    layout = ("train/val folders" if manifest.has_layout
               else f"stratified split (val fraction {val_fraction:g}, seed {seed})")
-    key = cache_key(root, files, size, channels, None if has_layout else (val_fraction, seed))
-    cache_file = cache_dir() / f"{key}.npy"
-    cached = _read_cache(cache_file)
-    if cached is not None:
-        array, meta = cached
-        skipped = [tuple(s) for s in meta["skipped"]]
-        n_train, labels = meta["n_train"], np.array(meta["labels"], dtype=np.int64)
-        if strict and skipped:
-            _refuse(skipped)
-        smallest = tuple(meta["smallest"]) if meta["smallest"] else None
-        return ImageFolderSplits(array[:n_train], labels[:n_train], array[n_train:], labels[n_train:],
-                                 names, array.shape[1], layout, skipped, cache_file, meta["val_files"],
-                                 meta["upscaled"], smallest)
-    labels = np.array([label for _, label, _ in files], dtype=np.int64)
-    in_val = np.array([v for _, _, v in files], dtype=bool) if has_layout else None
-    fits = len(files) * (channels or 3) * size * size <= memory_limit_bytes()
-    raw_path = None if fits else cache_file.with_suffix(".raw.npy")
-    try:
-        raw, resolved, skipped, dims = _decode_all(files, size, channels, raw_path)
-        if strict and skipped:
-            _refuse(skipped)
-        bad = {path for path, _ in skipped}
-        good = np.array([str(p) not in bad for p, _, _ in files], dtype=bool)
-        _check_classes(root, names, labels, good, in_val)
-        train, val = split_indices(labels, good, in_val, val_fraction, seed)
-        val_files = [files[i][0].relative_to(root).as_posix() for i in val]
-        upscaled, smallest = upscaled_images(dims, good, size)
-        if fits:
-            return ImageFolderSplits(raw[train], labels[train], raw[val], labels[val], names, resolved,
-                                     layout, skipped, None, val_files, upscaled, smallest)
-        order = np.concatenate([train, val])
-        meta = {"format": CACHE_FORMAT, "root": str(root), "shape": [len(order), *raw.shape[1:]],
-                "n_train": len(train), "labels": labels[order].tolist(), "skipped": skipped,
-                "val_files": val_files, "upscaled": upscaled, "smallest": smallest,
-                "options": [size, channels, val_fraction if not has_layout else None, seed]}
-        _remove_stale(cache_file, meta)
-        array = _reorder_into_cache(cache_file, raw, order, meta)
-    finally:
-        if raw_path is not None:
-            raw_path.unlink(missing_ok=True)
-    return ImageFolderSplits(array[:len(train)], labels[train], array[len(train):], labels[val], names,
-                             resolved, layout, skipped, cache_file, val_files, upscaled, smallest)
-
-
-def _remove_stale(cache_file: Path, meta: dict) -> None:
-    """Delete the caches of earlier versions of the same folder read the same way (files changed since)."""
-    for other in cache_file.parent.glob("*.json"):
-        try:
-            old = json.loads(other.read_text())
-        except (OSError, ValueError):
-            continue
-        if old.get("root") == meta["root"] and old.get("options") == meta["options"]:
-            other.with_suffix(".npy").unlink(missing_ok=True)
-            other.unlink(missing_ok=True)
+    data = ImageFolderSplits(files(train[:limit_train]), files(val[:limit_test]), manifest.class_names, layout,
+                             skipped, int(good.sum()), *upscaled_images(manifest.dims, good, size))
+    decoded_bytes = (len(data.train) + len(data.val)) * channels * size * size
+    if not (stream(decoded_bytes) if callable(stream) else stream):
+        data.decode()
+    if strict and (data.skipped or data.replaced):
+        _refuse(data.skipped + data.replaced)
+    return data
 
 
 def _check_classes(root: Path, names, labels, good, in_val) -> None:

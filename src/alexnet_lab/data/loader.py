@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from alexnet_lab.data import augment_2012
+from alexnet_lab.data.imagefolder import pixels
 from alexnet_lab.errors import UserError
 
 # Derived generator seeds are taken modulo 2**63 (manual_seed takes at most 64 bits); the seeds
@@ -154,10 +155,7 @@ class BatchLoader:
         if batch_size < 1:
             raise UserError(f"Batch size must be at least 1, got {batch_size}.")
         self.device = torch.device(device)
-        on_gpu = self.device.type != "cpu"
-        # The whole split moves to the device once; labels too (47 MB for Fashion-MNIST train).
-        self.images = images.to(self.device) if on_gpu else images
-        self.labels = labels.to(self.device) if on_gpu else labels
+        self.images, self.labels = self._hold(images, labels)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.resize = resize
@@ -174,12 +172,25 @@ class BatchLoader:
         self.epoch = 0
         self.center_crop = center_crop
         # the colour statistics PCA lighting follows
-        self.color_pca = augment_2012.color_pca(self.images) if "lighting" in self.kinds else None
+        self.color_pca = None
+        if "lighting" in self.kinds:
+            self.color_pca = augment_2012.color_pca(pixels(self.images, augment_2012.pca_sample(len(self.images))))
         # altflip: the images mirrored in even epochs, a seeded half (the same on every rank)
         self.flip_half = None
         if "altflip" in self.kinds:
             gen = torch.Generator().manual_seed((self.seed * 100_003 + 7) % SEED_MODULUS)
-            self.flip_half = (torch.randperm(len(self.images), generator=gen) < len(self.images) // 2).to(self.device)
+            n = len(self.images)
+            self.flip_half = (torch.randperm(n, generator=gen) < n // 2).to(self.index_device)
+
+    def _hold(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole split moves to the device once; labels too (47 MB for Fashion-MNIST train)."""
+        on_gpu = self.device.type != "cpu"
+        return (images.to(self.device), labels.to(self.device)) if on_gpu else (images, labels)
+
+    @property
+    def index_device(self) -> torch.device:
+        """Where the epoch's order lives: beside the images, so that a batch is a gather there."""
+        return self.device
 
     def _batch_bounds(self) -> list[tuple[int, int]]:
         """(start, end) of this rank's slice of every global batch, as positions in the epoch's order."""
@@ -221,29 +232,34 @@ class BatchLoader:
         return torch.arange(n)
 
     def iterate(self, start_batch: int = 0):
-        order = self._order().to(self.device)
+        """The epoch's batches from global batch `start_batch` on, as (float images, labels) on the device."""
+        order = self._order().to(self.index_device)
+        plan = [(i, order[lo:hi]) for i, (lo, hi) in enumerate(self._batch_bounds())
+                if i >= start_batch and hi > lo]  # (hi == lo: an empty share of the last evaluation batch)
         aug_gen = torch.Generator(device=self.device) if self.augment else None
-        bounds = self._batch_bounds()
-        for i in range(start_batch, len(bounds)):
-            lo, hi = bounds[i]
-            if hi == lo:  # an empty share of the last evaluation batch
-                continue
-            idx = order[lo:hi]
-            x = self.images.index_select(0, idx)  # a gather on the device: no host sync
-            y = self.labels.index_select(0, idx)
-            if self.augment:
-                # Seeded per batch, so batch i draws the same augmentation whether or not the
-                # epoch was resumed at start_batch > 0 (bit-exact resume).
-                aug_gen.manual_seed((((self.seed * 100_003 + self.epoch) * 100_003 + i) * 64 + self.rank)
-                                    % SEED_MODULUS)
-                # augment at the stored size (28x28 for Fashion-MNIST), then resize
-                flipped = None if self.flip_half is None else alternating_flips(self.flip_half, idx, self.epoch)
-                x = apply_augmentation(to_float_batch(x, None), self.kinds, aug_gen, self.color_pca, flipped)
-                if self.resize is not None and self.resize != x.shape[-1]:
-                    x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
-            else:
-                x = to_float_batch(x, self.resize, self.center_crop)
-            yield x, y
+        for (i, idx), (x, y) in zip(plan, self._gather(plan)):
+            yield self._prepare(i, idx, x, y, aug_gen)
+
+    def _gather(self, plan):
+        """The uint8 images and labels of each planned (batch number, positions)."""
+        for _, idx in plan:
+            yield self.images.index_select(0, idx), self.labels.index_select(0, idx)  # on the device: no host sync
+
+    def _prepare(self, i: int, idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor, aug_gen):
+        """Batch number `i` (`idx`: its positions in the split) to float at the input size, augmented."""
+        if not self.augment:
+            return to_float_batch(x, self.resize, self.center_crop), y
+        # Seeded per batch, so batch i draws the same augmentation whether or not the
+        # epoch was resumed at start_batch > 0 (bit-exact resume).
+        aug_gen.manual_seed((((self.seed * 100_003 + self.epoch) * 100_003 + i) * 64 + self.rank) % SEED_MODULUS)
+        flipped = None
+        if self.flip_half is not None:
+            flipped = alternating_flips(self.flip_half, idx, self.epoch).to(x.device, non_blocking=True)
+        # augment at the stored size (28x28 for Fashion-MNIST), then resize
+        x = apply_augmentation(to_float_batch(x, None), self.kinds, aug_gen, self.color_pca, flipped)
+        if self.resize is not None and self.resize != x.shape[-1]:
+            x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
+        return x, y
 
     def __iter__(self):
         return self.iterate(0)

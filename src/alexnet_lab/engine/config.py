@@ -212,8 +212,9 @@ class TrainConfig:
                                   "skipping them", group="data")
     data_regime: str = setting("auto", "image folders: memory (decoded once, held in memory, on the GPU "
                                        "if there is one), stream (decoded by worker processes as batches "
-                                       "need them) or auto (stream when the decoded images would exceed "
-                                       "half the free memory, or 4 GiB); the same batches either way",
+                                       "need them) or auto (stream when the decoded images would take over "
+                                       "half the free memory of the host or the GPU, or 4 GiB); the same "
+                                       "batches either way",
                                choices=("auto", "memory", "stream"), resumable=True, group="data",
                                compare="never")
     preset: str = "custom"        # the preset this config started from (not a flag: --preset picks it)

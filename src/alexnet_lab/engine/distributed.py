@@ -1,7 +1,11 @@
 """Data-parallel training across processes and machines: the torchrun environment, DDP, teardown.
 
 `init_from_env` reads what torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); outside
-torchrun (or with one process) it returns a single-process `DistEnv` and touches nothing.
+torchrun (or with one process) it returns a single-process `DistEnv` and touches nothing. Across
+machines (`torchrun --nnodes N --rdzv-backend c10d`) RANK is global and LOCAL_RANK counts on each
+machine: GPU LOCAL_RANK, per-machine work (the data's manifest, a download) on LOCAL_RANK 0 first,
+this machine's CPUs shared by its LOCAL_WORLD_SIZE processes; the run folder is RANK 0's. GROUP_RANK
+(the machine's number) is needed by none of these.
 """
 
 from __future__ import annotations
@@ -79,6 +83,11 @@ def launched_world_size() -> int:
 def launched_rank() -> int:
     """RANK as torchrun set it (0 outside torchrun)."""
     return _env_int("RANK", 0)
+
+
+def launched_local_world_size() -> int:
+    """LOCAL_WORLD_SIZE as torchrun set it: the job's processes on this machine (1 outside torchrun)."""
+    return max(1, _env_int("LOCAL_WORLD_SIZE", 1))
 
 
 def pick_device(device: str, local_rank: int) -> tuple[str, str]:

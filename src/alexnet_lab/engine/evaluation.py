@@ -7,7 +7,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from alexnet_lab.data.fingerprint import split_fingerprint
 from alexnet_lab.engine.builders import Splits, make_test_loader, splits_for_model
 from alexnet_lab.engine.checkpoint import class_names, model_kwargs
 from alexnet_lab.engine.config import TrainConfig
@@ -24,7 +23,9 @@ def checkpoint_test_split(config: TrainConfig, payload: dict, *, data_dir: str |
     the files are now (default: the run's); `limit`: the first N test images instead of the run's
     limit; `data`: other data settings (data, val_fraction, strict). Other classes are a UserError."""
     config = config.replace(limit_train=1, limit_test=limit if limit is not None else config.limit_test,
-                            data_dir=data_dir or config.data_dir, **data)
+                            data_dir=data_dir or config.data_dir, **data,
+                            # the first `limit` images (export's check, visualize) as tensors, decoded here
+                            **({"data_regime": "memory"} if limit is not None else {}))
     splits = splits_for_model(config, model_kwargs(payload)["in_channels"])
     names = class_names(payload)
     if tuple(splits.class_names) != names:
@@ -97,7 +98,7 @@ def why_it_differs(payload: dict, run_config: TrainConfig, settings: dict, split
     fingerprint = payload.get("data_fingerprint")  # checked only for a resume (engine/schema.py): read with care
     saved = fingerprint.get("test") if isinstance(fingerprint, dict) else None
     if isinstance(saved, dict) and isinstance(saved.get("blake2b"), str):
-        now = split_fingerprint(splits.test_images, splits.test_labels)
+        now = splits.fingerprint["test"]
         if now["blake2b"] != saved["blake2b"]:
             then = saved.get("examples")
             reasons.append(f"other test images ({now['examples']:,}; the run tested "

@@ -1,9 +1,11 @@
 """Checks a run passes on this machine before anything is allocated or any run folder is made:
-input size, device, precision, and an estimate of the memory one training step needs.
+input size, device, precision, an estimate of the memory one training step needs, and whether an
+image folder's decoded images fit in memory or stream from their files.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -12,10 +14,13 @@ from torch import nn
 from alexnet_lab.engine.builders import input_size
 from alexnet_lab.engine.config import TrainConfig, per_rank_batch
 from alexnet_lab.engine.device import resolve_device, resolve_precision
-from alexnet_lab.errors import UserError
+from alexnet_lab.errors import UserError, describe
 from alexnet_lab.models import build_model, check_input_size
 
 OPTIMIZER_COPIES = 3  # fp32 weights + gradients + SGD momentum buffer, per parameter (an upper count)
+ENV_MEMORY_LIMIT = "ALEXNET_LAB_CACHE_MEMORY_MB"  # image folders decoded larger than this stream
+DEFAULT_MEMORY_LIMIT_MB = 4096  # also bounds the start-up decode: 4 GiB is ~22,000 RGB images at 256x256
+MEMORY_SHARE = 0.5  # of the free host memory (shared by this machine's processes) and the GPU's free memory
 
 
 def preflight(config: TrainConfig, train_examples: int | None = None, world_size: int = 1) -> None:
@@ -94,3 +99,38 @@ def check_memory(model_name: str, size: int, batch: int, precision: str, device:
             f"on {device} ({_gib(need['activations'])} of activations for one batch, {_gib(need['state'])} "
             f"of weights, gradients and momentum; estimated by shape propagation, nothing allocated), but "
             f"only {_gib(free)} is available. Use a smaller --resize or --batch-size.")
+
+
+def memory_limit_bytes() -> int:
+    """$ALEXNET_LAB_CACHE_MEMORY_MB in bytes (default DEFAULT_MEMORY_LIMIT_MB; 0: always stream)."""
+    text = os.environ.get(ENV_MEMORY_LIMIT) or str(DEFAULT_MEMORY_LIMIT_MB)  # empty: unset
+    try:
+        megabytes = float(text)
+    except ValueError:
+        megabytes = math.nan
+    if not 0 <= megabytes < math.inf:  # also refuses nan, inf and -1
+        raise UserError(f"${ENV_MEMORY_LIMIT} must be a number of MiB, 0 or more (0: always stream image "
+                        f"folders), got {describe(text)}. Set it to e.g. {DEFAULT_MEMORY_LIMIT_MB}, or unset it.")
+    return int(megabytes * 2**20)
+
+
+def in_memory_budget(config: TrainConfig, local_processes: int = 1) -> int:
+    """Bytes of decoded images an image folder may take in memory: $ALEXNET_LAB_CACHE_MEMORY_MB, at most
+    MEMORY_SHARE of the host's free memory split between this machine's `local_processes` (each holds
+    its own copy), and on a CUDA GPU (which holds both splits) at most MEMORY_SHARE of its free memory."""
+    budget = memory_limit_bytes()
+    host = available_bytes(torch.device("cpu"))
+    if host is not None:
+        budget = min(budget, int(host * MEMORY_SHARE) // local_processes)
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        budget = min(budget, int(available_bytes(device) * MEMORY_SHARE))
+    return budget
+
+
+def streams(config: TrainConfig, decoded_bytes: int, local_processes: int = 1) -> bool:
+    """Whether an image folder's images (`decoded_bytes` of uint8 pixels, both splits) stream from their
+    files: as --data-regime says, or under auto when they exceed `in_memory_budget`."""
+    if config.data_regime != "auto":
+        return config.data_regime == "stream"
+    return decoded_bytes > in_memory_budget(config, local_processes)
