@@ -314,6 +314,11 @@ def stage_compile(r: Runner, a) -> dict:
 
 # --- main -------------------------------------------------------------------------------------------
 
+STAGES = ("env", "cuda_tests", "bench", "d2l", "fast", "record", "compile")
+STAGE_FUNCTIONS = {"cuda_tests": stage_cuda_tests, "bench": stage_bench, "d2l": stage_d2l, "fast": stage_fast,
+                   "record": stage_record, "compile": stage_compile}
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description="alexnet-lab on a CUDA GPU in one command (see the module doc).")
     p.add_argument("--data-dir", default=os.environ.get("ALEXNET_LAB_DATA"),
@@ -324,7 +329,13 @@ def parse_args(argv):
     p.add_argument("--device", default=None, help="default: cuda (cpu with --smoke)")
     p.add_argument("--budget-s", type=float, default=None, help="the whole check's wall clock (default 470)")
     p.add_argument("--python", default=sys.executable, help="the interpreter the stages run with")
+    p.add_argument("--stages", default=",".join(STAGES[1:]),
+                   help=f"the stages after env to run, comma-separated, in their order (default: all: "
+                        f"{','.join(STAGES[1:])})")
     a = p.parse_args(argv)
+    a.stages = [name.strip() for name in a.stages.split(",") if name.strip()]
+    if not set(a.stages) <= set(STAGES[1:]):
+        p.error(f"--stages: unknown stage(s) {', '.join(sorted(set(a.stages) - set(STAGES[1:])))}")
     a.device = a.device or ("cpu" if a.smoke else "cuda")
     caps = SMOKE_CAPS if a.smoke else CAPS
     a.budget_s = a.budget_s or (sum(caps.values()) if a.smoke else 470.0)
@@ -355,9 +366,8 @@ def main(argv=None) -> int:
     elif not a.smoke and not info.get("cuda_available"):
         report["error"] = f"no CUDA GPU visible to torch {info['torch']}: nothing to check (use --smoke on a CPU)"
     else:
-        for name, fn in (("cuda_tests", stage_cuda_tests), ("bench", stage_bench), ("d2l", stage_d2l),
-                         ("fast", stage_fast), ("record", stage_record), ("compile", stage_compile)):
-            stages[name] = fn(runner, a)
+        for name in (name for name in STAGES[1:] if name in a.stages):
+            stages[name] = STAGE_FUNCTIONS[name](runner, a)
     report["wall_s"] = round(time.monotonic() - started, 1)
     report["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     report["ok"] = "error" not in report and all(s["status"] == "ok" for s in stages.values())

@@ -5,12 +5,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import threading
+
 import pytest
+from hypothesis import settings
 
 import fakedata
+import suite
 from fakedata import idx_bytes, make_dataset, write_idx  # noqa: F401  (re-exported for tests)
 
 REPO = Path(__file__).resolve().parents[1]
+STILL_RUNNING_S = 20  # a test running longer than this is named on the terminal while it runs
+
+# Hypothesis: "ci" is hypothesis's defaults (CI=true); "dev" (make test) draws fewer examples for the tests
+# that do not size themselves with suite.examples(n). Deadlines off: a shared 2-core machine is noisy.
+settings.register_profile("ci", deadline=None, print_blob=True)
+settings.register_profile("dev", max_examples=suite.examples(100), deadline=None)
+settings.load_profile("ci" if suite.THOROUGH else "dev")
 REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -99,6 +110,11 @@ def pytest_collection_modifyitems(config, items):
     """Every test on the real dataset carries the `slow` marker (for selecting; `make test` runs them);
     tests marked `cuda` are skipped, with the reason shown, where no CUDA GPU is visible."""
     _skip_cuda_tests_without_a_gpu(items)
+    if not suite.THOROUGH:
+        skip = pytest.mark.skip(reason=suite.SKIP_REASON)
+        for item in items:
+            if item.get_closest_marker("thorough") is not None:
+                item.add_marker(skip)
     unmarked = [item.nodeid for item in items
                 if "real_data" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None]
     if unmarked:
@@ -115,3 +131,19 @@ def _skip_cuda_tests_without_a_gpu(items) -> None:
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A test that runs longer than STILL_RUNNING_S is named on the terminal while it runs (with -q the
+    suite otherwise shows only dots); pytest prints the slowest durations at the end (--durations)."""
+    reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+    timer = threading.Timer(STILL_RUNNING_S, lambda: reporter.write(
+        f"\n  [still running after {STILL_RUNNING_S} s: {item.nodeid}]\n", yellow=True, flush=True))
+    timer.daemon = True
+    if reporter is not None:
+        timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()

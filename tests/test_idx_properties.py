@@ -10,10 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fakedata
+from suite import examples
 from alexnet_lab.data.idx import IDX_DTYPES, parse_idx, read_idx
 from alexnet_lab.errors import UserError
 
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def check_parse(raw: bytes) -> None:

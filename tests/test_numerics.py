@@ -37,7 +37,9 @@ VARIANTS = [(m, p, cl, False) for m in ("speednet", "lenet") for p in ("fp32", "
 VARIANTS += [("speednet", "fp32", False, True), ("speednet", "bf16", True, True)]
 
 
-@pytest.mark.parametrize("model_name,precision,channels_last,compile_", VARIANTS)
+@pytest.mark.parametrize("model_name,precision,channels_last,compile_", [
+    pytest.param(*variant, marks=pytest.mark.thorough if variant[3] else ())  # a cold compile: CI only
+    for variant in VARIANTS])
 def test_numerics_variants_predict_like_fp32(model_name, precision, channels_last, compile_):
     torch.manual_seed(0)
     images = torch.rand(32, 1, 28, 28)
