@@ -4,6 +4,7 @@ upward import, no command importing another command, no function longer than a s
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,27 @@ def test_no_function_is_longer_than_60_lines():
     assert long == []
 
 
-@pytest.mark.parametrize("table", ["RANGES", "OPTIONAL"])
-def test_settings_have_no_side_table(table):
-    assert not [rel for rel, tree in modules() if any(isinstance(n, ast.Name) and n.id == table
-                                                      for n in ast.walk(tree))]
+@pytest.mark.parametrize("door", ["TrainConfig", "config file", "flag"])
+def test_a_settings_one_declaration_is_what_every_door_checks(door, monkeypatch, tmp_path, capsys):
+    """A setting is declared once (engine/config.py `setting(...)`): narrow the declared range of one field
+    and every way in — the dataclass (and so a checkpoint's config), a config file, a flag — refuses what
+    the new range leaves out, with the same message. A side table of ranges anywhere would not follow."""
+    import dataclasses
+    import types
+
+    from alexnet_lab.cli import main
+    from alexnet_lab.engine.config import TrainConfig, make_config
+    from alexnet_lab.engine.config_file import resolve_config
+    from alexnet_lab.errors import UserError
+
+    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == "momentum")
+    monkeypatch.setattr(field, "metadata", types.MappingProxyType({**field.metadata, "range": (0, 0.5, "")}))
+    make_config("d2l", momentum=0.5)  # the new end is inside
+    expected = "--momentum must be in [0, 0.5], got 0.6"
+    if door == "flag":
+        assert main(["train", "--momentum", "0.6", "--data-dir", str(tmp_path / "none"), "--out",
+                     str(tmp_path / "run")]) == 2
+        assert expected in capsys.readouterr().err and not (tmp_path / "run").exists()
+        return
+    with pytest.raises(UserError, match=re.escape(expected)):
+        make_config("d2l", momentum=0.6) if door == "TrainConfig" else resolve_config(None, {"momentum": 0.6}, {})
