@@ -174,10 +174,13 @@ def test_a_file_that_fails_to_decode_mid_run_is_replaced_by_the_next_image_and_n
 
 def test_a_changed_folder_is_refused_on_resume(folder, tmp_path, capsys, offline_cli):
     """The fingerprint a checkpoint keeps is the manifest's (path, size, modification time, label per
-    file): a file added, removed or touched is seen without reading any file."""
+    file): a file added, removed or touched is seen without reading any file. (The run's report, drawn
+    from its streamed test images, is written.)"""
     out = tmp_path / "run"
     assert main(["train", "--data", f"imagefolder:{folder}", "--model", "lenet", "--epochs", "1", "--batch-size",
-                 "8", "--data-regime", "stream", "--device", "cpu", "--no-report", "--out", str(out)]) == 0
+                 "8", "--data-regime", "stream", "--device", "cpu", "--out", str(out)]) == 0
+    assert "Report not written" not in capsys.readouterr().out  # its test images streamed too
+    assert "The test images could not be loaded" not in (out / "report.html").read_text()
     saved = load_checkpoint(out / "checkpoint.pt")
     assert saved["data_fingerprint"] == splits_for(recipe(folder, epochs=1)).fingerprint  # unchanged: equal
     image = sorted((folder / "square").iterdir())[3]

@@ -15,6 +15,7 @@ import matplotlib
 import torch
 
 from alexnet_lab.analysis.features import feature_maps, first_layer_filters, prediction_summary, strongest_channels
+from alexnet_lab.data.imagefolder import pixels
 from alexnet_lab.data.loader import to_float_batch
 from alexnet_lab.engine.builders import input_size, uses_2012_crops
 from alexnet_lab.engine.device import resolve_device
@@ -83,7 +84,7 @@ def learned_sections(run_dir: Path, *, device: str = "auto", data_dir: str | Non
     ctx["test"]["run_acc"] = record["test_acc"] if record else None
     ctx["test"]["differs_because"] = why_it_differs(payload, config, evaluation["settings"], splits)
     prepare = {"input_size": input_size(config), "center_crop": uses_2012_crops(config)}
-    x = to_float_batch(splits.test_images[:1], prepare["input_size"], prepare["center_crop"])
+    x = to_float_batch(pixels(splits.test_images, slice(1)), prepare["input_size"], prepare["center_crop"])
     ctx["feature_maps"] = _feature_map_context(model, x, names, int(splits.test_labels[0]), result)
     return ctx
 
@@ -94,7 +95,11 @@ def _caption(result: dict, labels, names, index: int) -> str:
 
 
 def _prediction_context(result: dict, splits, names, model_name: str) -> dict:
-    images, labels = splits.test_images.cpu(), splits.test_labels.cpu()
+    labels = splits.test_labels.cpu()
+
+    def images(i: int) -> torch.Tensor:  # test image i (a streamed split's is decoded from its file)
+        return pixels(splits.test_images, slice(i, i + 1))[0].cpu()
+
     per_class = [{"name": names[i], "acc": acc, "count": count}
                  for i, (acc, count) in enumerate(zip(result["per_class_acc"], result["class_counts"]))]
     ctx = {"test": {"examples": result["examples"], "correct": result["correct"], "accuracy": result["accuracy"]},
@@ -107,7 +112,7 @@ def _prediction_context(result: dict, splits, names, model_name: str) -> dict:
         picks = ((labels == true) & (predicted == pred)).nonzero().flatten()[:PAIR_EXAMPLES].tolist()
         pairs.append({"row": row + 1, "true": names[true], "pred": names[pred], "count": count,
                       "of": result["class_counts"][true]})
-        grid += [images[i] for i in picks] + [None] * (PAIR_EXAMPLES - len(picks))
+        grid += [images(i) for i in picks] + [None] * (PAIR_EXAMPLES - len(picks))
         captions += [_caption(result, labels, names, i) for i in picks] + [""] * (PAIR_EXAMPLES - len(picks))
     ctx["pairs"] = pairs
     if pairs:
@@ -116,7 +121,7 @@ def _prediction_context(result: dict, splits, names, model_name: str) -> dict:
     ctx["mistakes"] = {"shown": len(mistakes), "total": len(result["mistakes"])}
     if mistakes:
         ctx["mistakes"]["uri"] = figure_uri(lambda t: plot_image_grid(
-            [images[i] for i in mistakes], [_caption(result, labels, names, i) for i in mistakes], [t], ncols=8))
+            [images(i) for i in mistakes], [_caption(result, labels, names, i) for i in mistakes], [t], ncols=8))
     return ctx
 
 
