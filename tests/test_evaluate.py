@@ -196,3 +196,51 @@ def test_evaluate_writes_one_prediction_per_test_image_and_keeps_an_existing_fil
     assert main(["evaluate", "--checkpoint", str(run["out"] / "checkpoint.pt"), "--device", "cpu", *argv,
                  "--force"]) == 0
     assert predictions.read_bytes() == written  # replaced with the same predictions
+
+
+# --- check everything, then write; CSV cells --------------------------------------------------------------
+
+def test_a_refused_evaluate_writes_nothing(run, capsys, tmp_path):
+    """Each refusal comes before the evaluation, so before confusion.png, evaluation.json or the CSV."""
+    from runhelpers import folder_state
+
+    taken = tmp_path / "taken.csv"
+    taken.write_text("someone's table\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    linked = tmp_path / "linked"  # confusion.png would be written first, then evaluation.json refused
+    linked.mkdir()
+    (linked / "evaluation.json").symlink_to(taken)
+    out = tmp_path / "out"
+    before = folder_state(tmp_path), folder_state(run["out"])
+    for extra, message in ((["--predictions", str(taken)], "already exists"),
+                           (["--data-dir", str(empty)], str(empty)),
+                           (["--out", str(taken)], "a file of that name exists"),
+                           (["--out", str(linked)], "symbolic link")):
+        capsys.readouterr()
+        assert main(["evaluate", "--checkpoint", str(run["out"] / "checkpoint.pt"), "--device", "cpu",
+                     "--out", str(out), *extra]) == 2, extra
+        assert message in last_line(capsys), extra
+    assert (folder_state(tmp_path), folder_state(run["out"])) == before  # not even the --out folder was made
+
+
+def test_the_predictions_csv_never_begins_a_text_cell_like_a_formula_and_keeps_numbers_numeric():
+    import csv
+    import io
+
+    from alexnet_lab.cli.evaluate import predictions_csv
+
+    names = ["=HYPERLINK(\"x\")", "+1", "-2", "@SUM(A1)", "\tcmd", "\rcmd", "plain"]
+    n = len(names)
+    splits = Splits(torch.zeros(0, 1, 4, 4, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64),
+                    torch.zeros(n, 1, 4, 4, dtype=torch.uint8), torch.arange(n), "test", tuple(names),
+                    test_files=[f"{name}/0.png" for name in names])
+    result = {"logits": torch.eye(n) * torch.arange(1.0, n + 1).unsqueeze(1), "predicted": torch.arange(n).flip(0)}
+    rows = list(csv.reader(io.StringIO(predictions_csv(result, splits, names).decode("utf-8"))))[1:]
+    assert [row[1] for row in rows] == ["'=HYPERLINK(\"x\")", "'+1", "'-2", "'@SUM(A1)", "\\tcmd", "\\rcmd",
+                                        "plain"]  # a quote before =+-@; tab and CR shown escaped
+    assert [row[2] for row in rows] == [row[1] for row in rows][::-1]
+    assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for cell in row[:3])
+    assert [row[0].split("/")[0] for row in rows] == [row[1] for row in rows]  # paths as the class cells
+    confidence = [float(row[3]) for row in rows]  # the number column: plain numbers, no quote
+    assert confidence == sorted(confidence) and all(0 < p <= 1 for p in confidence)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
 import os
@@ -314,3 +315,64 @@ def test_report_of_an_image_folder_run_uses_its_classes_and_colours(tmp_path):
     encoded = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="first-layer filters"', page).group(1)
     rgb = np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))).convert("RGB")).astype(int)
     assert (np.abs(rgb[..., 0] - rgb[..., 2]) > 30).any()  # the 3-channel filters are drawn in colour
+
+
+# --- names are bytes too --------------------------------------------------------------------------------
+
+def write_named_images(root, classes=(b"a", b"c\xfe", b"=cmd"), per_class=6) -> list[bytes]:
+    """Random 8x8 PNGs in root/<class>/, class folders and one file a class named by raw bytes (not UTF-8,
+    a line break in a file name); returns the odd file names' paths."""
+    rng = np.random.default_rng(0)
+    odd = []
+    for name in classes:
+        folder = os.path.join(os.fsencode(root), name)
+        os.makedirs(folder)
+        for i in range(per_class):
+            path = os.path.join(folder, b"x\nb\xff.png" if i == 0 else b"%d.png" % i)
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(os.fsdecode(path))
+            odd += [path] if i == 0 else []
+    return odd
+
+
+@pytest.mark.usefixtures("offline_cli")
+def test_names_that_are_not_utf8_are_shown_escaped_by_train_report_evaluate_and_predict(tmp_path, capsys):
+    """A class folder named b'c\\xfe' crashed the report in matplotlib (no report.html) and evaluate."""
+    odd = write_named_images(tmp_path / "images")
+    run = tmp_path / "run"
+    assert main(["train", "--model", "lenet", "--data", f"imagefolder:{tmp_path / 'images'}", "--epochs", "1",
+                 "--batch-size", "4", "--val-fraction", "0.34", "--device", "cpu", "--progress", "none",
+                 "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "Report:" in out and "not written" not in out  # neither the report nor TensorBoard's images
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert "<td>c\\xfe</td>" in page and "<td>=cmd</td>" in page
+
+    predictions = tmp_path / "predictions.csv"
+    assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--device", "cpu",
+                 "--predictions", str(predictions)]) == 0
+    assert re.search(r"^c\\xfe +\d", capsys.readouterr().out, re.MULTILINE)  # the per-class table
+    assert set(json.loads((run / "evaluation.json").read_text())["per_class_acc"]) == {"a", "c\\xfe", "=cmd"}
+    with predictions.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {row["true"] for row in rows} == {"a", "c\\xfe", "'=cmd"}  # escaped; a formula-like cell quoted
+    assert all(row["path"].startswith(("a/", "c\\xfe/", "'=cmd/")) and float(row["confidence"]) > 0 for row in rows)
+
+    assert main(["predict", "--checkpoint", str(run / "best.pt"), "--device", "cpu", os.fsdecode(odd[1])]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "\n" not in line and line.startswith(f"{tmp_path / 'images'}/c\\xfe/x\\nb\\xff.png: ")
+    assert main(["predict", "--json", "--checkpoint", str(run / "best.pt"), "--device", "cpu", os.fsdecode(odd[2])]) == 0
+    shown = json.loads(capsys.readouterr().out)["predictions"][0]
+    assert shown["image"].endswith("/=cmd/x\\nb\\xff.png")
+    assert {guess["class"] for guess in shown["top"]} == {"a", "c\\xfe", "=cmd"}
+
+
+def test_figures_show_undecodable_bytes_in_titles_and_legends_escaped(tmp_path):
+    """Every text of a figure, not only the class names: a run folder's name in a comparison's legend."""
+    from alexnet_lab.reports.plots import plot_comparison, plot_image_grid
+
+    rows = [{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "test_acc": 0.4}]
+    plot_comparison([("run-\udcfe", rows), ("b", rows)], [tmp_path / "c.svg"], title="runs in \udcfe\x1b")
+    plot_image_grid([np.zeros((8, 8), np.uint8)], ["pred c\udcfe 50%\ntrue a"], [tmp_path / "g.svg"])
+    legend = (tmp_path / "c.svg").read_text(encoding="utf-8")
+    assert "run-\\xfe" in legend and "runs in \\xfe\\x1b" in legend
+    assert "c\\xfe" in (tmp_path / "g.svg").read_text(encoding="utf-8")

@@ -13,7 +13,7 @@ from alexnet_lab.engine.export import FORMATS, ModelFile, check_format, compare_
 from alexnet_lab.engine.inference import load_trained, metadata
 from alexnet_lab.engine.evaluation import checkpoint_test_split
 from alexnet_lab.data import to_float_batch
-from alexnet_lab.errors import UserError
+from alexnet_lab.errors import UserError, printable
 
 NAME = "export"
 
@@ -56,7 +56,7 @@ def run(args) -> int:
     images, what = check_inputs(config, payload, meta, args.check_images)
     check = compare_outputs(model, exported, images)
     print(f"Wrote {out} ({args.format}, {out.stat().st_size / 2**20:.1f} MiB): {meta['model']}, input "
-          f"{meta['input']}; classes: {', '.join(meta['class_names'])}.")
+          f"{meta['input']}; classes: {', '.join(map(printable, meta['class_names']))}.")
     verdict = "match" if check["within_tolerance"] else "DO NOT match"
     print(f"Check on {what}: {exported.kind} and PyTorch outputs {verdict} (largest logit difference "
           f"{check['max_abs_diff']:.2e}; tolerance {check['tolerance']}); same top-1 class for "
