@@ -146,7 +146,7 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb", *, encoding: str = 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """For writers that need a path (onnx, torch.jit, numpy memmaps): a path inside a fresh private
+    """For writers that need a path (onnx, numpy memmaps): a path inside a fresh private
     folder beside `path` (mkdtemp: 0700, so nobody can swap the file for a link), renamed to `path`
     when the block succeeds; the private folder is removed either way."""
     path = Path(path)
