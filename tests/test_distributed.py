@@ -1,5 +1,6 @@
 """Data-parallel training: sharding of every epoch, exact evaluation, torchrun runs that match one
-process, and checkpoints that resume under a different number of processes (CPU, gloo, 2 processes).
+process, and checkpoints that resume under a different number of processes (CPU, gloo, 2 processes);
+two torchrun launchers meeting at a c10d rendezvous as two machines do, streaming an image folder.
 """
 
 import os
@@ -197,6 +198,66 @@ def test_checkpoint_from_two_processes_resumes_in_one(tmp_path, splits, single_p
     assert resumed["train_examples"] == reference["train_examples"]
     assert resumed["train_loss"] == pytest.approx(reference["train_loss"], rel=LOSS_RTOL)
     assert resumed["test_acc"] == pytest.approx(reference["test_acc"], abs=ACC_TOLERANCE)
+
+
+# --- two machines: torchrun's c10d rendezvous, an image folder streamed ------------------------------
+
+STREAM_RECIPE = dict(model="lenet", epochs=2.0, lr=0.05, momentum=0.9, batch_size=8, device="cpu",
+                     data_regime="stream")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_machines_meeting_at_a_c10d_rendezvous_stream_a_folder_like_one_process(tmp_path, monkeypatch):
+    """Two torchrun launchers of one process each, as two machines would (`--nnodes 2 --rdzv-backend c10d
+    --rdzv-endpoint HOST:PORT`, ranks assigned by the rendezvous), train on an image folder streamed by
+    worker processes: the losses and weights match one process training the same global batch."""
+    from imagedata import make_shapes
+
+    folder = make_shapes(tmp_path / "shapes", per_class=12, classes=("circle", "cross", "square"))  # 30 train
+    recipe = {**STREAM_RECIPE, "data": f"imagefolder:{folder}"}
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the machines share it, as over NFS
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "ALEXNET_LAB_OFFLINE": "1"}
+    out, port = tmp_path / "run", _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-machines",
+           "-m", "alexnet_lab", "train", *[f"--{k.replace('_', '-')}={v}" for k, v in recipe.items()],
+           "--no-report", "--out", str(out)]
+    launchers = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+    try:
+        results = [(launcher.wait(timeout=240), *launcher.communicate()) for launcher in launchers]
+    finally:
+        for launcher in launchers:
+            launcher.kill()
+    for code, stdout, stderr in results:
+        assert code == 0, stdout[-3000:] + stderr[-3000:]
+    assert sum(stdout.count("examples/sec on cpu") for _, stdout, _ in results) == 1  # rank 0 alone reports
+    payload = load_checkpoint(out / "checkpoint.pt")
+    assert payload["world_size"] == 2 and payload["config"]["data_regime"] == "stream"
+    rows, saved = [], []
+
+    class Record(Callback):
+        def on_log(self, row):
+            rows.append(row)
+
+        def on_checkpoint(self, payload, is_best):
+            saved.append(payload)
+
+    config = make_config("d2l", **recipe)
+    fit(config, [Record()], splits=splits_for(config))  # one process, the same global batch
+    got = payload["run_state"]["metrics"]
+    assert [r["step"] for r in got] == [r["step"] for r in rows] and got[-1]["step"] == 8  # 4 steps an epoch
+    for a, b in zip(got, rows):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=LOSS_RTOL)
+    for key, value in payload["model_state"].items():
+        torch.testing.assert_close(value, saved[-1]["model_state"][key], rtol=1e-4, atol=1e-6)
 
 
 # --- leaving the job: together, without an abort, and never waiting forever --------------------------
