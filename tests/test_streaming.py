@@ -242,3 +242,15 @@ def test_the_manifest_is_made_once_and_reused(folder, monkeypatch):
                                                   .read_bytes())
     load_image_folder(folder, 16, stream=True)
     assert read[36:] == [folder / "circle" / "extra.png"]  # only the new file's header
+
+
+@pytest.mark.cuda
+def test_on_a_cuda_gpu_streamed_batches_are_the_in_memory_ones(folder):
+    """Pinned host batches copied without blocking, then augmented on the GPU: the same as the split held
+    on the GPU (a check for machines with one; skipped elsewhere)."""
+    streamed, memory = load_image_folder(folder, 16, stream=True), load_image_folder(folder, 16)
+    options = dict(shuffle=True, seed=3, augment="crop+flip+lighting", resize=12, device="cuda")
+    ours = StreamingLoader(streamed.train_images, streamed.train_labels, 8, workers=2, **options)
+    reference = BatchLoader(memory.train_images, memory.train_labels, 8, **options)
+    for (x, y), (rx, ry) in zip(ours, reference):
+        assert x.device.type == "cuda" and torch.equal(x, rx) and torch.equal(y, ry)

@@ -1,4 +1,5 @@
-"""Data: the Fashion-MNIST files (IDX reader, sources, download) and the in-memory batch pipeline."""
+"""Data: Fashion-MNIST (IDX reader, download) and image folders (manifest, decoding), one source door, and
+the batch pipeline: in memory (loader.py) or streamed from files by worker processes (streaming.py)."""
 
 from alexnet_lab.data.fashion_mnist import CLASS_NAMES, NUM_CLASSES, FashionMNIST, load_fashion_mnist
 from alexnet_lab.data.idx import read_idx

@@ -1,7 +1,8 @@
 """The one batch pipeline (airbench style) used by train, evaluate, bench and the d2l API.
 
 uint8 images live in memory once (on the GPU when there is one); each batch is an index into a
-permutation, converted to float, resized and augmented with tensor ops on the device.
+permutation, converted to float, resized and augmented with tensor ops on the device. (An image folder
+too large for memory streams through the same batches: data/streaming.py.)
 """
 
 from __future__ import annotations
