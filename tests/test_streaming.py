@@ -71,11 +71,15 @@ def test_two_ranks_take_disjoint_shards_that_form_the_single_process_batches(fol
     memory = load_image_folder(folder, 16)
     files = load_image_folder(folder, 16, stream=True).train_images
     n = len(files)  # 30: global batch 8 leaves 6, split 3 and 3
-    single = positions_seen(StreamingLoader(files, torch.from_numpy(files.labels), 8, shuffle=True, seed=1, workers=1), memory.train_images)
+
+    def batches(batch_size, **sharding):
+        loader = StreamingLoader(files, torch.from_numpy(files.labels), batch_size, shuffle=True, seed=1,
+                                 workers=1, **sharding)
+        return positions_seen(loader, memory.train_images)
+
+    single = batches(8)
     for even_shards in (True, False):
-        ranks = [positions_seen(StreamingLoader(files, torch.from_numpy(files.labels), 4, shuffle=True, seed=1, rank=r, world_size=2,
-                                                even_shards=even_shards, workers=1), memory.train_images)
-                 for r in (0, 1)]
+        ranks = [batches(4, rank=r, world_size=2, even_shards=even_shards) for r in (0, 1)]
         assert len(ranks[0]) == len(ranks[1]) == 4
         for k, (a, b) in enumerate(zip(*ranks)):
             assert not set(a) & set(b) and a + b == single[k]  # global batch k, whatever the processes
