@@ -149,6 +149,7 @@ def _cli_flags():
     return flags
 
 
+@pytest.mark.thorough  # a torchrun launch: a plain make test runs one, the c10d two-machine test
 def test_torchrun_two_processes_match_one_process(tmp_path, splits, single_process_run):
     out = tmp_path / "run"
     result = _torchrun(["-m", "alexnet_lab", "train", *_cli_flags(), "--out", str(out)], tmp_path)
@@ -181,6 +182,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path, splits, single_proce
     assert resumed["step"] == 2 * ddp["run_state"]["step"] and resumed["examples"] == 2 * RECIPE["limit_train"]
 
 
+@pytest.mark.thorough  # a torchrun launch: a plain make test runs one, the c10d two-machine test
 def test_checkpoint_from_two_processes_resumes_in_one(tmp_path, splits, single_process_run):
     out, stop = tmp_path / "stopped", distributed.STOP_CHECK_EVERY  # rank 0 alone asks; all stop here
     assert 0 < stop < 2000 // 64
@@ -342,6 +344,7 @@ def _workers(launcher_pid: int) -> dict[int, int]:
     return ranks
 
 
+@pytest.mark.thorough  # a torchrun launch waiting out a timeout: CI=true
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's workers in /proc (Linux)")
 def test_a_rank_that_stops_answering_ends_the_job_after_ddp_timeout(tmp_path, splits):
     """SIGSTOP one rank mid-training: the other gives up after --ddp-timeout with a message naming it."""
