@@ -84,7 +84,8 @@ def test_every_config_field_is_a_flag_of_train_and_sweep():
     config = train.config_from_args(args)
     assert (config.nesterov, config.channels_last, config.warmup_frac, config.init) == (True, False, 0.3, "default")
     assert (config.log_points_per_epoch, config.seed, config.data_dir, config.lr) == (2, 0, "d", 0.02)
-    assert TrainConfig.resumable_fields() == ("epochs", "device", "ddp_timeout", "checkpoint_every", "data_dir")
+    assert TrainConfig.resumable_fields() == ("epochs", "device", "ddp_timeout", "checkpoint_every", "data_dir",
+                                            "data_regime")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--log-points-per-epoch", "0"])
 

@@ -48,6 +48,11 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return action.help
         return super()._get_help_string(action)
 
+    def _split_lines(self, text, width):  # a flag named in a help text is never split at its hyphens
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
 
 def build_parser(commands=None) -> argparse.ArgumentParser:
     """The parser; only the `commands` given (default: all) are imported and get their flags, so a
