@@ -18,6 +18,7 @@ from alexnet_lab.cli import main
 from alexnet_lab.engine import checkpoint as ckpt
 from alexnet_lab.engine.checkpoint import load_checkpoint
 from alexnet_lab.engine.config import make_config
+from alexnet_lab.engine.schema import check_checkpoint
 from alexnet_lab.engine.trainer import fit
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model
@@ -48,7 +49,7 @@ def test_a_training_checkpoint_is_self_describing(tmp_path):
     with fakedata.one_thread():
         fit(config, [RunWriter(tmp_path, config.to_dict())])
     payload = ckpt.load_checkpoint(tmp_path / "checkpoint.pt")
-    ckpt.check_resumable(payload, tmp_path / "checkpoint.pt")
+    assert check_checkpoint(payload, tmp_path / "checkpoint.pt", for_resume=True) == config
     assert payload["config"] == config.to_dict() and payload["model_name"] == "lenet"
     assert set(payload["rng"]) >= {"python", "numpy", "torch"}
     assert payload["run_state"]["step"] == 2 and payload["run_state"]["epoch"] == 1
@@ -184,18 +185,18 @@ def test_code_in_a_checkpoint_never_runs(tmp_path, container, code):
     assert marker.exists()
 
 
-def test_check_resumable(tmp_path):
-    good = {key: None for key in ckpt.RESUME_KEYS}
-    good.update(model_name="lenet", model_state=build_model("lenet").state_dict())
-    ckpt.check_resumable(good, "c.pt")
-    with pytest.raises(UserError, match="'c.pt' lacks optimizer_state, rng"):
-        ckpt.check_resumable({k: v for k, v in good.items() if k not in ("optimizer_state", "rng")}, "c.pt")
+def test_a_resume_refuses_a_checkpoint_without_a_part_it_restores_or_with_weights_of_another_model():
+    good = {"model_name": "lenet", "model_state": build_model("lenet").state_dict(),
+            "config": make_config("d2l", model="lenet").to_dict()}
+    check_checkpoint(good, "c.pt")  # enough for the commands that only run the model
+    with pytest.raises(UserError, match="'c.pt' is damaged .*: the checkpoint lacks optimizer_state, scheduler_state"):
+        check_checkpoint(good, "c.pt", for_resume=True)
     other = {**good, "model_name": "alexnet"}
     with pytest.raises(UserError, match=r"'c.pt' does not match model 'alexnet' \(missing 6.weight"):
-        ckpt.check_resumable(other, "c.pt")
+        check_checkpoint(other, "c.pt")
     reshaped = {**good, "model_state": {**good["model_state"], "0.weight": torch.zeros(6, 1, 3, 3)}}
     with pytest.raises(UserError, match=r"0.weight has shape \(6, 1, 3, 3\), the model needs \(6, 1, 5, 5\)"):
-        ckpt.check_resumable(reshaped, "c.pt")
+        check_checkpoint(reshaped, "c.pt")
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -125,12 +125,14 @@ CHECKPOINT_CASES = {
     "config is empty": (("config",), {}, "config lacks model"),
     "config names another model": (("config", "model"), "alexnet",
                                    "config names model 'alexnet' but model_name is 'lenet'"),
-    "config has a wrong type": (("config", "nesterov"), "yes", "config.nesterov must be true or false, got 'yes'"),
+    "config has a wrong type": (("config", "nesterov"), "yes", "config is not a valid configuration (--nesterov "
+                                                               "must be true or false, got 'yes')"),
     "config names no augmentation": (("config", "augment"), "yes", "config is not a valid configuration (--augment "
                                                                    "must be one of none or kinds joined by '+'"),
     "config is out of range": (("config", "lr"), -1.0, "config is not a valid configuration (--lr must be in "
                                                        "(0, 10000], got -1)"),
-    "config names no device": (("config", "device"), "cuda:x", "config.device must be one of auto, cpu"),
+    "config names no device": (("config", "device"), "cuda:x", "config is not a valid configuration (--device must "
+                                                               "be one of auto, cpu"),
     "too few class names": (("class_names",), NINE_NAMES, "class_names holds 9 name(s) for the model's 10 outputs"),
     "a class name is not text": (("class_names", 3), 3, "class_names[3] must be text, got 3"),
     "run_state.step is a string": (("run_state", "step"), "2", "run_state.step must be a whole number, got '2'"),

@@ -17,7 +17,8 @@ import time
 import pytest
 
 from alexnet_lab.cli import main
-from alexnet_lab.engine.checkpoint import check_resumable, load_checkpoint
+from alexnet_lab.engine.checkpoint import load_checkpoint
+from alexnet_lab.engine.schema import check_checkpoint
 from alexnet_lab.engine.trainer import Callback
 from runhelpers import SRC, assert_same_run, recipe_args, signal_at, train_args
 
@@ -70,7 +71,7 @@ def test_sigterm_subprocess(data_dir_512, tmp_path):
     assert rc == 143, stderr
     assert "Received SIGTERM" in stderr and "Traceback" not in stderr
     payload = load_checkpoint(out / "checkpoint.pt")
-    check_resumable(payload, out / "checkpoint.pt")
+    check_checkpoint(payload, out / "checkpoint.pt", for_resume=True)
     step = payload["run_state"]["step"]
     assert f"Interrupted at step {step};" in stderr and f"--resume {out}" in stderr
     assert not list(out.glob(".*tmp"))

@@ -20,7 +20,8 @@ import pytest
 
 import fakedata
 from alexnet_lab.cli import main, signals
-from alexnet_lab.engine.checkpoint import check_resumable, load_checkpoint
+from alexnet_lab.engine.checkpoint import load_checkpoint
+from alexnet_lab.engine.schema import check_checkpoint
 from alexnet_lab.engine.trainer import Callback
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -43,7 +44,7 @@ def assert_no_half_made_run(out: Path) -> None:
         return
     names = sorted(p.name for p in out.iterdir())
     assert "checkpoint.pt" in names, f"a half-made run folder: {names}"
-    check_resumable(load_checkpoint(out / "checkpoint.pt"), out / "checkpoint.pt")
+    check_checkpoint(load_checkpoint(out / "checkpoint.pt"), out / "checkpoint.pt", for_resume=True)
     assert not [n for n in names if n.startswith(".")], names
 
 

@@ -165,21 +165,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return payload
 
 
-# What `fit(resume=...)` reads from a payload.
-RESUME_KEYS = ("model_name", "config", "model_state", "optimizer_state", "scheduler_state",
-               "scaler_state", "run_state", "rng")
-
-
-def check_resumable(payload: dict, path: str | os.PathLike) -> None:
-    """Raise a UserError naming `path` unless the payload has every part a resume needs, with weights
-    that fit its model. `schema.check_checkpoint(..., for_resume=True)` also checks each part's contents."""
-    missing = [key for key in RESUME_KEYS if key not in payload]
-    if missing:
-        raise UserError(f"Checkpoint '{path}' lacks {', '.join(missing)}, so the run cannot resume from it "
-                        "(it was written by another version or tool).")
-    check_model_state(payload, path)
-
-
 def model_kwargs(payload: dict) -> dict:
     """The keyword arguments the checkpoint's model was built with (older checkpoints: none, i.e. the
     Fashion-MNIST defaults: 1 channel, 10 classes)."""

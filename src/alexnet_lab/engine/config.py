@@ -295,17 +295,17 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+def hint_kind(hint) -> tuple[type, bool]:
+    """A type hint's value type and whether it may be None: `int | None` -> (int, True)."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    (kind,) = [a for a in args if a is not type(None)]
+    return kind, type(None) in args
+
+
 @functools.cache
 def field_types() -> dict[str, tuple[type, bool]]:
-    """Each TrainConfig field's value type and whether it may be None, read from its annotation
-    (`int | None`: int, optional). The annotations are strings (`from __future__ import annotations`)."""
-    kinds = {}
-    for name, hint in typing.get_type_hints(TrainConfig).items():
-        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-        args = typing.get_args(hint) if union else (hint,)
-        (kind,) = [a for a in args if a is not type(None)]
-        kinds[name] = (kind, type(None) in args)
-    return kinds
+    """Each TrainConfig field's value type and whether it may be None, from its annotation."""
+    return {name: hint_kind(hint) for name, hint in typing.get_type_hints(TrainConfig).items()}
 
 
 @functools.cache
@@ -324,41 +324,37 @@ def choices_of(field: dataclasses.Field) -> tuple | None:
     return tuple(choices() if callable(choices) else choices) if choices else None
 
 
-def check_setting(name: str, value) -> None:
-    """Raise a UserError unless `value` may be TrainConfig field `name`: of the annotated type (None only
-    for an `X | None` field), inside the declared range, one of the declared choices."""
-    kind, optional = field_types()[name]
+KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text",
+         dict: "a dict (a JSON object)", list: "a list"}
+
+
+def value_problem(value, kind: type, optional: bool = False, range: tuple | None = None,
+                  choices=None) -> str | None:
+    """What is wrong with `value` as a `kind` (a key of KINDS; None too if `optional`) inside `range` (low,
+    high, open ends) and among `choices` ("must be ..., got ..."), or None: the one check of settings and
+    of the files read back (engine/schema.py). A float takes a whole number, bool is no number, a number
+    is finite, text can be a file name (no NUL, no lone surrogate: os.stat raises on either)."""
     if value is None and optional:
-        return
-    field = _fields_by_name()[name]
-    _check_type(name, kind, value)
-    if field.metadata.get("range"):
-        _check_range(name, value, *field.metadata["range"])
-    choices = choices_of(field)
-    if choices and value not in choices and not (name == "device" and INDEXED_DEVICE.fullmatch(value)):
-        also = " (or cuda:N)" if name == "device" else ""
-        raise UserError(f"Invalid configuration: {flag_name(name)} must be one of "
-                        f"{', '.join(map(str, choices))}{also}, got {describe(value)}.")
-
-
-def _check_type(name: str, kind: type, value) -> None:
-    if kind in (int, float):  # a float field takes a whole number too; bool is no number here
-        if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
-            raise UserError(f"Invalid configuration: {flag_name(name)} must be "
-                            f"{'a whole number' if kind is int else 'a number'}, got {describe(value)}.")
-        if isinstance(value, float) and not math.isfinite(value):  # a whole number is finite, however long
-            raise UserError(f"Invalid configuration: {flag_name(name)} must be a finite number, got {value}.")
-    elif not isinstance(value, kind):
-        raise UserError(f"Invalid configuration: {flag_name(name)} must be "
-                        f"{'true or false' if kind is bool else 'text'}, got {describe(value)}.")
-    elif kind is str and not _os_text(value):
-        raise UserError(f"Invalid configuration: {flag_name(name)} must be text without NUL characters or lone "
-                        f"surrogates (a \\ud800 escape), got {describe(value)}.")
+        return None
+    wrong = (isinstance(value, bool) and kind is not bool) or not isinstance(value, (int, float) if kind is float else kind)
+    if choices is not None and (wrong or value not in choices):
+        return f"must be one of {', '.join(map(str, choices))}, got {describe(value)}"
+    if wrong:
+        return f"must be {KINDS[kind]}, got {describe(value)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if kind is str and not _os_text(value):
+        return f"must be text without NUL characters or lone surrogates (a \\ud800 escape), got {describe(value)}"
+    if range is not None:
+        low, high, ends = range
+        if (value <= low if "low" in ends else value < low) or (value >= high if "high" in ends else value > high):
+            show = lambda x: describe(x) if isinstance(x, int) else f"{x:g}"  # noqa: E731
+            span = f"{'(' if 'low' in ends else '['}{show(low)}, {show(high)}{')' if 'high' in ends else ']'}"
+            return f"must be in {span}, got {show(value)}"
+    return None
 
 
 def _os_text(value: str) -> bool:
-    """Whether `value` can be a file name: no NUL, and no surrogate but a file name's undecodable byte (os.stat
-    raises on either, and no device or choice holds one)."""
     try:
         os.fsencode(value)
     except UnicodeEncodeError:
@@ -366,13 +362,18 @@ def _os_text(value: str) -> bool:
     return "\0" not in value
 
 
-def _check_range(name: str, value, low, high, open_ends: str) -> None:
-    below = value <= low if "low" in open_ends else value < low
-    above = value >= high if "high" in open_ends else value > high
-    if below or above:
-        show = lambda x: describe(x) if isinstance(x, int) else f"{x:g}"  # noqa: E731
-        span = f"{'(' if 'low' in open_ends else '['}{show(low)}, {show(high)}{')' if 'high' in open_ends else ']'}"
-        raise UserError(f"Invalid configuration: {flag_name(name)} must be in {span}, got {show(value)}.")
+def check_setting(name: str, value) -> None:
+    """Raise a UserError unless `value` may be TrainConfig field `name` (value_problem with the field's
+    annotation, range and choices; a device may also be cuda:N)."""
+    field = _fields_by_name()[name]
+    choices = choices_of(field)
+    if name == "device" and isinstance(value, str) and INDEXED_DEVICE.fullmatch(value):
+        choices = None
+    problem = value_problem(value, *field_types()[name], field.metadata.get("range"), choices)
+    if problem:
+        if name == "device":
+            problem = problem.replace(", got", " (or cuda:N), got", 1)
+        raise UserError(f"Invalid configuration: {flag_name(name)} {problem}.")
 
 
 def check_config(config: TrainConfig) -> None:

@@ -1,23 +1,19 @@
-"""Schemas of what the program reads back from files: a checkpoint's fields, an exported model's metadata
-and a run folder's JSON, each field checked (type, range, consistency with the model) before it is used.
-
-A file that fails is a `UserError` naming the file and the field. Sizes taken from a file are bounded, so
-a forged number is refused instead of being allocated.
+"""Schemas of what the program reads back from files (a checkpoint, an exported model's metadata, a run
+folder's JSON): each field checked by engine/config.value_problem before use; sizes bounded before allocation.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
-import re
+import typing
 from dataclasses import fields
 
 import torch
 
 from alexnet_lab.engine import checkpoint as ckpt
 from alexnet_lab.engine.builders import input_size
-from alexnet_lab.engine.config import DEVICES, TrainConfig, augment_value
+from alexnet_lab.engine.config import KINDS, TrainConfig, augment_value, field_types, hint_kind, value_problem
 from alexnet_lab.engine.optimizers import parameter_groups
 from alexnet_lab.engine.trainer import RunState
 from alexnet_lab.errors import UserError, describe
@@ -25,21 +21,21 @@ from alexnet_lab.models import build_model, check_input_size, list_models
 
 METADATA_FORMAT = "alexnet-lab-model/1"  # the exported model's metadata (engine/inference.py writes it)
 
-COUNT_MAX = 2**62            # steps, examples, epochs: far beyond any run, and every one fits an int64
-CLASSES = (2, 100_000)       # a classifier needs two classes; 100,000 bounds the output layer
+COUNT = (0, 2**62, "")       # steps, examples, epochs: far beyond any run, and every one fits an int64
+CLASSES = (2, 100_000, "")   # a classifier needs two classes; 100,000 bounds the output layer
 CHANNELS = (1, 3)            # the data give gray or RGB images (--channels)
 SIDE_MAX = 4096              # the largest input side, as --resize allows (its range in config.py)
 STORED_FACTOR = 4            # image-folder models decode at most 4x their input side (2012 crops: 256/224)
 NAME_MAX = 255               # a class name is a folder name: at most 255 bytes on common file systems
-DEVICE = re.compile(r"(cuda|mps):\d{1,3}")  # besides config.DEVICES; torch.device() refuses anything else
+LR = (0, 1e4, "")            # a learning rate or decay as an optimizer group holds it (config.py's bounds)
 # What LambdaLR.load_state_dict copies into the scheduler's attributes (any other key would overwrite
 # one of its working attributes, such as its optimizer); `verbose` from older torch versions.
 SCHEDULER_KEYS = {"base_lrs", "last_epoch", "_step_count", "_is_initial", "_get_lr_called_within_step",
                   "_last_lr", "lr_lambdas", "verbose"}
 SGD_GROUP = ("params", "lr", "momentum", "dampening", "weight_decay")  # what SGD.step reads with no default
-# Settings whose type changed, with the type older versions saved them as: TrainConfig takes that too.
-LEGACY_TYPES = {"augment": bool}  # a switch before it named the kinds (true: the model's own, false: none)
-RESUME_RUN_STATE = ("epoch", "batch", "step", "examples", "metrics")  # what a resume cannot do without
+RESUME_KEYS = ("model_name", "config", "model_state", "optimizer_state", "scheduler_state", "scaler_state",
+               "run_state", "rng")  # what fit(resume=...) reads
+RESUME_RUN_STATE = ("epoch", "batch", "step", "examples", "metrics")
 
 
 class Fields:
@@ -52,10 +48,19 @@ class Fields:
         raise UserError(f"{self.where} is damaged or was not written by alexnet-lab: {name} {problem}. "
                         f"{self.advice}")
 
+    def check(self, name: str, value, kind: type, range: tuple | None = None, *, optional: bool = False,
+              choices=None, longest: int = 10_000):
+        """`value` if it is a `kind` in `range` among `choices` (engine/config.value_problem); text at most
+        `longest` characters."""
+        problem = value_problem(value, kind, optional, range, choices)
+        if problem is None and isinstance(value, str) and len(value) > longest:
+            problem = f"must be at most {longest:,} characters, got {len(value):,}"
+        if problem:
+            self.fail(name, problem)
+        return value
+
     def mapping(self, name: str, value) -> dict:
-        if not isinstance(value, dict):
-            self.fail(name, f"must be a dict (a JSON object), got {describe(value)}")
-        if not all(isinstance(key, str) for key in value):
+        if not all(isinstance(key, str) for key in self.check(name, value, dict)):
             self.fail(name, "must have text keys only")
         return value
 
@@ -68,86 +73,30 @@ class Fields:
             shown = ", ".join(describe(key) for key in unknown[:4]) + (" ..." if len(unknown) > 4 else "")
             self.fail(name, f"has unknown key(s) {shown}")
 
-    def sequence(self, name: str, value, low: int = 0, high: int = COUNT_MAX) -> list | tuple:
+    def sequence(self, name: str, value, low: int = 0, high: int = COUNT[1]) -> list | tuple:
         if not isinstance(value, (list, tuple)):
             self.fail(name, f"must be a list, got {describe(value)}")
         if not low <= len(value) <= high:
             self.fail(name, f"must have {low if low == high else f'{low} to {high}'} item(s), got {len(value)}")
         return value
 
-    def whole(self, name: str, value, low: int = 0, high: int = COUNT_MAX) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(name, f"must be a whole number, got {describe(value)}")
-        if not low <= value <= high:
-            self.fail(name, f"must be in [{low}, {high}], got {describe(value)}")
-        return value
-
-    def number(self, name: str, value, low: float = 0.0, high: float = math.inf, *, optional: bool = False,
-               open_low: bool = False, open_high: bool = False) -> float | None:
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(name, f"must be a number{' or null' if optional else ''}, got {describe(value)}")
-        if isinstance(value, float) and not math.isfinite(value):
-            self.fail(name, f"must be a finite number, got {value}")
-        if (value <= low if open_low else value < low) or (value >= high if open_high else value > high):
-            self.fail(name, f"must be in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}, "
-                            f"got {describe(value)}")
-        return value
-
-    def text(self, name: str, value, *, optional: bool = False, longest: int = 10_000) -> str | None:
-        if value is None and optional:
-            return None
-        if not isinstance(value, str):
-            self.fail(name, f"must be text, got {describe(value)}")
-        if len(value) > longest:
-            self.fail(name, f"must be at most {longest:,} characters, got {len(value):,}")
-        return value
-
-    def flag(self, name: str, value, *, optional: bool = False) -> bool | None:
-        if (value is None and optional) or isinstance(value, bool):
-            return value
-        self.fail(name, f"must be true or false, got {describe(value)}")
-
-    def choice(self, name: str, value, choices) -> object:
-        if isinstance(value, bool) or not isinstance(value, (str, int)) or value not in choices:
-            shown = ", ".join(map(str, choices))
-            self.fail(name, f"must be one of {shown}, got {describe(value)}")
-        return value
-
-    def typed(self, name: str, value, annotation: str) -> None:
-        """`value` as a dataclass field annotated `annotation` ("int", "float | None", ...) takes it."""
-        parts = [part.strip() for part in str(annotation).split("|")]
-        optional, kind = "None" in parts, next((p for p in parts if p != "None"), "None")
-        if kind == "bool":
-            self.flag(name, value, optional=optional)
-        elif kind == "int" and not (optional and value is None):
-            self.whole(name, value, -COUNT_MAX, COUNT_MAX)
-        elif kind == "float":
-            self.number(name, value, -math.inf, math.inf, optional=optional)
-        elif kind == "str":
-            self.text(name, value, optional=optional)
-        elif kind == "list" and not isinstance(value, list):  # appended to: a tuple will not do
-            self.fail(name, f"must be a list, got {describe(value)}")
+    def typed(self, name: str, value, hint) -> None:
+        """`value` as a dataclass field annotated `hint` (`int`, `float | None`, ...) takes it."""
+        kind, optional = hint_kind(hint)
+        if kind in KINDS:
+            self.check(name, value, kind, (-COUNT[1], COUNT[1], "") if kind is int else None, optional=optional)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
 
 def check_checkpoint(payload: dict, path, *, for_resume: bool = False, advice: str = ckpt.LOAD_ADVICE) -> TrainConfig:
-    """Check every field a command reads from a loaded checkpoint and return its training config.
-
-    Always: model_name, model_kwargs, model_state, config, class_names, ema_state, run_state, versions and
-    the data fingerprint, against the model the checkpoint names (built on the meta device: no memory, no
-    compute). `for_resume` (train --resume) also: every key fit() needs; the optimizer, scheduler, scaler
-    and RNG states. `advice` ends each message: what to do about a damaged file."""
+    """Check every field a command reads from a loaded checkpoint and return its training config: the
+    model's name, options, weights (against the model built on the meta device: no memory, no compute),
+    config, class names, average of the weights, run state, versions and data fingerprint. `for_resume`
+    (train --resume): also every part fit() restores. `advice` ends each message."""
     c = Fields(f"Checkpoint '{path}'", advice)
-    if for_resume:
-        missing = [key for key in ckpt.RESUME_KEYS if key not in payload]
-        if missing:
-            raise UserError(f"Checkpoint '{path}' lacks {', '.join(missing)}, so the run cannot resume from "
-                            "it (it was written by another version or tool).")
-    c.keys("the checkpoint", payload, required=("model_name", "model_state", "config"))
-    name = c.choice("model_name", payload["model_name"], list_models())
+    c.keys("the checkpoint", payload, required=RESUME_KEYS if for_resume else ("model_name", "model_state", "config"))
+    name = c.check("model_name", payload["model_name"], str, choices=list_models())
     kwargs = _model_kwargs(c, payload.get("model_kwargs"))
     ckpt.check_model_state(payload, path)  # names and shapes of the weights, against the model
     config = _train_config(c, payload["config"])
@@ -162,14 +111,11 @@ def check_checkpoint(payload: dict, path, *, for_resume: bool = False, advice: s
     _class_names(c, "class_names", payload.get("class_names"), kwargs["num_classes"])
     with torch.device("meta"):
         model = build_model(name, **kwargs)
-    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    _ema_state(c, payload.get("ema_state"), config, expected, name, for_resume)
-    if "run_state" in payload or for_resume:
+    _ema_state(c, payload.get("ema_state"), config, model, for_resume)
+    if "run_state" in payload:
         _run_state(c, payload["run_state"], for_resume)
-    if "versions" in payload:
-        versions = c.mapping("versions", payload["versions"])
-        for key, value in versions.items():
-            c.text(f"versions.{key}", value, longest=200)
+    for key, value in c.mapping("versions", payload.get("versions", {})).items():
+        c.check(f"versions.{key}", value, str, longest=200)
     if payload.get("data_fingerprint") is not None:  # evaluate and a resume compare it with the data
         _fingerprint(c, payload["data_fingerprint"])
     if for_resume:
@@ -178,17 +124,25 @@ def check_checkpoint(payload: dict, path, *, for_resume: bool = False, advice: s
 
 
 def _resume_parts(c: Fields, payload: dict, config: TrainConfig, model: torch.nn.Module) -> None:
-    """What only a resume restores: optimizer, scheduler, scaler, Lookahead and RNG states."""
+    """What only a resume restores, where a damaged value would pass `load_state_dict` and fail only at
+    the first step: the optimizer's groups and buffers, the schedule, the scaler, Lookahead, the RNGs."""
     groups = parameter_groups(config, model)  # the order the run's optimizer lists the parameters in
     _optimizer_state(c, payload["optimizer_state"], [tuple(p.shape) for g in groups for p in g["params"]])
     trained = {id(p) for g in groups for p in g["params"] if p.requires_grad}
     _lookahead_state(c, payload.get("lookahead_state"), config,
                      [tuple(p.shape) for p in model.parameters() if id(p) in trained])
     _scheduler_state(c, payload["scheduler_state"], len(payload["optimizer_state"]["param_groups"]))
-    _scaler_state(c, payload["scaler_state"])
+    scaler = c.mapping("scaler_state", payload["scaler_state"])  # fp16's grad scaler: empty when it was off
+    if scaler:
+        c.keys("scaler_state", scaler, required=("scale", "growth_factor", "backoff_factor", "growth_interval",
+                                                 "_growth_tracker"))
+        for key in ("scale", "growth_factor", "backoff_factor"):
+            c.check(f"scaler_state.{key}", scaler[key], float, (0, 2.0**128, "low"))
+        c.check("scaler_state.growth_interval", scaler["growth_interval"], int, (1, COUNT[1], ""))
+        c.check("scaler_state._growth_tracker", scaler["_growth_tracker"], int, COUNT)
     _rng_state(c, payload["rng"])
     if "world_size" in payload:
-        c.whole("world_size", payload["world_size"], 1, 2**20)
+        c.check("world_size", payload["world_size"], int, (1, 2**20, ""))
 
 
 def _model_kwargs(c: Fields, value) -> dict:
@@ -196,26 +150,19 @@ def _model_kwargs(c: Fields, value) -> dict:
     value = {} if value is None else c.mapping("model_kwargs", value)
     c.keys("model_kwargs", value, allowed=("in_channels", "num_classes"))
     kwargs = {"in_channels": 1, "num_classes": 10, **value}
-    c.choice("model_kwargs.in_channels", kwargs["in_channels"], CHANNELS)
-    c.whole("model_kwargs.num_classes", kwargs["num_classes"], *CLASSES)
+    c.check("model_kwargs.in_channels", kwargs["in_channels"], int, choices=CHANNELS)
+    c.check("model_kwargs.num_classes", kwargs["num_classes"], int, CLASSES)
     return kwargs
 
 
-def _train_config(c: Fields, value, name: str = "config") -> TrainConfig:
-    """The saved TrainConfig: every field of its type, then TrainConfig's own range and choice checks."""
-    values = c.mapping(name, value)
-    annotations = {f.name: f.type for f in fields(TrainConfig)}
-    c.keys(name, values, required=("model",), allowed=annotations)
-    for key, item in values.items():
-        if not isinstance(item, LEGACY_TYPES.get(key, ())):
-            c.typed(f"{name}.{key}", item, annotations[key])
-    device = values.get("device", "auto")
-    if device not in DEVICES and not DEVICE.fullmatch(device):
-        c.fail(f"{name}.device", f"must be one of {', '.join(DEVICES)} or cuda:N, got {describe(device)}")
+def _train_config(c: Fields, value) -> TrainConfig:
+    """The saved TrainConfig, checked by TrainConfig itself (each field's type, range and choices)."""
+    values = c.mapping("config", value)
+    c.keys("config", values, required=("model",), allowed=field_types())
     try:
         return TrainConfig.from_dict(values)
-    except (UserError, TypeError, ValueError) as exc:
-        c.fail(name, f"is not a valid configuration ({str(exc).removeprefix('Invalid configuration: ').rstrip('.')})")
+    except UserError as exc:
+        c.fail("config", f"is not a valid configuration ({str(exc).removeprefix('Invalid configuration: ').rstrip('.')})")
 
 
 def _class_names(c: Fields, name: str, value, num_classes: int) -> None:
@@ -227,13 +174,13 @@ def _class_names(c: Fields, name: str, value, num_classes: int) -> None:
     if len(names) != num_classes:
         c.fail(name, f"holds {len(names)} name(s) for the model's {num_classes} outputs")
     for i, item in enumerate(names):
-        if not c.text(f"{name}[{i}]", item, longest=NAME_MAX):
+        if not c.check(f"{name}[{i}]", item, str, longest=NAME_MAX):
             c.fail(f"{name}[{i}]", "is empty")
     if len(set(names)) != len(names):
         c.fail(name, "holds the same name twice")
 
 
-def _ema_state(c: Fields, value, config: TrainConfig, expected: dict, model_name: str, for_resume: bool) -> None:
+def _ema_state(c: Fields, value, config: TrainConfig, model: torch.nn.Module, for_resume: bool) -> None:
     """The average of the weights that evaluations use: present exactly when the run kept one."""
     if value is None:
         if for_resume and config.ema_decay:
@@ -244,11 +191,16 @@ def _ema_state(c: Fields, value, config: TrainConfig, expected: dict, model_name
         c.fail("ema_state", "is present, but the run kept no average of the weights (config.ema_decay is 0)")
     ema = c.mapping("ema_state", value)
     c.keys("ema_state", ema, required=("module", "updates", "decay"))
-    problems = ckpt.state_problems(expected, ema["module"])
+    problems = ckpt.state_problems({k: tuple(v.shape) for k, v in model.state_dict().items()}, ema["module"])
     if problems:
-        c.fail("ema_state.module", f"does not fit model '{model_name}' ({'; '.join(problems[:2])})")
-    c.whole("ema_state.updates", ema["updates"])
-    c.number("ema_state.decay", ema["decay"], 0, 1, open_low=True, open_high=True)
+        c.fail("ema_state.module", f"does not fit model '{config.model}' ({'; '.join(problems[:2])})")
+    c.check("ema_state.updates", ema["updates"], int, COUNT)
+    c.check("ema_state.decay", ema["decay"], float, (0, 1, "low high"))
+
+
+def _float_tensor(c: Fields, name: str, tensor, shape: tuple) -> None:
+    if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tuple(tensor.shape) == shape):
+        c.fail(name, f"must be a float tensor of shape {shape}, got {describe(tensor)}")
 
 
 def _lookahead_state(c: Fields, value, config: TrainConfig, shapes: list[tuple]) -> None:
@@ -262,76 +214,65 @@ def _lookahead_state(c: Fields, value, config: TrainConfig, shapes: list[tuple])
         c.fail("lookahead_state", f"is missing, but the run uses Lookahead (lookahead_every {config.lookahead_every})")
     state = c.mapping("lookahead_state", value)
     c.keys("lookahead_state", state, required=("slow", "steps", "every", "alpha"))
-    slow = c.sequence("lookahead_state.slow", state["slow"], len(shapes), len(shapes))
-    for i, (tensor, shape) in enumerate(zip(slow, shapes)):
-        if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tuple(tensor.shape) == shape):
-            c.fail(f"lookahead_state.slow[{i}]", f"must be a float tensor of shape {shape}, got {describe(tensor)}")
-    c.whole("lookahead_state.steps", state["steps"])
-    c.whole("lookahead_state.every", state["every"], 1)
-    c.number("lookahead_state.alpha", state["alpha"], 0, 1, open_low=True)
+    for i, (tensor, shape) in enumerate(zip(c.sequence("lookahead_state.slow", state["slow"], len(shapes),
+                                                       len(shapes)), shapes)):
+        _float_tensor(c, f"lookahead_state.slow[{i}]", tensor, shape)
+    c.check("lookahead_state.steps", state["steps"], int, COUNT)
+    c.check("lookahead_state.every", state["every"], int, (1, COUNT[1], ""))
+    c.check("lookahead_state.alpha", state["alpha"], float, (0, 1, "low"))
 
 
 def _run_state(c: Fields, value, for_resume: bool) -> None:
     """The run's position and sums (engine.trainer.RunState), typed as RunState declares them."""
     state = c.mapping("run_state", value)
-    annotations = {f.name: f.type for f in fields(RunState) if not f.metadata.get("transient")}
-    c.keys("run_state", state, required=RESUME_RUN_STATE if for_resume else (), allowed=annotations)
+    hints = typing.get_type_hints(RunState)
+    c.keys("run_state", state, required=RESUME_RUN_STATE if for_resume else (),
+           allowed=[f.name for f in fields(RunState) if not f.metadata.get("transient")])
     for key, item in state.items():
-        c.typed(f"run_state.{key}", item, annotations[key])
-    counts = {key: c.whole(f"run_state.{key}", state[key])
+        c.typed(f"run_state.{key}", item, hints[key])
+    counts = {key: c.check(f"run_state.{key}", state[key], int, COUNT)
               for key in ("epoch", "batch", "step", "examples", "epoch_examples") if key in state}
-    step = counts.get("step", COUNT_MAX)
     for key in ("epoch", "batch"):  # every epoch and every batch is at least one step
-        if counts.get(key, 0) > step:
-            c.fail(f"run_state.{key}", f"is {counts[key]}, more than the {step} steps done")
-    for key in ("step_seconds", "wall_seconds", "epoch_loss_sum"):
+        if counts.get(key, 0) > counts.get("step", COUNT[1]):
+            c.fail(f"run_state.{key}", f"is {counts[key]}, more than the {counts['step']} steps done")
+    for key, bounds in (("step_seconds", (0, 1e30, "")), ("wall_seconds", (0, 1e30, "")),
+                        ("epoch_loss_sum", (0, 1e30, "")),  # becomes a float32 tensor
+                        ("epoch_correct", (0, counts.get("epoch_examples", COUNT[1]), "")),  # at most those counted
+                        ("best_test_acc", (-1, 1, ""))):  # -1: not tested yet
         if key in state:
-            c.number(f"run_state.{key}", state[key], 0, 1e30)  # the loss sum becomes a float32 tensor
-    if "epoch_correct" in state:  # becomes an int64 tensor: at most the examples counted
-        c.number("run_state.epoch_correct", state["epoch_correct"], 0, counts.get("epoch_examples", COUNT_MAX))
-    if "best_test_acc" in state:  # -1: not tested yet
-        c.number("run_state.best_test_acc", state["best_test_acc"], -1, 1)
-    if "time_to_target_s" in state:
-        c.number("run_state.time_to_target_s", state["time_to_target_s"], optional=True)
+            c.check(f"run_state.{key}", state[key], float, bounds)
     for i, row in enumerate(state.get("metrics", ())):
         _metrics_row(c, f"run_state.metrics[{i}]", row)
 
 
 def _optimizer_state(c: Fields, value, params: list[tuple]) -> None:
-    """SGD's state: one group or more listing the optimizer's parameters (`params`: their shapes, in the
-    order of engine/optimizers.parameter_groups) in order, momentum buffers shaped like them (a wrong
-    shape would fail only at the first step)."""
+    """SGD's state: groups listing the optimizer's parameters (`params`: their shapes, in the order of
+    engine/optimizers.parameter_groups) in order, numbers where the step reads them, momentum buffers shaped
+    like their parameters (a wrong shape or type would load, and fail only at the first step)."""
     state = c.mapping("optimizer_state", value)
     c.keys("optimizer_state", state, required=("state", "param_groups"))
-    groups = c.sequence("optimizer_state.param_groups", state["param_groups"], 1, len(params))
     order = []
-    for i, group in enumerate(groups):
+    for i, group in enumerate(c.sequence("optimizer_state.param_groups", state["param_groups"], 1, len(params))):
         name = f"optimizer_state.param_groups[{i}]"
-        group = c.mapping(name, group)
-        c.keys(name, group, required=SGD_GROUP)
+        c.keys(name, c.mapping(name, group), required=SGD_GROUP)
         for key in ("lr", "momentum", "dampening", "weight_decay", "initial_lr"):
             if key in group:
-                c.number(f"{name}.{key}", group[key], 0, 1e4)
+                c.check(f"{name}.{key}", group[key], float, LR)
         for key in ("nesterov", "maximize", "differentiable", "foreach", "fused", "muon", "renorm"):
             if key in group:
-                c.flag(f"{name}.{key}", group[key], optional=key in ("foreach", "fused"))
+                c.check(f"{name}.{key}", group[key], bool, optional=key in ("foreach", "fused"))
         if group.get("muon"):  # engine/optimizers.MuonSGD's groups
-            c.whole(f"{name}.ns_steps", group.get("ns_steps"), 1, 99)
-        order += [c.whole(f"{name}.params[{j}]", p, 0, len(params) - 1)
+            c.check(f"{name}.ns_steps", group.get("ns_steps"), int, (1, 99, ""))
+        order += [c.check(f"{name}.params[{j}]", p, int, (0, len(params) - 1, ""))
                   for j, p in enumerate(c.sequence(f"{name}.params", group["params"]))]
     if order != list(range(len(params))):
         c.fail("optimizer_state.param_groups", f"do not list the run's {len(params)} trained parameters in order")
-    buffers = state["state"]
-    if not isinstance(buffers, dict):
-        c.fail("optimizer_state.state", f"must be a dict, got {describe(buffers)}")
-    for key, entry in buffers.items():
+    for key, entry in c.check("optimizer_state.state", state["state"], dict).items():
         name = f"optimizer_state.state[{describe(key)}]"
-        index = c.whole(name, key, 0, len(params) - 1)
-        buffer = c.mapping(name, entry).get("momentum_buffer")
-        if buffer is not None and not (isinstance(buffer, torch.Tensor) and buffer.is_floating_point()
-                                       and tuple(buffer.shape) == params[index]):
-            c.fail(f"{name}.momentum_buffer", f"must be a float tensor of shape {params[index]}, got "
-                                              f"{describe(buffer)}")
+        index = c.check(name, key, int, (0, len(params) - 1, ""))
+        buffer = c.check(name, entry, dict).get("momentum_buffer")
+        if buffer is not None:
+            _float_tensor(c, f"{name}.momentum_buffer", buffer, params[index])
 
 
 def _scheduler_state(c: Fields, value, groups: int) -> None:
@@ -339,30 +280,17 @@ def _scheduler_state(c: Fields, value, groups: int) -> None:
     c.keys("scheduler_state", state, required=("lr_lambdas", "last_epoch"), allowed=SCHEDULER_KEYS)
     if any(item is not None for item in c.sequence("scheduler_state.lr_lambdas", state["lr_lambdas"], groups, groups)):
         c.fail("scheduler_state.lr_lambdas", "must hold nothing (the schedule is a function of the step)")
-    c.whole("scheduler_state.last_epoch", state["last_epoch"], -1)
-    if "_step_count" in state:
-        c.whole("scheduler_state._step_count", state["_step_count"])
+    c.check("scheduler_state.last_epoch", state["last_epoch"], int, (-1, COUNT[1], ""))
     for key in ("base_lrs", "_last_lr"):
-        if key in state:
-            for i, lr in enumerate(c.sequence(f"scheduler_state.{key}", state[key], groups, groups)):
-                c.number(f"scheduler_state.{key}[{i}]", lr, 0, 1e4)
+        for i, lr in enumerate(c.sequence(f"scheduler_state.{key}", state.get(key, [0] * groups), groups, groups)):
+            c.check(f"scheduler_state.{key}[{i}]", lr, float, LR)
+    if "_step_count" in state:
+        c.check("scheduler_state._step_count", state["_step_count"], int, COUNT)
     for key in ("_is_initial", "_get_lr_called_within_step"):
         if key in state:
-            c.flag(f"scheduler_state.{key}", state[key])
+            c.check(f"scheduler_state.{key}", state[key], bool)
     if "verbose" in state and not isinstance(state["verbose"], (bool, str)):
         c.fail("scheduler_state.verbose", f"must be true, false or text, got {describe(state['verbose'])}")
-
-
-def _scaler_state(c: Fields, value) -> None:
-    """fp16's grad scaler: empty when it was off."""
-    state = c.mapping("scaler_state", value)
-    if state:
-        c.keys("scaler_state", state, required=("scale", "growth_factor", "backoff_factor", "growth_interval",
-                                                "_growth_tracker"))
-        for key in ("scale", "growth_factor", "backoff_factor"):
-            c.number(f"scaler_state.{key}", state[key], 0, 2.0**128, open_low=True)
-        c.whole("scaler_state.growth_interval", state["growth_interval"], 1)
-        c.whole("scaler_state._growth_tracker", state["_growth_tracker"])
 
 
 def _rng_state(c: Fields, value) -> None:
@@ -370,20 +298,19 @@ def _rng_state(c: Fields, value) -> None:
     rng = c.mapping("rng", value)
     c.keys("rng", rng, required=("python", "numpy", "torch"), allowed=("python", "numpy", "torch", "cuda"))
     version, internal, gauss = c.sequence("rng.python", rng["python"], 3, 3)
-    c.whole("rng.python[0]", version, random.Random.VERSION, random.Random.VERSION)
-    words = c.sequence("rng.python[1]", internal, 625, 625)  # 624 words of Mersenne Twister state, the index
-    for i, word in enumerate(words):
-        c.whole(f"rng.python[1][{i}]", word, 0, 624 if i == 624 else 2**32 - 1)
-    c.number("rng.python[2]", gauss, -math.inf, math.inf, optional=True)
+    c.check("rng.python[0]", version, int, choices=(random.Random.VERSION,))
+    for i, word in enumerate(c.sequence("rng.python[1]", internal, 625, 625)):  # 624 words of state, the index
+        c.check(f"rng.python[1][{i}]", word, int, (0, 624 if i == 624 else 2**32 - 1, ""))
+    c.check("rng.python[2]", gauss, float, optional=True)
     numpy_state = c.mapping("rng.numpy", rng["numpy"])
     c.keys("rng.numpy", numpy_state, required=("key", "pos", "has_gauss", "cached_gaussian"))
     key = numpy_state["key"]
     if not (isinstance(key, torch.Tensor) and key.dtype == torch.int64 and tuple(key.shape) == (624,)
             and int(key.min()) >= 0 and int(key.max()) < 2**32):
         c.fail("rng.numpy.key", f"must be 624 unsigned 32-bit words as an int64 tensor, got {describe(key)}")
-    c.whole("rng.numpy.pos", numpy_state["pos"], 0, 624)
-    c.whole("rng.numpy.has_gauss", numpy_state["has_gauss"], 0, 1)
-    c.number("rng.numpy.cached_gaussian", numpy_state["cached_gaussian"], -math.inf, math.inf)
+    c.check("rng.numpy.pos", numpy_state["pos"], int, (0, 624, ""))
+    c.check("rng.numpy.has_gauss", numpy_state["has_gauss"], int, (0, 1, ""))
+    c.check("rng.numpy.cached_gaussian", numpy_state["cached_gaussian"], float)
     for name, tensor in [("rng.torch", rng["torch"]),
                          *((f"rng.cuda[{i}]", t) for i, t in enumerate(c.sequence("rng.cuda", rng.get("cuda", ()))))]:
         if not (isinstance(tensor, torch.Tensor) and tensor.dtype == torch.uint8 and tensor.dim() == 1):
@@ -393,23 +320,20 @@ def _rng_state(c: Fields, value) -> None:
 
 
 def _fingerprint(c: Fields, value) -> None:
-    fingerprint = c.mapping("data_fingerprint", value)
-    for split in ("train", "test"):
-        if split in fingerprint:
-            part = c.mapping(f"data_fingerprint.{split}", fingerprint[split])
-            c.keys(f"data_fingerprint.{split}", part, required=("examples", "blake2b"))
-            c.whole(f"data_fingerprint.{split}.examples", part["examples"])
-            c.text(f"data_fingerprint.{split}.blake2b", part["blake2b"], longest=128)
+    for split, part in c.mapping("data_fingerprint", value).items():
+        if split in ("train", "test"):
+            name = f"data_fingerprint.{split}"
+            c.keys(name, c.mapping(name, part), required=("examples", "blake2b"))
+            c.check(f"{name}.examples", part["examples"], int, COUNT)
+            c.check(f"{name}.blake2b", part["blake2b"], str, longest=128)
 
 
 # --- exported models -----------------------------------------------------------------------------
 
 def check_model_metadata(text, path) -> dict:
-    """The metadata of an exported model file (JSON text or bytes) as a checked dict.
-
-    The sizes are bounded (input side at most SIDE_MAX, the stored side at most STORED_FACTOR times
-    it), so a forged number cannot make `predict` decode images at an impossible size. Whether they
-    describe the graph in the file is checked by `engine.export.ModelFile`."""
+    """The metadata of an exported model file (JSON text or bytes) as a checked dict. The sizes are bounded
+    (input side at most SIDE_MAX, the stored side STORED_FACTOR times it), so a forged number cannot make
+    `predict` decode images at an impossible size; `engine.export.ModelFile` checks they fit the graph."""
     try:
         meta = json.loads(text or "{}")
     except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError, ...
@@ -420,32 +344,30 @@ def check_model_metadata(text, path) -> dict:
     c = Fields(f"Model file '{path}'", "Export the model again with alexnet-lab export.")
     c.keys("its metadata", meta, required=("model", "class_names", "input_size", "in_channels", "data",
                                            "stored_size", "center_crop"))
-    c.text("model", meta["model"], longest=200)
-    names = c.sequence("class_names", meta["class_names"], *CLASSES)
+    c.check("model", meta["model"], str, longest=200)
+    names = c.sequence("class_names", meta["class_names"], *CLASSES[:2])
     _class_names(c, "class_names", names, len(names))
-    size = c.whole("input_size", meta["input_size"], 1, SIDE_MAX)
-    c.choice("in_channels", meta["in_channels"], CHANNELS)
-    data = c.text("data", meta["data"])
+    size = c.check("input_size", meta["input_size"], int, (1, SIDE_MAX, ""))
+    c.check("in_channels", meta["in_channels"], int, choices=CHANNELS)
+    data = c.check("data", meta["data"], str)
     if data != "fashion-mnist" and not data.startswith("imagefolder:"):
         c.fail("data", f"must be 'fashion-mnist' or 'imagefolder:...', got {describe(data)}")
-    c.whole("stored_size", meta["stored_size"], size, min(SIDE_MAX, STORED_FACTOR * size))
-    c.flag("center_crop", meta["center_crop"])
-    c.text("input", meta.get("input"), optional=True)
-    c.text("normalization", meta.get("normalization"), optional=True)
+    c.check("stored_size", meta["stored_size"], int, (size, min(SIDE_MAX, STORED_FACTOR * size), ""))
+    c.check("center_crop", meta["center_crop"], bool)
+    for key in ("input", "normalization"):
+        c.check(key, meta.get(key), str, optional=True)
     return meta
 
 
 def check_model_build(meta: dict, path) -> tuple[str, dict]:
     """(model name, build options) of a weights-only model file (safetensors), from its checked metadata:
-    a registered model, the options a checkpoint may hold (engine/checkpoint.py) agreeing with the declared
-    channels and classes, and an input size the model takes. Whether the weights fit is checked by
-    `engine.export.ModelFile` against the model built on the meta device."""
+    a registered model, options agreeing with the declared channels and classes, an input size the model
+    takes. `engine.export.ModelFile` checks the weights against the model built on the meta device."""
     c = Fields(f"Model file '{path}'", "Export the model again with alexnet-lab export.")
     c.keys("its metadata", meta, required=("model_kwargs",))
-    name = c.choice("model", meta["model"], list_models())
-    value = c.mapping("model_kwargs", meta["model_kwargs"])
-    c.keys("model_kwargs", value, required=("in_channels", "num_classes"))
-    kwargs = _model_kwargs(c, value)
+    name = c.check("model", meta["model"], str, choices=list_models())
+    c.keys("model_kwargs", c.mapping("model_kwargs", meta["model_kwargs"]), required=("in_channels", "num_classes"))
+    kwargs = _model_kwargs(c, meta["model_kwargs"])
     if kwargs["in_channels"] != meta["in_channels"]:
         c.fail("model_kwargs.in_channels", f"is {kwargs['in_channels']} but in_channels is {meta['in_channels']}")
     if kwargs["num_classes"] != len(meta["class_names"]):
@@ -462,19 +384,18 @@ def check_model_build(meta: dict, path) -> tuple[str, dict]:
 
 RUN_ADVICE = "Restore it, or leave this run out."
 # config.json's "resolved" part (engine.trainer.start_info) and summary.json (engine.trainer.summarize):
-# the fields the report and compare format, as dataclass-style annotations. Other keys are shown as text.
-RESOLVED = {"device": "str", "precision": "str", "steps_per_epoch": "int", "total_steps": "int",
-            "num_epochs": "int", "train_examples": "int", "test_examples": "int", "input_size": "int",
-            "start_step": "int", "start_examples": "int", "world_size": "int", "params": "int"}
-SUMMARY = {"model": "str", "preset": "str", "device": "str", "precision": "str", "epochs": "float",
-           "steps": "int", "train_loss": "float | None", "train_acc": "float | None",
-           "test_acc": "float | None", "best_test_acc": "float | None", "examples_per_sec": "float | None",
-           "step_seconds": "float | None", "wall_seconds": "float | None", "train_examples": "int",
-           "target_accuracy": "float | None", "reached_target": "bool", "time_to_target_s": "float | None"}
+# the fields the report and compare format. Other keys are shown as text.
+RESOLVED = {"device": str, "precision": str, "steps_per_epoch": int, "total_steps": int, "num_epochs": int,
+            "train_examples": int, "test_examples": int, "input_size": int, "start_step": int,
+            "start_examples": int, "world_size": int, "params": int}
+SUMMARY = {"model": str, "preset": str, "device": str, "precision": str, "epochs": float, "steps": int,
+           "train_loss": float | None, "train_acc": float | None, "test_acc": float | None,
+           "best_test_acc": float | None, "examples_per_sec": float | None, "step_seconds": float | None,
+           "wall_seconds": float | None, "train_examples": int, "target_accuracy": float | None,
+           "reached_target": bool, "time_to_target_s": float | None}
 # A metrics row (engine.trainer.log_point); JSON has no NaN, so the writer stores null for one.
-ROW = {"epoch": "float", "step": "int", "examples": "int", "train_loss": "float | None",
-       "train_acc": "float | None", "test_acc": "float | None", "lr": "float | None",
-       "elapsed_s": "float | None"}
+ROW = {"epoch": float, "step": int, "examples": int, "train_loss": float | None, "train_acc": float | None,
+       "test_acc": float | None, "lr": float | None, "elapsed_s": float | None}
 
 
 def check_run_config(value: dict, path) -> dict:
@@ -482,12 +403,12 @@ def check_run_config(value: dict, path) -> dict:
     may lack some or have others), and "resolved" with its environment as objects."""
     c = Fields(f"'{path}'", RUN_ADVICE)
     config = c.mapping("the file", value)
-    annotations = {f.name: f.type for f in fields(TrainConfig)}
-    for key, item in config.items():
-        if key in annotations and not isinstance(item, LEGACY_TYPES.get(key, ())):
-            c.typed(key, item, annotations[key])
     if isinstance(config.get("augment"), bool):  # an older version's switch, shown as the kinds it meant
         config = {**config, "augment": augment_value(config["augment"], str(config.get("model")))}
+    hints = typing.get_type_hints(TrainConfig)
+    for key, item in config.items():
+        if key in hints:
+            c.typed(key, item, hints[key])
     if "resolved" in config:
         resolved = c.mapping("resolved", config["resolved"])
         for key, item in resolved.items():
@@ -506,7 +427,7 @@ def check_summary(value: dict, path) -> dict:
         if key in SUMMARY:
             c.typed(key, item, SUMMARY[key])
     if "steps" in summary:
-        c.whole("steps", summary["steps"])
+        c.check("steps", summary["steps"], int, COUNT)
     return summary
 
 
@@ -523,6 +444,6 @@ def _metrics_row(c: Fields, name: str, row) -> dict:
             c.typed(f"{name}.{key}", item, ROW[key])
         elif item is not None and not isinstance(item, (bool, int, float, str)):  # rows are written as JSON
             c.fail(f"{name}.{key}", f"must be a number, text, true, false or null, got {describe(item)}")
-    c.number(f"{name}.epoch", row["epoch"], 0, COUNT_MAX)
-    c.whole(f"{name}.step", row["step"])
+    c.check(f"{name}.epoch", row["epoch"], float, COUNT)
+    c.check(f"{name}.step", row["step"], int, COUNT)
     return row
