@@ -25,6 +25,15 @@ settings.load_profile("ci" if suite.THOROUGH else "dev")
 REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_user_cache(tmp_path_factory):
+    """The tests never write to the user's own cache (~/.cache/alexnet-lab: the numerics measured by
+    engine/numerics.py, image-folder manifests); subprocesses inherit the session's own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user-cache")))
+        yield
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models on a shared CPU: one intra-op thread avoids OpenMP oversubscription stalls."""

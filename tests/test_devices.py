@@ -12,7 +12,7 @@ from torch import nn
 
 from alexnet_lab import d2l
 from alexnet_lab.cli import main
-from alexnet_lab.engine import checkpoint, device as dev
+from alexnet_lab.engine import checkpoint, device as dev, numerics
 from alexnet_lab.engine.config import make_config
 from alexnet_lab.engine.builders import evaluation_batch_size
 from alexnet_lab.engine.optimizers import build_optimizer, load_optimizer_state, sgd_implementation
@@ -142,6 +142,29 @@ def test_precision_choice_per_device(monkeypatch):
     assert dev.resolve_precision("fp16", cuda) == "fp16"
     with pytest.raises(UserError, match="fp16"):
         dev.resolve_precision("fp16", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("device, native_bf16, expected", [
+    ("cpu", False, ["fp32"]), ("cpu", True, ["fp32", "bf16"]),
+    ("cuda", False, ["fp32", "fp16"]), ("cuda", True, ["fp32", "bf16", "fp16"])])
+def test_auto_numerics_time_what_the_device_trains_in_well(monkeypatch, device, native_bf16, expected):
+    """The candidates --precision auto times, each channels-first and channels-last, plain fp32 first: bf16
+    on a CPU only where oneDNN runs it natively (emulated it is slow, and timing it costs the most)."""
+    monkeypatch.setattr(numerics, "cpu_has_fast_bf16", lambda: native_bf16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16)
+    pairs = numerics.candidates(make_config("fast"), torch.device(device))
+    assert pairs == [(p, c) for p in expected for c in (False, True)]
+    assert numerics.candidates(make_config("fast", channels_last=True), torch.device(device)) == \
+        [(p, True) for p in expected]
+    assert numerics.candidates(make_config("fast", precision="fp32", channels_last=False),
+                               torch.device(device)) == [("fp32", False)]
+
+
+def test_auto_numerics_on_an_apple_gpu_time_what_mps_trains_in(apple_silicon, monkeypatch):
+    _fake_versions(monkeypatch, (2, 6), macos14=True)  # no GradScaler on mps yet: no fp16 candidate
+    assert numerics.candidates(make_config("fast"), MPS) == [(p, c) for p in ("fp32", "bf16") for c in (False, True)]
+    with pytest.raises(UserError, match="fp16"):  # a given precision the device cannot run: refused, not timed
+        numerics.candidates(make_config("fast", precision="fp16"), MPS)
 
 
 @pytest.mark.usefixtures("offline_cli")

@@ -5,29 +5,9 @@ Every speed figure this project prints or records carries this description besid
 
 from __future__ import annotations
 
-import platform
-from pathlib import Path
-
 import torch
 
-# The CPU features that decide how fast the training step can be (oneDNN's kernels).
-ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_model_and_flags(cpuinfo: str | None = None) -> tuple[str, list[str]]:
-    """The CPU's model name and which of ISA_FLAGS it has (from /proc/cpuinfo where there is one)."""
-    if cpuinfo is None:
-        path = Path("/proc/cpuinfo")
-        cpuinfo = path.read_text(errors="replace") if path.exists() else ""
-    model, flags = platform.processor() or platform.machine(), set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name":
-            model = value.strip()
-        elif key == "flags":
-            flags = set(value.split())
-    return model, [f for f in ISA_FLAGS if f in flags]
+from alexnet_lab.engine.device import ISA_FLAGS, cpu_model_and_flags  # noqa: F401  (ISA_FLAGS: benchmarks read it here)
 
 
 def describe_machine(device: torch.device) -> dict:

@@ -77,7 +77,7 @@ def describe_budget(plan: BudgetPlan, full: TrainConfig, train_examples: int, bu
         f"So this runs a {budget_minutes:g}-minute budget instead: the same AlexNet at {size}x{size}, one pass over "
         f"at most the first {fast.limit_train:,} training images with the '{fast.preset.removesuffix('-cpu-budget')}' "
         f"recipe (batch {fast.batch_size}, Nesterov SGD, one-cycle lr to {fast.lr}, label smoothing "
-        f"{fast.label_smoothing}, bf16 autocast where the CPU supports it, channels-last), tested on the first "
+        f"{fast.label_smoothing}, the precision and memory format measured fastest here), tested on the first "
         f"{fast.limit_test:,} test images.\n"
         f"Estimated time: {plan.train_seconds / 60:.1f} min of training plus ~{plan.eval_seconds / 60:.1f} "
         f"min of evaluation (both from timed steps). Training stops after at most "

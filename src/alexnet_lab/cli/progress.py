@@ -12,6 +12,7 @@ import time
 from tqdm import tqdm
 
 from alexnet_lab.engine.config import TrainConfig, per_rank_batch
+from alexnet_lab.engine.numerics import numerics_line
 from alexnet_lab.engine.trainer import Callback
 
 
@@ -95,6 +96,9 @@ class ConsoleReporter(Callback):
               f"{c.epochs:g} epoch(s) = "
               f"{info['total_steps']:,} steps.", file=self.stream)
         print(f"Data: {info['data_source']}" + (f"   Output: {self.out}" if self.out else ""), file=self.stream)
+        numerics = numerics_line(info.get("numerics"))  # how --precision auto and channels-last were chosen
+        if numerics:
+            print(numerics, file=self.stream)
         if info["total_steps"] < FEW_STEPS and info.get("start_step", 0) == 0:
             print(short_run_note(c, info), file=self.stream)
         self.info = info

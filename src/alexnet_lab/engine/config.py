@@ -160,9 +160,13 @@ class TrainConfig:
                                     "decay per step (0: off)", range=(0, 1, "high"))
     tta: str = setting("none", "test-time augmentation at every test evaluation (flip only helps a model "
                                "trained with flips, --augment flip)", choices=TTA_MODES)
-    precision: str = setting("fp32", "autocast precision (auto: bf16 where fast)", choices=PRECISIONS,
+    precision: str = setting("fp32", "autocast precision (auto: the fastest of this device's precisions, "
+                                     "measured on a few real training steps and remembered per machine in "
+                                     "the user cache, engine/numerics.py)", choices=PRECISIONS,
                              group="numerics", bench=True)
-    channels_last: bool = setting(False, "NHWC memory format", group="numerics", bench=True)
+    channels_last: bool | None = setting(False, "NHWC memory format (--no-channels-last: NCHW; None, as the "
+                                                 "presets but d2l have it: the faster of the two, measured "
+                                                 "as for --precision auto)", group="numerics", bench=True)
     compile: bool = setting(False, "torch.compile", group="numerics", bench=True)
     device: str = setting("auto", "auto prefers cuda, then mps, then cpu (default: auto)", choices=DEVICES,
                           resumable=True, group="numerics", bench=True)  # or cuda:N (INDEXED_DEVICE)
@@ -396,20 +400,21 @@ def per_rank_batch(config: TrainConfig, world_size: int) -> int:
 # Presets: named overrides of the defaults. `d2l` is the book's train_ch6 recipe unchanged.
 PRESETS: dict[str, dict] = {
     "d2l": dict(model="alexnet", epochs=10, batch_size=128, lr=0.01, momentum=0.0,
-                schedule="constant", init="xavier", precision="fp32"),
+                schedule="constant", init="xavier", precision="fp32", channels_last=False),
     # The same AlexNet at 224x224, tuned for the fewest training examples to the book's 0.883:
     # Nesterov momentum, a one-cycle schedule (20% linear warm-up, linear decay to 0), label
-    # smoothing and AlexNet's own weight decay; bf16 autocast + NHWC where the hardware is fast.
+    # smoothing and AlexNet's own weight decay. Every preset below leaves its numerics (precision,
+    # memory format) to measurement on the machine at hand (engine/numerics.py).
     "fast": dict(model="alexnet", epochs=2, batch_size=128, lr=0.02, momentum=0.9, nesterov=True,
                  weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1,
-                 init="xavier", precision="auto", channels_last=True),
+                 init="xavier", precision="auto", channels_last=None),
     # The chapter's AlexNet to the book's 0.883 in one epoch (60,000 examples, half of `fast`'s): the
     # same recipe (peak lr 0.02) at batch 32, 4x the steps of the book's batch 128. One full run on
     # a 2-core AMD EPYC: test acc 0.8928 in 806 s at 77.7 examples/s (docs/RECORDS.md); batch 64 at lr
     # 0.03 gave 0.8825. `fast` keeps batch 128, whose steps are faster per example on a CPU and a GPU.
     "one-epoch": dict(model="alexnet", epochs=1, batch_size=32, lr=0.02, momentum=0.9, nesterov=True,
                       weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1,
-                      init="xavier", precision="auto", channels_last=True, log_points_per_epoch=4),
+                      init="xavier", precision="auto", channels_last=None, log_points_per_epoch=4),
     # Any registered model, tuned for the least wall-clock time to 0.883 test accuracy: a small
     # BatchNorm CNN at 28x28 for 0.55 of an epoch (one-cycle), batch 192, no label smoothing; one
     # test evaluation, at the end (a full test pass costs about a sixth of an epoch of training).
@@ -417,7 +422,7 @@ PRESETS: dict[str, dict] = {
     # 0.5 epoch gave 0.8866 / 0.8852 / 0.8831 mean test accuracy (0.5 reached 0.883 on 3 seeds of 5).
     "speedrun": dict(model="speednet", epochs=0.55, batch_size=192, lr=0.1, momentum=0.9, nesterov=True,
                      schedule="onecycle", warmup_frac=0.2, label_smoothing=0.0, init="default",
-                     precision="auto", channels_last=True, log_points_per_epoch=1),
+                     precision="auto", channels_last=None, log_points_per_epoch=1),
     # The speed ladder (docs/RECORDS.md; targets in RECORD_TARGETS). speedrun-90: speednet for 1.1
     # epochs with Muon on the convolution filters (lr 0.05), Nesterov SGD for the rest. Muon was the one
     # airbench option that paid in the 0.90 ablation (3 seeds at 1 epoch: 0.9015 against 0.8963; frozen
@@ -427,7 +432,7 @@ PRESETS: dict[str, dict] = {
     "speedrun-90": dict(model="speednet", epochs=1.1, batch_size=256, lr=0.1, momentum=0.9, nesterov=True,
                         optimizer="muon", muon_lr=0.05,
                         schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1, init="default",
-                        precision="auto", channels_last=True, eval_every=0, log_points_per_epoch=1),
+                        precision="auto", channels_last=None, eval_every=0, log_points_per_epoch=1),
     # speedrun-92: speednet for 4 epochs at peak lr 0.2 with Muon on the filters (lr 0.05). 5 seeds on the
     # Zen 3, one process: 0.9202 in 55.06 s; the SGD recipe it replaces (6 epochs) 0.9206 in 85.29 s.
     # Without Muon: twice the width for 3 epochs (speednet-wide) reached 0.9224 in 19.7 s on the Zen 4,
@@ -435,7 +440,7 @@ PRESETS: dict[str, dict] = {
     "speedrun-92": dict(model="speednet", epochs=4, batch_size=256, lr=0.2, momentum=0.9, nesterov=True,
                         optimizer="muon", muon_lr=0.05,
                         schedule="onecycle", warmup_frac=0.2, label_smoothing=0.0, init="default",
-                        precision="auto", channels_last=True, eval_every=0, log_points_per_epoch=1),
+                        precision="auto", channels_last=None, eval_every=0, log_points_per_epoch=1),
     # speedrun-94: the `best` recipe on fmnist-net at half the channels (a quarter of the FLOPs) for
     # 7 epochs with label smoothing 0.2, without augmentation or test-time augmentation, tested once.
     # The search (benchmarks/ladder_candidates.sh 94, docs/RECORDS.md), 2 seeds, evaluated at the end
@@ -444,7 +449,7 @@ PRESETS: dict[str, dict] = {
     # flip-translate TTA did not pay at 10 epochs (0.9405 in 154 s vs 0.9409 without both, seed 0).
     "speedrun-94": dict(model="fmnist-net-s", epochs=7, batch_size=256, lr=0.2, momentum=0.9, nesterov=True,
                         weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.2,
-                        init="default", precision="auto", channels_last=True, eval_every=0,
+                        init="default", precision="auto", channels_last=None, eval_every=0,
                         log_points_per_epoch=1),
     # speedrun-95 (not reached): speedrun-94's network and recipe trained 40 epochs with flips + translate
     # augmentation and flip-translate test-time augmentation, the best found within 10 minutes on two
@@ -452,7 +457,7 @@ PRESETS: dict[str, dict] = {
     "speedrun-95": dict(model="fmnist-net-s", epochs=40, batch_size=256, lr=0.2, momentum=0.9, nesterov=True,
                         weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.2,
                         init="default", augment="flip+translate+jitter", tta="flip-translate",
-                        precision="auto", channels_last=True, eval_every=0, log_points_per_epoch=1),
+                        precision="auto", channels_last=None, eval_every=0, log_points_per_epoch=1),
     # The most accurate recipe known here: fmnist-net (full width) for 30 epochs with flips + translate
     # augmentation and flip-translate TTA, speedrun-94's optimiser settings: 0.9530 in 1,197 s on a
     # 2-core AMD EPYC (seed 0, docs/RECORDS.md). Exercise 2.2's recipe (94.13% in 12.5 min) was this
@@ -460,7 +465,7 @@ PRESETS: dict[str, dict] = {
     "best": dict(model="fmnist-net", epochs=30, batch_size=256, lr=0.2, momentum=0.9, nesterov=True,
                  weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.2,
                  init="default", augment="flip+translate+jitter", tta="flip-translate", precision="auto",
-                 channels_last=True,
+                 channels_last=None,
                  eval_every=0, log_points_per_epoch=1),
 }
 

@@ -1,11 +1,13 @@
-"""Device and numeric-precision choices: `resolve_device`, `resolve_precision`, `autocast`, and what
-each backend supports (CUDA, Apple's MPS, the CPU), checked before a run starts.
+"""Device and numeric-precision choices: `resolve_device`, `resolve_precision`, `autocast`, what each
+backend supports (CUDA, Apple's MPS, the CPU), checked before a run starts, and the CPU's name and ISA.
 """
 
 from __future__ import annotations
 
 import contextlib
+import platform
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -38,6 +40,26 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
+# The CPU features that decide how fast the training step can be (oneDNN's kernels).
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_model_and_flags(cpuinfo: str | None = None) -> tuple[str, list[str]]:
+    """The CPU's model name and which of ISA_FLAGS it has (from /proc/cpuinfo where there is one)."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text(errors="replace") if path.exists() else ""
+    model, flags = platform.processor() or platform.machine(), set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name":
+            model = value.strip()
+        elif key == "flags":
+            flags = set(value.split())
+    return model, [f for f in ISA_FLAGS if f in flags]
+
+
 def torch_version() -> tuple[int, int]:
     """(major, minor) of the running torch, e.g. (2, 11)."""
     major, minor = torch.__version__.split("+")[0].split(".")[:2]
@@ -61,9 +83,12 @@ def mps_precisions() -> list[str]:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """auto -> the fastest precision the hardware trains in well: bf16 on CPUs with native bf16 and on
-    GPUs with bf16 tensor cores (compute capability 8.0+), fp16 (with GradScaler) on older CUDA GPUs
-    and on Apple GPUs, else fp32. An explicit choice the device cannot run is a UserError."""
+    """An explicit precision checked against the device (one it cannot run is a UserError); auto by a
+    capability rule: bf16 on CPUs with native bf16 and on GPUs with bf16 tensor cores (compute capability
+    8.0+), fp16 (with GradScaler) on older CUDA GPUs and on Apple GPUs, else fp32. A rule, not a
+    measurement (bf16 that a CPU "supports" may be slower than its fp32): the training step measures
+    instead (engine/numerics.py); the rule serves where nothing is measured (torchrun's processes, the
+    memory preflight, a checkpoint that does not record its numerics)."""
     if device.type == "mps":
         return _mps_precision(name)
     if name != "auto":

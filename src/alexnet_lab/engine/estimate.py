@@ -5,48 +5,33 @@ test batch, and plan a run that fits a time budget.
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 
 from alexnet_lab.engine.builders import evaluation_batch_size, input_size
 from alexnet_lab.engine.config import TrainConfig, log_every, make_config, target_check_due, tests_at_epoch_end
-from alexnet_lab.engine.device import autocast, synchronize
+from alexnet_lab.engine.device import autocast
+from alexnet_lab.engine.numerics import random_batch, time_steps
 from alexnet_lab.engine.step import build_training_step, to_model_input
 from alexnet_lab.models import get_spec
-
-
-def _median_seconds(work, device: torch.device, steps: int, warmup: int) -> float:
-    times = []
-    for i in range(warmup + steps):
-        synchronize(device)
-        start = time.perf_counter()
-        work()
-        synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _channels(config: TrainConfig) -> int:
     return config.channels or get_spec(config.model).in_channels
 
 
-def _random_batch(batch_size: int, size: int, device: torch.device, channels: int = 1):
-    gen = torch.Generator().manual_seed(0)
-    images = torch.rand(batch_size, channels, size, size, generator=gen).to(device)
-    return images, torch.randint(0, 10, (batch_size,), generator=gen).to(device)
-
-
 def seconds_per_step(config: TrainConfig, steps: int = 2, warmup: int = 1) -> float:
     """Median seconds of one training step of `config` on random data (after warm-up).
 
-    The step is the one `fit` runs (same builder: numerics, optimizer, schedule, loss, compile)."""
+    The step is the one `fit` runs (same builder: numerics, optimizer, schedule, loss, compile). Where
+    building it measured its numerics just now (engine/numerics.py), that measurement is the answer:
+    the chosen step is not timed a second time."""
     step = build_training_step(config, total_steps=warmup + steps, model_kwargs={"in_channels": _channels(config)})
-    images, labels = _random_batch(config.batch_size, input_size(config), step.device, _channels(config))
-    return _median_seconds(lambda: step(images, labels), step.device, steps, warmup)
+    if step.numerics.how == "measured" and not config.compile:  # the measurement ran uncompiled steps
+        return step.numerics.step_seconds
+    images, labels = random_batch(config.batch_size, input_size(config), step.device, _channels(config))
+    return time_steps({"step": lambda: step(images, labels)}, step.device, steps, warmup)["step"]
 
 
 def seconds_per_test_batch(config: TrainConfig, steps: int = 1, warmup: int = 1) -> float:
@@ -54,13 +39,13 @@ def seconds_per_test_batch(config: TrainConfig, steps: int = 1, warmup: int = 1)
     `config`'s numerics), as `evaluate` runs it."""
     step = build_training_step(config, model_kwargs={"in_channels": _channels(config)})
     model = step.model.eval()
-    images, _ = _random_batch(evaluation_batch_size(config), input_size(config), step.device, _channels(config))
+    images, _ = random_batch(evaluation_batch_size(config), input_size(config), step.device, _channels(config))
 
     def forward():
         with torch.no_grad(), autocast(step.precision, step.device):
-            model(to_model_input(images, config.channels_last))
+            model(to_model_input(images, step.channels_last))
 
-    return _median_seconds(forward, step.device, steps, warmup)
+    return time_steps({"forward": forward}, step.device, steps, warmup)["forward"]
 
 
 def steps_per_epoch(config: TrainConfig, train_examples: int) -> int:

@@ -10,6 +10,7 @@ from alexnet_lab.data.images import load_image, load_image_28
 from alexnet_lab.engine.checkpoint import class_names, load_checkpoint, model_kwargs
 from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.engine.builders import input_size, stored_size, uses_2012_crops
+from alexnet_lab.engine.numerics import as_evaluated
 from alexnet_lab.engine.schema import METADATA_FORMAT, check_checkpoint
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model
@@ -23,9 +24,10 @@ def evaluated_state(payload: dict) -> dict:
 
 def load_trained(path, device: torch.device) -> tuple[nn.Module, TrainConfig, dict]:
     """(model in eval mode on `device`, its training config, the checkpoint payload), every field the
-    commands read checked first (engine/schema.py)."""
+    commands read checked first (engine/schema.py). Numerics the config left to the machine are those
+    its run resolved (numerics.as_evaluated), so an evaluation measures as the run did."""
     payload = load_checkpoint(path)
-    config = check_checkpoint(payload, path)
+    config = as_evaluated(check_checkpoint(payload, path), payload.get("evaluated_with"), device)
     model = build_model(payload["model_name"], **model_kwargs(payload))
     try:
         model.load_state_dict(evaluated_state(payload), strict=True)

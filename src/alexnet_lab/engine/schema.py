@@ -385,8 +385,8 @@ def check_model_build(meta: dict, path) -> tuple[str, dict]:
 RUN_ADVICE = "Restore it, or leave this run out."
 # config.json's "resolved" part (engine.trainer.start_info) and summary.json (engine.trainer.summarize):
 # the fields the report and compare format. Other keys are shown as text.
-RESOLVED = {"device": str, "precision": str, "steps_per_epoch": int, "total_steps": int, "num_epochs": int,
-            "train_examples": int, "test_examples": int, "input_size": int, "start_step": int,
+RESOLVED = {"device": str, "precision": str, "channels_last": bool, "steps_per_epoch": int, "total_steps": int,
+            "num_epochs": int, "train_examples": int, "test_examples": int, "input_size": int, "start_step": int,
             "start_examples": int, "world_size": int, "params": int}
 SUMMARY = {"model": str, "preset": str, "device": str, "precision": str, "epochs": float, "steps": int,
            "train_loss": float | None, "train_acc": float | None, "test_acc": float | None,

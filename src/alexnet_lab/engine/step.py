@@ -1,12 +1,13 @@
 """The training step, built in one place: `build_training_step(config)` makes everything a step needs
-(device, precision, model, optimizer, schedule, scaler, loss); `book_step` is d2l.train_ch6's step.
+(device, numerics, model, optimizer, schedule, scaler, loss); `book_step` is d2l.train_ch6's step.
 
 Used by `fit`, the speed estimate, `bench` and the d2l API, so that what is timed is what is trained.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -15,9 +16,10 @@ from torch import nn
 from alexnet_lab.engine.builders import build_scheduler, prepare_model
 from alexnet_lab.engine.optimizers import build_optimizer, load_optimizer_state
 from alexnet_lab.engine.config import TrainConfig
-from alexnet_lab.engine.device import autocast, check_compile, resolve_device, resolve_precision
+from alexnet_lab.engine.device import autocast, check_compile, resolve_device
 from alexnet_lab.engine.ema import WeightEMA
 from alexnet_lab.engine.lookahead import Lookahead
+from alexnet_lab.engine.numerics import Numerics, choose_numerics
 from alexnet_lab.errors import UserError
 
 
@@ -50,7 +52,8 @@ def train_step(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Opti
 
 @dataclass
 class TrainingStep:
-    """A config's training step with its state. `model` is the unwrapped, uncompiled module that
+    """A config's training step with its state. `config` is the run's with its numerics resolved
+    (`numerics`: which, and how they were chosen); `model` is the unwrapped, uncompiled module that
     checkpoints hold; `step_model` is what the steps run (compiled, DDP-wrapped)."""
     config: TrainConfig
     device: torch.device
@@ -63,6 +66,17 @@ class TrainingStep:
     step_model: nn.Module
     ema: WeightEMA | None = None  # an average of the weights that evaluations use (--ema-decay)
     lookahead: Lookahead | None = None  # slow weights the trained ones restart from (--lookahead-every)
+    numerics: Numerics | None = field(default=None)  # how precision and memory format were chosen
+
+    @property
+    def channels_last(self) -> bool:
+        return bool(self.config.channels_last)
+
+    def with_precision(self, precision: str) -> "TrainingStep":
+        """The same model, optimizer and schedule stepped in another autocast precision (a GradScaler
+        for fp16): how engine/numerics.py times several precisions on one model."""
+        return dataclasses.replace(self, precision=precision,
+                                   scaler=torch.amp.GradScaler(self.device.type, enabled=precision == "fp16"))
 
     @property
     def eval_model(self) -> nn.Module:
@@ -77,7 +91,7 @@ class TrainingStep:
                             f"size, got {images.dtype} {tuple(images.shape)}. Convert uint8 data with "
                             "alexnet_lab.data.to_float_batch(images, size), as the loaders do.")
         out = train_step(self.step_model, self.loss_fn, self.optimizer, self.scaler,
-                         to_model_input(images, self.config.channels_last), labels, self.precision, self.device)
+                         to_model_input(images, self.channels_last), labels, self.precision, self.device)
         self.scheduler.step()
         if self.lookahead is not None:
             self.lookahead.update(self.model)
@@ -106,6 +120,9 @@ class TrainingStep:
             self.lookahead.load_state_dict(payload["lookahead_state"])
 
 
+MEASURED_STEPS = 64  # the schedule's length for a candidate step timed by engine/numerics.py (more than it takes)
+
+
 def _compiled(model: nn.Module, compile_: bool) -> nn.Module:
     return torch.compile(model) if compile_ else model  # lazy: compiles at the first step
 
@@ -115,15 +132,21 @@ def build_training_step(config: TrainConfig, total_steps: int = 1, device: torch
                         budget_used: Callable[[], float] | None = None) -> TrainingStep:
     """Everything one training step of `config` needs; `total_steps` sizes the lr schedule;
     `model_kwargs` (e.g. `builders.model_options(splits)`) adapt the model to the data; `budget_used`
-    (the share of a --time-budget-s spent) lets time advance the schedule (builders.build_scheduler)."""
+    (the share of a --time-budget-s spent) lets time advance the schedule (builders.build_scheduler).
+    Numerics left to the machine (--precision auto, channels-last unset) are measured here, or read
+    from the cache of earlier measurements (engine/numerics.py)."""
     device = device if device is not None else resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
+    model_kwargs = model_kwargs or {}
     if config.compile:
         check_compile(device)
-    model = prepare_model(config, device, **(model_kwargs or {}))
+    numerics = choose_numerics(config, device, model_kwargs, build=lambda candidate: build_training_step(
+        candidate, MEASURED_STEPS, device, model_kwargs))
+    config = config.replace(precision=numerics.precision, channels_last=numerics.channels_last)
+    model = prepare_model(config, device, **model_kwargs)
     optimizer = build_optimizer(config, model)
+    precision = numerics.precision
     return TrainingStep(
-        config=config, device=device, precision=precision, model=model, optimizer=optimizer,
+        config=config, device=device, precision=precision, model=model, optimizer=optimizer, numerics=numerics,
         scheduler=build_scheduler(config, optimizer, total_steps, budget_used),
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
         loss_fn=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),

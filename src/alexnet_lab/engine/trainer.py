@@ -254,7 +254,8 @@ def _non_finite(value, name: str) -> list[str]:
 
 def start_info(run: Run, state: RunState) -> dict:
     """What `on_train_start` receives: the resolved run (device, precision, sizes, data source)."""
-    return {"device": str(run.device), "precision": run.step.precision, "steps_per_epoch": run.steps_per_epoch,
+    return {"device": str(run.device), "precision": run.step.precision, "channels_last": run.step.channels_last,
+            "numerics": run.step.numerics.as_dict(), "steps_per_epoch": run.steps_per_epoch,
             "total_steps": run.total_steps, "num_epochs": math.ceil(run.total_steps / run.steps_per_epoch),
             "train_examples": len(run.splits.train_images), "test_examples": len(run.splits.test_images),
             "data_source": run.splits.source, "input_size": run.train_loader.resize, "start_step": state.step,
@@ -333,7 +334,7 @@ def log_point(run: Run, state: RunState, end_of_epoch: bool) -> bool:
 def evaluate_point(run: Run, state: RunState, row: dict) -> bool:
     """Evaluate on the test set into `row`; note the best accuracy and the target. True: a new best."""
     test_acc = evaluate(run.step.eval_model, run.test_loader, run.device, run.step.precision,
-                        run.config.channels_last, len(run.splits.class_names), run.world_size,
+                        run.step.channels_last, len(run.splits.class_names), run.world_size,
                         tta=run.config.tta)["accuracy"]
     row["test_acc"] = test_acc
     is_best = test_acc > state.best_test_acc
@@ -371,9 +372,9 @@ def save(run: Run, state: RunState, is_best: bool = False) -> dict:
 
 def evaluated_with(run: Run) -> dict:
     """How this run's test evaluations ran, beyond its config (whose --tta they follow): the device, the
-    resolved precision, the batch of test images per process, the processes. `evaluate` reproduces a
+    resolved precision and memory format, the batch of test images per process, the processes. `evaluate` reproduces a
     checkpoint's accuracy to the last digit with the same (bf16 sums depend on the batch's shape)."""
-    return {"device": str(run.device), "precision": run.step.precision,
+    return {"device": str(run.device), "precision": run.step.precision, "channels_last": run.step.channels_last,
             "batch_size": run.test_loader.batch_size, "world_size": run.world_size}
 
 
