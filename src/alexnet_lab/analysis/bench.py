@@ -1,6 +1,12 @@
 """`bench`: training-step throughput of the book's pipeline against this project's, in one process,
 with achieved FLOP/s set against a measured matmul peak of the same device.
 
+Pipelines: reference = the book's (d2l's DataLoader and train_ch6's step, fp32 NCHW); plain = this
+project's step in plain fp32 NCHW; project = this project's step in the numerics a run would train in
+(for --precision auto and an unset channels-last: the fastest measured, engine/numerics.py). The plain
+step is one of the candidates measured, so the chosen numerics are never slower than it in that
+measurement; bench times both again side by side and says so where they are.
+
 Definitions (used in every number `bench` prints):
 - examples/s: batch_size * steps / wall-clock seconds of a window of consecutive training steps,
   each step = next batch from the pipeline + forward + backward + optimizer update; the window ends
@@ -22,17 +28,19 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from alexnet_lab.analysis.machine import describe_machine, format_machine
 from alexnet_lab.analysis.reference_pipeline import D2L_NUM_WORKERS, reference_loader, reference_step
 from alexnet_lab.data import BatchLoader
 from alexnet_lab.engine.config import PRESETS, TrainConfig
-from alexnet_lab.engine.device import DTYPES, backend_flags, resolve_device, resolve_precision, synchronize
+from alexnet_lab.engine.device import DTYPES, backend_flags, resolve_device, synchronize
 from alexnet_lab.engine.builders import Splits, input_size, model_options
 from alexnet_lab.engine.model_setup import init_weights
-from alexnet_lab.engine.step import build_training_step
+from alexnet_lab.engine.numerics import PLAIN, numerics_line
+from alexnet_lab.engine.step import TrainingStep, build_training_step
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model, check_input_size
 
-PIPELINES = ("reference", "project")
+PIPELINES = ("reference", "plain", "project")
 D2L_LR = PRESETS["d2l"]["lr"]  # the reference step's; its cost does not depend on it
 
 
@@ -153,15 +161,16 @@ def bench_reference(config: TrainConfig, bench: BenchConfig, splits: Splits, dev
 
 
 def bench_project(config: TrainConfig, bench: BenchConfig, splits: Splits, device: torch.device,
-                  size: int) -> tuple[list[float], str]:
-    """This project's pipeline: `config`'s training step (as `fit` builds it), same model and batch."""
+                  size: int) -> tuple[list[float], TrainingStep]:
+    """This project's pipeline: `config`'s training step (as `fit` builds it: its numerics chosen as a
+    run's are), same model and batch; the windows' seconds and the step."""
     step = build_training_step(config, total_steps=bench.warmup + bench.steps * bench.repeats, device=device,
                                model_kwargs=model_options(splits))
     loader = BatchLoader(splits.train_images, splits.train_labels, config.batch_size, shuffle=True,
                          resize=size, device=device, seed=config.seed)
     # no sync inside a window: the step's results stay on the device
     windows = _time_windows(step, _endless_project(loader), device, bench.warmup, bench.steps, bench.repeats)
-    return windows, step.precision
+    return windows, step
 
 
 def _pipeline_result(windows: list[float], batch_size: int, steps: int, flops: int) -> dict:
@@ -169,6 +178,29 @@ def _pipeline_result(windows: list[float], batch_size: int, steps: int, flops: i
     median = statistics.median(rates)
     return {"examples_per_sec": median, "examples_per_sec_windows": rates,
             "step_ms": 1000 * batch_size / median, "flops_per_sec": flops * median}
+
+
+def _project_rows(config: TrainConfig, bench: BenchConfig, splits: Splits, device: torch.device, size: int,
+                  pipelines, timing: tuple) -> dict:
+    """The step in the numerics a run would choose and the plain fp32 NCHW step, each timed (once where
+    they are the same step)."""
+    rows = {}
+    if "project" in pipelines:
+        windows, step = bench_project(config, bench, splits, device, size)
+        rows["project"] = {"precision": step.precision, "memory_format": "NHWC" if step.channels_last else "NCHW",
+                           "compile": config.compile, "numerics": step.numerics.as_dict(),
+                           **_pipeline_result(windows, *timing)}
+    if "plain" in pipelines:
+        project = rows.get("project", {})
+        numerics = (project.get("precision"), project.get("memory_format"), project.get("compile"))
+        if numerics == (PLAIN[0], "NCHW", False):
+            rows["plain"] = {k: v for k, v in project.items() if k != "numerics"}  # the same step: timed once
+        else:
+            plain = config.replace(precision=PLAIN[0], channels_last=PLAIN[1], compile=False)
+            windows, _ = bench_project(plain, bench, splits, device, size)
+            rows["plain"] = {"precision": PLAIN[0], "memory_format": "NCHW", "compile": False,
+                             **_pipeline_result(windows, *timing)}
+    return rows
 
 
 def run_bench(config: TrainConfig, bench: BenchConfig, splits: Splits, pipelines=PIPELINES) -> dict:
@@ -184,31 +216,25 @@ def run_bench(config: TrainConfig, bench: BenchConfig, splits: Splits, pipelines
                         "training examples available.")
     flops = flops_per_example(config.model, size)
     result = {"config": {**config.to_dict(), **asdict(bench)}, "device": _device_name(device),
-              "input_size": size, "flops_per_example": flops}
+              "machine": describe_machine(device), "input_size": size, "flops_per_example": flops}
     timing = (config.batch_size, bench.steps, flops)
     with backend_flags(device, deterministic=False):
         if "reference" in pipelines:
             result["reference"] = {"precision": "fp32", "memory_format": "NCHW", "workers": bench.workers,
                                    "cpus": usable_cpus(),
                                    **_pipeline_result(bench_reference(config, bench, splits, device, size), *timing)}
-        if "project" in pipelines:
-            windows, precision = bench_project(config, bench, splits, device, size)
-            result["project"] = {"precision": precision,
-                                 "memory_format": "NHWC" if config.channels_last else "NCHW",
-                                 "compile": config.compile, **_pipeline_result(windows, *timing)}
-    peaks = {"fp32": matmul_peak(device, "fp32", bench.peak_size)}
-    if device.type == "cuda" or (device.type == "cpu" and resolve_precision("auto", device) == "bf16"):
-        peaks["bf16"] = matmul_peak(device, "bf16", bench.peak_size)
-    if result.get("project", {}).get("precision") == "fp16":  # e.g. a pre-Ampere GPU or an Apple one
-        peaks["fp16"] = matmul_peak(device, "fp16", bench.peak_size)
+        result.update(_project_rows(config, bench, splits, device, size, pipelines, timing))
+    # the matmul peak of each precision a pipeline ran in
+    precisions = ["fp32", *sorted({result[n]["precision"] for n in PIPELINES if n in result} - {"fp32"})]
+    peaks = {precision: matmul_peak(device, precision, bench.peak_size) for precision in precisions}
     result["peak_flops_per_sec"] = peaks
     for name in PIPELINES:
         if name in result:
-            peak = peaks.get(result[name]["precision"], peaks["fp32"])
             # Model FLOP utilisation: achieved FLOP/s over the matmul peak of the precision it ran in.
-            result[name]["mfu"] = result[name]["flops_per_sec"] / peak
-    if "reference" in result and "project" in result:
-        result["ratio"] = result["project"]["examples_per_sec"] / result["reference"]["examples_per_sec"]
+            result[name]["mfu"] = result[name]["flops_per_sec"] / peaks[result[name]["precision"]]
+    for key, baseline in (("ratio", "reference"), ("ratio_plain", "plain")):
+        if baseline in result and "project" in result:
+            result[key] = result["project"]["examples_per_sec"] / result[baseline]["examples_per_sec"]
     return result
 
 
@@ -231,6 +257,7 @@ def format_report(result: dict) -> str:
     size = result["input_size"]
     lines = [f"bench: {cfg['model']} at {size}x{size}, batch {cfg['batch_size']}, on {result['device']}; "
              f"{cfg['warmup']} warm-up steps, then {cfg['repeats']} windows of {cfg['steps']} steps each.",
+             f"machine: {format_machine(result['machine'])}",
              f"FLOP per training example (fwd+bwd, FlopCounterMode): {result['flops_per_example'] / 1e9:.3f} GFLOP",
              f"{'pipeline':<10} {'numerics':<24} {'examples/s (median)':>20} {'ms/step':>9} "
              f"{'GFLOP/s':>9} {'of peak':>8}"]
@@ -246,11 +273,34 @@ def format_report(result: dict) -> str:
     peaks = ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in result["peak_flops_per_sec"].items())
     side = max(cfg["peak_size"], GPU_PEAK_SIZE) if result["device"].startswith("cuda") else cfg["peak_size"]
     lines.append(f"matmul peak ({side}^3): {peaks}")
-    if "ratio" in result:
-        lines.append(f"project / reference: {result['ratio']:.2f}x examples/s")
+    lines += _ratio_lines(result)
     ref = result.get("reference", {})
     if ref.get("workers", 0) > ref.get("cpus", 1 << 30):
         book = " (the book's choice: d2l.get_dataloader_workers())" if ref["workers"] == D2L_NUM_WORKERS else ""
         lines.append(f"note: the reference pipeline runs {ref['workers']} DataLoader worker processes{book} "
                      f"on this machine's {ref['cpus']} CPUs, on purpose (torch's warning about it is silenced)")
     return "\n".join(lines)
+
+
+def _ratio_lines(result: dict) -> list[str]:
+    """How the project's step compares with the book's pipeline and with its own plain fp32 step, and
+    how its numerics were chosen."""
+    numerics = result.get("project", {}).get("numerics") or {}
+    measured = numerics.get("how") in ("measured", "cached")
+    lines = [numerics_line(numerics)] if measured else []
+    if "ratio" in result:
+        lines.append(f"project / reference: {result['ratio']:.2f}x examples/s (this project's step against the "
+                     "book's pipeline)")
+    if "ratio_plain" not in result:
+        return lines
+    why = ("chosen as the fastest measured, plain fp32 among them, they are never slower than it in that "
+           "measurement" if measured else "as set by --precision and --channels-last")
+    lines.append(f"project / plain: {result['ratio_plain']:.2f}x examples/s (the numerics a run trains in against "
+                 f"plain fp32 NCHW; {why})")
+    if result["ratio_plain"] < 1:
+        lines.append("note: in these windows the project's numerics ran slower than plain fp32: "
+                     + ("the measurement that chose them does not hold here (other work on the machine, or a "
+                        "choice cached under other conditions); delete the cache file named above to measure "
+                        "again" if measured else "--precision auto without a channels-last flag chooses the "
+                        "fastest"))
+    return lines

@@ -1,5 +1,5 @@
-"""`alexnet-lab bench`: training-step throughput of the book's pipeline vs this project's, in one
-process, with achieved FLOP/s against the device's measured matmul peak.
+"""`alexnet-lab bench`: training-step throughput of the book's pipeline vs this project's (in plain fp32
+and in the numerics a run chooses), in one process, with achieved FLOP/s against the device's matmul peak.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ def add_arguments(parser) -> None:
                    help="timed windows per pipeline (the median is reported)")
     t.add_argument("--workers", type=whole_number(0, MAX_WORKERS), default=defaults.workers,
                    help=f"reference DataLoader worker processes (d2l uses 4; at most {MAX_WORKERS})")
-    t.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
+    t.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES),
+                   help="reference: the book's (d2l DataLoader, fp32 NCHW); plain: this project's step in fp32 "
+                        "NCHW; project: its step in the preset's numerics (auto: measured fastest)")
     t.add_argument("--peak-size", type=positive_int, default=defaults.peak_size,
                    help="side of the matmuls that measure the peak FLOP/s (at least 8192 on a CUDA GPU; "
                         f"at most {MAX_PEAK_SIZE})")
