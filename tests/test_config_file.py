@@ -39,6 +39,17 @@ def test_presets_lists_every_preset_with_its_target(capsys):
     for name, target in RECORD_TARGETS.items():
         line = next(line for line in out.splitlines() if line.startswith(name + " "))
         assert f"{target:.3f}" in line
+    assert "docs/RECORDS.md" in out  # measured numbers live there only
+
+
+def test_an_unknown_preset_is_one_error_naming_the_nearest_whichever_way_it_is_asked_for(capsys):
+    message = r"^Unknown preset 'speedrun94'. Did you mean 'speedrun-94'\?$"
+    with pytest.raises(UserError, match=message):
+        make_config("speedrun94")
+    with pytest.raises(UserError, match=message):
+        resolve_config("speedrun94", None, {})
+    assert main(["presets", "speedrun94"]) == 2
+    assert capsys.readouterr().err == "alexnet-lab presets: error: Unknown preset 'speedrun94'. Did you mean 'speedrun-94'?\n"
 
 
 def test_flags_override_the_file_and_the_file_overrides_the_preset(tmp_path):

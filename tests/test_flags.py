@@ -57,7 +57,7 @@ def test_out_of_range_numbers_are_refused(data_dir, tmp_path, capsys, flags, mes
 
 @pytest.mark.parametrize("argv, largest", [
     (["train", "--resize", "99999999999999999999"], 2**31 - 1),
-    (["summary", "--model", "lenet", "--input-size", "99999999999999999999"], 4096),  # --resize's range
+    (["summary", "--model", "lenet", "--resize", "99999999999999999999"], 4096),  # --resize's range
     (["profile", "--model", "lenet", "--batch-size", "99999999999999999999"], 2**24),  # --batch-size's range
 ])
 def test_sizes_beyond_int32_are_refused_by_the_parser(tmp_path, capsys, argv, largest):

@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from alexnet_lab.analysis.profile import dominant, findings, profile_model, training_flops
 from alexnet_lab.cli import main
+from alexnet_lab.engine.config import make_config
 from alexnet_lab.models import build_model, get_spec, list_models
 
 FORWARD_OPS = {"aten.convolution", "aten.addmm", "aten.mm"}
@@ -66,7 +67,7 @@ def test_batchnorm_saves_per_channel_statistics_once_per_batch():
 
 
 def test_lenet_activation_and_state_bytes_by_hand():
-    profile = profile_model(build_model("lenet"), (1, 1, 28, 28), optimizer="momentum")
+    profile = profile_model(build_model("lenet"), (1, 1, 28, 28), make_config("d2l", momentum=0.9))
     by_name = {r["name"]: r for r in profile["layers"]}
     # Saved for backward (fp32, 4 B): the image (conv 0), each sigmoid's output, each pool's output
     # (saved by the next conv / linear as its input). Pools and linears re-save nothing new.
@@ -78,7 +79,7 @@ def test_lenet_activation_and_state_bytes_by_hand():
     assert profile["total"]["activation_bytes"] == expected
     # weights + gradients + one momentum buffer, fp32
     assert profile["total"]["state_bytes"] == 3 * 4 * 61_706
-    plain = profile_model(build_model("lenet"), (1, 1, 28, 28), optimizer="sgd")
+    plain = profile_model(build_model("lenet"), (1, 1, 28, 28))  # the book's SGD: no buffer
     assert plain["total"]["state_bytes"] == 2 * 4 * 61_706
     # the optimizer's update: SGD reads w, g and writes w; momentum also reads and writes its buffer
     assert plain["total"]["optimizer_bytes_moved"] == 3 * 4 * 61_706
@@ -89,6 +90,15 @@ def test_lenet_activation_and_state_bytes_by_hand():
     # conv 0 by hand: image in (no gradient needed), weights, output; backward dy, x, w in, dw out
     x, w, y = 4 * 28 * 28, 4 * 156, 4 * 6 * 28 * 28
     assert by_name["0"]["bytes_moved"] == (x + w + y) + (y + x + w + w)
+
+
+def test_muon_keeps_a_buffer_for_each_convolution_filter_and_sgd_without_momentum_none():
+    muon = profile_model(build_model("lenet"), (1, 1, 28, 28), make_config("d2l", optimizer="muon"))
+    filters = 6 * 1 * 5 * 5 + 16 * 6 * 5 * 5  # LeNet's two 4-D convolution weights
+    assert muon["total"]["optimizer_bytes"] == 4 * filters
+    assert {r["name"]: r["optimizer_bytes"] for r in muon["layers"] if r["optimizer_bytes"]} == {
+        "0": 4 * 150, "3": 4 * 2400}
+    assert muon["total"]["optimizer_bytes_moved"] == 3 * 4 * 61_706 + 2 * 4 * filters
 
 
 def test_alexnet_findings_name_the_dense_layers_for_memory_and_convs_for_compute():
@@ -118,7 +128,7 @@ def test_cli_json_last_line(tmp_path, capsys):
 
 
 def test_cli_timing_and_batch_size(tmp_path, capsys):
-    assert main(["profile", "--model", "lenet", "--batch-size", "8", "--device", "cpu", "--optimizer", "sgd",
+    assert main(["profile", "--model", "lenet", "--batch-size", "8", "--device", "cpu", "--momentum", "0.5",
                  "--plot", str(tmp_path / "p.png"), "--json"]) == 0
     out = capsys.readouterr().out
     data = json.loads(out.strip().splitlines()[-1])
@@ -128,12 +138,26 @@ def test_cli_timing_and_batch_size(tmp_path, capsys):
     assert timing["step_seconds"] > 0 and timing["measured_bandwidth_bytes_per_s"] > 1e8
     assert timing["implied_bandwidth_bytes_per_s"] == pytest.approx(data["total"]["step_bytes_moved"] / timing["step_seconds"])
     assert "GB/s" in out
-    assert data["optimizer"] == timing["optimizer"] == "sgd" and timing["momentum"] == 0.0  # timed what was counted
+    assert data["optimizer"] == timing["optimizer"] == "sgd" and data["momentum"] == timing["momentum"] == 0.5
+    assert data["total"]["optimizer_bytes"] == 4 * 61_706  # timed what was counted: one momentum buffer
 
 
 def test_cli_rejects_input_size_that_does_not_fit(capsys):
-    assert main(["profile", "--model", "alexnet", "--input-size", "32", "--no-timing"]) == 2
+    assert main(["profile", "--model", "alexnet", "--resize", "32", "--no-timing"]) == 2
     assert "does not fit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["profile", "summary"])
+def test_the_probe_takes_trains_flags_with_trains_names_and_choices(command, capsys):
+    """--resize, --batch-size and, for profile, train's --optimizer and --precision."""
+    argv = [command, "--model", "lenet", "--resize", "32"] + (["--no-timing"] if command == "profile" else [])
+    assert main(argv) == 2
+    assert "does not fit" in capsys.readouterr().err
+    if command == "profile":
+        for flag, value in (("--optimizer", "momentum"), ("--precision", "fp8")):
+            with pytest.raises(SystemExit):
+                main(["profile", flag, value])
+            assert f"argument {flag}: invalid choice: '{value}'" in capsys.readouterr().err
 
 
 def test_cli_profiles_the_adapted_model(tmp_path, capsys):

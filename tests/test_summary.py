@@ -21,11 +21,11 @@ def test_summary_probe_options(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("Conv2d output shape:\t torch.Size([4, 96, 54, 54])")
     assert "46,764,746" in out[-1]
-    assert main(["summary", "--model", "lenet", "--input-size", "32"]) == 2  # 32 does not fit LeNet's fc
+    assert main(["summary", "--model", "lenet", "--resize", "32"]) == 2  # 32 does not fit LeNet's fc
 
 
 def test_summary_bad_size_names_the_sizes_that_work(capsys):
-    assert main(["summary", "--model", "alexnet", "--input-size", "100"]) == 2
+    assert main(["summary", "--model", "alexnet", "--resize", "100"]) == 2
     err = capsys.readouterr().err
     assert "smallest size that works is 193" in err and "Traceback" not in err
 

@@ -13,7 +13,9 @@ import time
 import torch
 from torch import nn
 
-OPTIMIZER_STATES = {"sgd": 0, "momentum": 1}  # fp32 buffers per parameter: plain SGD / SGD with momentum
+from alexnet_lab.engine.config import TrainConfig, make_config
+from alexnet_lab.engine.optimizers import parameter_groups
+
 NUMERIC_KEYS = ("params", "forward_flops", "backward_flops", "activation_bytes", "weight_bytes",
                 "grad_bytes", "optimizer_bytes", "state_bytes", "bytes_moved")
 
@@ -74,10 +76,18 @@ def trace_layers(model: nn.Module, layers: list[tuple[str, nn.Module]], input_sh
     return rows
 
 
-def layer_costs(name: str, layer: nn.Module, r: dict, states: int) -> dict:
+def buffered(config: TrainConfig, model: nn.Module) -> set[int]:
+    """The ids of the parameters `config`'s optimizer keeps a momentum buffer for (engine/optimizers.py):
+    every parameter of an SGD group with momentum > 0, every filter Muon steps (--optimizer muon)."""
+    return {id(p) for group in parameter_groups(config, model)
+            if group["muon"] or group.get("momentum", config.momentum) > 0 for p in group["params"]}
+
+
+def layer_costs(name: str, layer: nn.Module, r: dict, buffers: set[int]) -> dict:
     """One layer's row of the profile from its traced shapes (see `profile_model` for definitions)."""
     params = sum(p.numel() for p in layer.parameters(recurse=False))
     trained = sum(p.numel() for p in layer.parameters(recurse=False) if p.requires_grad)
+    kept = sum(p.numel() for p in layer.parameters(recurse=False) if id(p) in buffers)
     weight = getattr(layer, "weight", None)
     trains_weight = isinstance(weight, torch.Tensor) and weight.requires_grad  # frozen: a whitening layer
     fwd = forward_flops(layer, r["in_shape"], r["out_shape"])
@@ -91,17 +101,18 @@ def layer_costs(name: str, layer: nn.Module, r: dict, states: int) -> dict:
         "name": name, "type": type(layer).__name__, "output_shape": list(r["out_shape"]),
         "params": params, "forward_flops": fwd, "backward_flops": bwd,
         "activation_bytes": r["activation_bytes"], "weight_bytes": w_bytes, "grad_bytes": grad_bytes,
-        "optimizer_bytes": states * grad_bytes, "state_bytes": w_bytes + (1 + states) * grad_bytes,
+        "optimizer_bytes": 4 * kept, "state_bytes": w_bytes + grad_bytes + 4 * kept,
         "bytes_moved": moved, "intensity": (fwd + bwd) / moved,
     }
 
 
-def profile_model(model: nn.Module, input_shape: tuple[int, ...], optimizer: str = "momentum") -> dict:
-    """Per-layer costs of one fp32 training step (forward + backward) on a random probe batch, on the CPU.
+def profile_model(model: nn.Module, input_shape: tuple[int, ...], config: TrainConfig | None = None) -> dict:
+    """Per-layer costs of one fp32 training step (forward + backward) on a random probe batch, on the CPU,
+    with `config`'s optimizer (default: the book's plain SGD).
 
     backward_flops: grad of the weights (as many FLOPs as the forward; none for a frozen weight) plus
     grad of the input (as many again) unless the layer's input needs no gradient (the first layer's
-    image). Gradients and optimizer buffers are counted for the trained parameters only.
+    image). Gradients are counted for the trained parameters, optimizer buffers as `buffered` says.
     activation_bytes: bytes of the tensors autograd saves for the backward during this layer's
     forward, measured with saved_tensors_hooks; each storage counted once (at the first layer that
     saves it); parameters and buffers excluded. state_bytes: weights + gradients + optimizer buffers
@@ -109,19 +120,20 @@ def profile_model(model: nn.Module, input_shape: tuple[int, ...], optimizer: str
     forward reads input and weights and writes the output; backward reads the output's gradient,
     the saved input and the weights, writes the input's gradient (if needed) and the weights' gradient.
     """
-    states = OPTIMIZER_STATES[optimizer]
+    config = config or make_config("d2l")
     model = model.to("cpu", torch.float32).train()
-    layers = leaf_layers(model)
+    layers, buffers = leaf_layers(model), buffered(config, model)
     rows = trace_layers(model, layers, input_shape)
-    out = [layer_costs(name, layer, rows[name], states) for name, layer in layers
+    out = [layer_costs(name, layer, rows[name], buffers) for name, layer in layers
            if name in rows]  # a leaf the forward never called has no row
     total = {key: sum(r[key] for r in out) for key in NUMERIC_KEYS}  # per-layer keys, summed
-    # The optimizer's update: read weight and gradient (and buffers), write weight (and buffers).
-    total["optimizer_bytes_moved"] = 4 * total["params"] * (3 + 2 * states)
+    # The optimizer's update: read weight and gradient, write weight; read and write each buffer.
+    total["optimizer_bytes_moved"] = 4 * 3 * total["params"] + 2 * total["optimizer_bytes"]
     total["step_bytes_moved"] = total["bytes_moved"] + total["optimizer_bytes_moved"]
     # a ratio, not a sum: the whole step's FLOPs over the whole step's least traffic
     total["intensity"] = (total["forward_flops"] + total["backward_flops"]) / total["step_bytes_moved"]
-    return {"input_shape": list(input_shape), "optimizer": optimizer, "dtype": "float32",
+    return {"input_shape": list(input_shape), "optimizer": config.optimizer, "momentum": config.momentum,
+            "dtype": "float32",
             "layers": out, "total": total}
 
 
@@ -195,27 +207,21 @@ def measure_copy_bandwidth(device: torch.device, nbytes: int = 256 * 2**20, repe
     return 2 * nbytes / statistics.median(times)
 
 
-def step_timing(model_name: str, batch: int, size: int, device_name: str | None, precision: str,
-                channels_last: bool, total: dict, optimizer: str = "momentum", channels: int | None = None) -> dict:
-    """Measure a real training step of this probe and the device's copy bandwidth; compare them: the
-    bandwidth the step's least traffic (`total['step_bytes_moved']`) implies at the measured step time.
-    The timed step uses the `optimizer` the counts assume (plain SGD, or SGD with momentum 0.9)."""
-    from alexnet_lab.engine.config import make_config
+def step_timing(config: TrainConfig, total: dict) -> dict:
+    """Measure a real training step of `config` (the probe's) and the device's copy bandwidth; compare them:
+    the bandwidth the step's least traffic (`total['step_bytes_moved']`) implies at the measured step time."""
     from alexnet_lab.engine.device import resolve_device, resolve_precision
     from alexnet_lab.engine.estimate import seconds_per_step
 
-    device = resolve_device(device_name or "auto")
-    precision = resolve_precision(precision, device)
-    config = make_config("d2l", model=model_name, batch_size=batch, resize=size, precision=precision,
-                         momentum=0.9 if OPTIMIZER_STATES[optimizer] else 0.0, channels_last=channels_last,
-                         device=str(device), channels=channels)
+    device = resolve_device(config.device)
+    config = config.replace(device=str(device), precision=resolve_precision(config.precision, device))
     step_s = seconds_per_step(config, steps=3, warmup=1)
     bandwidth = measure_copy_bandwidth(device)
-    flops = total["forward_flops"] + total["backward_flops"]
     implied = total["step_bytes_moved"] / step_s
-    return {"device": str(device), "precision": precision, "channels_last": channels_last,
-            "optimizer": optimizer, "momentum": config.momentum, "step_seconds": step_s,
-            "examples_per_sec": batch / step_s,
-            "achieved_flops_per_s": flops / step_s, "implied_bandwidth_bytes_per_s": implied,
-            "measured_bandwidth_bytes_per_s": bandwidth, "bandwidth_fraction": implied / bandwidth,
+    return {"device": str(device), "precision": config.precision, "channels_last": config.channels_last,
+            "optimizer": config.optimizer, "momentum": config.momentum, "step_seconds": step_s,
+            "examples_per_sec": config.batch_size / step_s,
+            "achieved_flops_per_s": (total["forward_flops"] + total["backward_flops"]) / step_s,
+            "implied_bandwidth_bytes_per_s": implied, "measured_bandwidth_bytes_per_s": bandwidth,
+            "bandwidth_fraction": implied / bandwidth,
             "memory_time_fraction": total["step_bytes_moved"] / bandwidth / step_s}

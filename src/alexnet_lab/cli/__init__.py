@@ -35,7 +35,7 @@ COMMANDS = {
     'record': "time a preset to its target test accuracy over several seeds (the speed ladder's records)",
     'report': 'write report.html for a run folder (or one page comparing several runs): open it in any browser',
     'visualize': "PNGs of a checkpoint's first-layer filters and of an image's feature maps through each convolution",
-    'presets': 'list the presets (targets, measured results), or print one as YAML for train --config',
+    'presets': 'list the presets and their targets (measurements: docs/RECORDS.md), or print one as YAML for train --config',
 }
 
 

@@ -149,6 +149,15 @@ def add_data_source(parser) -> None:
         add_config_flag(parser, name)
 
 
+def add_probe(parser: argparse.ArgumentParser) -> None:
+    """The probe input of summary and profile: train's --batch-size (here 1) and --resize,
+    refused outside their ranges as they are parsed."""
+    add_config_flag(parser, "batch_size", default=1, type=like_setting("batch_size"),
+                    help="batch size of the probe (every count is for the whole probe)")
+    add_config_flag(parser, "resize", type=like_setting("resize"),
+                    help="side of the probe image (default: the model's, 224 for alexnet)")
+
+
 def add_adaptation(parser: argparse.ArgumentParser) -> None:
     """The data a model is built for, as `train` adapts it (summary, profile)."""
     add_config_flag(parser, "channels", help="input channels (default: the model's, 1 except for alexnet-2012)")

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
-from alexnet_lab.analysis.profile import OPTIMIZER_STATES, findings, profile_model, step_timing
-from alexnet_lab.cli.options import add_adaptation, add_device, add_model, like_setting, model_for_args
+from alexnet_lab.analysis.profile import findings, profile_model, step_timing
+from alexnet_lab.cli.options import add_adaptation, add_config_flag, add_model, add_probe, model_for_args
+from alexnet_lab.engine.config import make_config
 from alexnet_lab.models import check_input_size, get_spec
 from alexnet_lab.errors import UserError
 from alexnet_lab.reports.plots import plot_profile
@@ -22,19 +23,13 @@ NAME = "profile"
 
 def add_arguments(parser) -> None:
     add_model(parser)
-    parser.add_argument("--batch-size", type=like_setting("batch_size"), default=1,
-                        help="probe batch; all counts are for the whole probe")
-    parser.add_argument("--input-size", type=like_setting("resize"), default=None,
-                        help="side of the probe image (default: the model's own, 224 for alexnet)")
-    parser.add_argument("--optimizer", choices=sorted(OPTIMIZER_STATES), default="momentum",
-                        help="optimizer state to count: plain SGD (none) or SGD with momentum (one buffer)")
+    add_probe(parser)
     parser.add_argument("--no-timing", dest="timing", action="store_false",
                         help="skip measuring the step time and the device bandwidth")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
-                        help="precision of the timed training step (counts are always fp32)")
-    parser.add_argument("--channels-last", action="store_true", help="time the step in NHWC memory format")
+    # train's settings of the step (default: the d2l preset's); counts are always fp32
+    for name in ("optimizer", "momentum", "precision", "channels_last", "device"):
+        add_config_flag(parser, name)
     add_adaptation(parser)
-    add_device(parser)
     parser.add_argument("--plot", default=None,
                         help="bar chart PNG (default: runs/profile-<model>-<size>-b<batch>.png)")
     parser.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
@@ -68,15 +63,19 @@ def format_table(profile: dict) -> str:
 
 
 def run(args) -> int:
-    size = args.input_size or get_spec(args.model).input_size
+    size = args.resize or get_spec(args.model).input_size
     check_input_size(args.model, size)
     check_memory(args.model, size, args.batch_size, "fp32", torch.device("cpu"))  # the probe runs on the CPU
     model, channels = model_for_args(args)
+    config = make_config("d2l", model=args.model, batch_size=args.batch_size, resize=size, channels=channels,
+                         **{name: getattr(args, name) for name in ("optimizer", "momentum", "precision",
+                                                                   "channels_last", "device")})
     shape = (args.batch_size, channels, size, size)
-    profile = profile_model(model, shape, args.optimizer)
+    profile = profile_model(model, shape, config)
     profile["model"] = args.model
     print(f"{args.model}: one training step on input {list(shape)}; FLOPs as torch.utils.flop_counter counts "
-          f"them (multiply-add = 2, conv/matmul only); bytes in fp32; optimizer: {args.optimizer}.")
+          f"them (multiply-add = 2, conv/matmul only); bytes in fp32; optimizer: {config.optimizer}, momentum "
+          f"{config.momentum:g}.")
     print(format_table(profile))
     t = profile["total"]
     print(f"Per step: {fmt_count(t['forward_flops'] + t['backward_flops'])}FLOPs, at least "
@@ -84,9 +83,8 @@ def run(args) -> int:
     for line in findings(profile):
         print(line)
     if args.timing:
-        profile["timing"] = tm = step_timing(args.model, args.batch_size, size, args.device, args.precision,
-                                             args.channels_last, t, args.optimizer, channels)
-        print(f"Measured on {tm['device']} ({tm['precision']}{', channels-last' if args.channels_last else ''}): "
+        profile["timing"] = tm = step_timing(config, t)
+        print(f"Measured on {tm['device']} ({tm['precision']}{', channels-last' if tm['channels_last'] else ''}): "
               f"{tm['step_seconds'] * 1000:.1f} ms per training step ({tm['examples_per_sec']:.1f} examples/s) "
               f"= {tm['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s. Moving {fmt_bytes(t['step_bytes_moved'])} in that time "
               f"needs {tm['implied_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; this device's measured copy bandwidth "

@@ -6,6 +6,7 @@ Unknown keys and impossible values raise `UserError`; nothing is silently correc
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 import os
@@ -397,93 +398,56 @@ def per_rank_batch(config: TrainConfig, world_size: int) -> int:
     return config.batch_size // world_size
 
 
-# Presets: named overrides of the defaults. `d2l` is the book's train_ch6 recipe unchanged.
+# Presets: named configs over the defaults. A rung of the speed ladder also holds its `target` (not a
+# setting): the mean test accuracy `alexnet-lab record` judges it by. Measurements: docs/RECORDS.md only.
+_ONE_CYCLE = dict(momentum=0.9, nesterov=True, schedule="onecycle", warmup_frac=0.2, precision="auto",
+                  channels_last=None)
+_TESTED_AT_END = dict(eval_every=0, log_points_per_epoch=1)  # one test evaluation, after the last step
 PRESETS: dict[str, dict] = {
-    "d2l": dict(model="alexnet", epochs=10, batch_size=128, lr=0.01, momentum=0.0,
-                schedule="constant", init="xavier", precision="fp32", channels_last=False),
-    # The same AlexNet at 224x224, tuned for the fewest training examples to the book's 0.883:
-    # Nesterov momentum, a one-cycle schedule (20% linear warm-up, linear decay to 0), label
-    # smoothing and AlexNet's own weight decay. Every preset below leaves its numerics (precision,
-    # memory format) to measurement on the machine at hand (engine/numerics.py).
-    "fast": dict(model="alexnet", epochs=2, batch_size=128, lr=0.02, momentum=0.9, nesterov=True,
-                 weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1,
-                 init="xavier", precision="auto", channels_last=None),
-    # The chapter's AlexNet to the book's 0.883 in one epoch (60,000 examples, half of `fast`'s): the
-    # same recipe (peak lr 0.02) at batch 32, 4x the steps of the book's batch 128. One full run on
-    # a 2-core AMD EPYC: test acc 0.8928 in 806 s at 77.7 examples/s (docs/RECORDS.md); batch 64 at lr
-    # 0.03 gave 0.8825. `fast` keeps batch 128, whose steps are faster per example on a CPU and a GPU.
-    "one-epoch": dict(model="alexnet", epochs=1, batch_size=32, lr=0.02, momentum=0.9, nesterov=True,
-                      weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1,
-                      init="xavier", precision="auto", channels_last=None, log_points_per_epoch=4),
-    # Any registered model, tuned for the least wall-clock time to 0.883 test accuracy: a small
-    # BatchNorm CNN at 28x28 for 0.55 of an epoch (one-cycle), batch 192, no label smoothing; one
-    # test evaluation, at the end (a full test pass costs about a sixth of an epoch of training).
-    # Searched with benchmarks/ladder_candidates.sh, 5 seeds each (docs/RECORDS.md): 0.6 / 0.55 /
-    # 0.5 epoch gave 0.8866 / 0.8852 / 0.8831 mean test accuracy (0.5 reached 0.883 on 3 seeds of 5).
-    "speedrun": dict(model="speednet", epochs=0.55, batch_size=192, lr=0.1, momentum=0.9, nesterov=True,
-                     schedule="onecycle", warmup_frac=0.2, label_smoothing=0.0, init="default",
-                     precision="auto", channels_last=None, log_points_per_epoch=1),
-    # The speed ladder (docs/RECORDS.md; targets in RECORD_TARGETS). speedrun-90: speednet for 1.1
-    # epochs with Muon on the convolution filters (lr 0.05), Nesterov SGD for the rest. Muon was the one
-    # airbench option that paid in the 0.90 ablation (3 seeds at 1 epoch: 0.9015 against 0.8963; frozen
-    # BN weights with a BN-bias lr, Lookahead, Dirac init, a scaled head, alternating flips: none better).
-    # 5 seeds on a 2-core AMD EPYC Zen 3 (fp32), in one process: 0.9016 in 17.99 s, the SGD recipe it
-    # replaces (1.5 epochs) 0.9033 in 22.75 s. Test-time augmentation does not pay for speednet this short.
-    "speedrun-90": dict(model="speednet", epochs=1.1, batch_size=256, lr=0.1, momentum=0.9, nesterov=True,
-                        optimizer="muon", muon_lr=0.05,
-                        schedule="onecycle", warmup_frac=0.2, label_smoothing=0.1, init="default",
-                        precision="auto", channels_last=None, eval_every=0, log_points_per_epoch=1),
-    # speedrun-92: speednet for 4 epochs at peak lr 0.2 with Muon on the filters (lr 0.05). 5 seeds on the
-    # Zen 3, one process: 0.9202 in 55.06 s; the SGD recipe it replaces (6 epochs) 0.9206 in 85.29 s.
-    # Without Muon: twice the width for 3 epochs (speednet-wide) reached 0.9224 in 19.7 s on the Zen 4,
-    # fmnist-net-s for 1.5 epochs 0.9229 in 18.6 s (benchmarks/ladder_candidates.sh).
-    "speedrun-92": dict(model="speednet", epochs=4, batch_size=256, lr=0.2, momentum=0.9, nesterov=True,
-                        optimizer="muon", muon_lr=0.05,
-                        schedule="onecycle", warmup_frac=0.2, label_smoothing=0.0, init="default",
-                        precision="auto", channels_last=None, eval_every=0, log_points_per_epoch=1),
-    # speedrun-94: the `best` recipe on fmnist-net at half the channels (a quarter of the FLOPs) for
-    # 7 epochs with label smoothing 0.2, without augmentation or test-time augmentation, tested once.
-    # The search (benchmarks/ladder_candidates.sh 94, docs/RECORDS.md), 2 seeds, evaluated at the end
-    # only: 7 epochs at label smoothing 0.1 / 0.2 / 0.3 gave 0.9386 / 0.9417 / 0.9418, peak lr 0.3
-    # instead 0.9412, 6.5 epochs 0.9407 (75 s); 7.5 epochs at 0.1 0.9397. Augmentation with
-    # flip-translate TTA did not pay at 10 epochs (0.9405 in 154 s vs 0.9409 without both, seed 0).
-    "speedrun-94": dict(model="fmnist-net-s", epochs=7, batch_size=256, lr=0.2, momentum=0.9, nesterov=True,
-                        weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.2,
-                        init="default", precision="auto", channels_last=None, eval_every=0,
-                        log_points_per_epoch=1),
-    # speedrun-95 (not reached): speedrun-94's network and recipe trained 40 epochs with flips + translate
-    # augmentation and flip-translate test-time augmentation, the best found within 10 minutes on two
-    # cores. Seed 0 (docs/RECORDS.md): 40 epochs 0.9491 in 503 s, 45 epochs 0.9492 in 553 s.
-    "speedrun-95": dict(model="fmnist-net-s", epochs=40, batch_size=256, lr=0.2, momentum=0.9, nesterov=True,
-                        weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.2,
-                        init="default", augment="flip+translate+jitter", tta="flip-translate",
-                        precision="auto", channels_last=None, eval_every=0, log_points_per_epoch=1),
-    # The most accurate recipe known here: fmnist-net (full width) for 30 epochs with flips + translate
-    # augmentation and flip-translate TTA, speedrun-94's optimiser settings: 0.9530 in 1,197 s on a
-    # 2-core AMD EPYC (seed 0, docs/RECORDS.md). Exercise 2.2's recipe (94.13% in 12.5 min) was this
-    # at 10 epochs, label smoothing 0.1, no TTA, tested every epoch (docs/EXERCISES.md spells it out).
-    "best": dict(model="fmnist-net", epochs=30, batch_size=256, lr=0.2, momentum=0.9, nesterov=True,
-                 weight_decay=5e-4, schedule="onecycle", warmup_frac=0.2, label_smoothing=0.2,
-                 init="default", augment="flip+translate+jitter", tta="flip-translate", precision="auto",
-                 channels_last=None,
-                 eval_every=0, log_points_per_epoch=1),
+    # the book's train_ch6 recipe unchanged
+    "d2l": dict(model="alexnet", epochs=10, batch_size=128, lr=0.01, momentum=0.0, schedule="constant",
+                init="xavier", precision="fp32", channels_last=False),
+    # the chapter's AlexNet at 224x224 in the fewest training examples to the book's 0.883
+    "fast": dict(_ONE_CYCLE, model="alexnet", epochs=2, batch_size=128, lr=0.02, weight_decay=5e-4,
+                 label_smoothing=0.1, init="xavier"),
+    # `fast` at batch 32 (4x the steps): the book's 0.883 in one epoch
+    "one-epoch": dict(_ONE_CYCLE, model="alexnet", epochs=1, batch_size=32, lr=0.02, weight_decay=5e-4,
+                      label_smoothing=0.1, init="xavier", log_points_per_epoch=4),
+    # the speed ladder: the least wall-clock time to each target, any registered model
+    "speedrun": dict(_ONE_CYCLE, target=0.883, model="speednet", epochs=0.55, batch_size=192, lr=0.1,
+                     init="default", log_points_per_epoch=1),
+    "speedrun-90": dict(_ONE_CYCLE, **_TESTED_AT_END, target=0.90, model="speednet", epochs=1.1, batch_size=256,
+                        lr=0.1, optimizer="muon", muon_lr=0.05, label_smoothing=0.1, init="default"),
+    "speedrun-92": dict(_ONE_CYCLE, **_TESTED_AT_END, target=0.92, model="speednet", epochs=4, batch_size=256,
+                        lr=0.2, optimizer="muon", muon_lr=0.05, init="default"),
+    "speedrun-94": dict(_ONE_CYCLE, **_TESTED_AT_END, target=0.94, model="fmnist-net-s", epochs=7, batch_size=256,
+                        lr=0.2, weight_decay=5e-4, label_smoothing=0.2, init="default"),
+    "speedrun-95": dict(_ONE_CYCLE, **_TESTED_AT_END, target=0.95, model="fmnist-net-s", epochs=40, batch_size=256,
+                        lr=0.2, weight_decay=5e-4, label_smoothing=0.2, init="default",
+                        augment="flip+translate+jitter", tta="flip-translate"),
+    # the most accurate recipe known here
+    "best": dict(_ONE_CYCLE, **_TESTED_AT_END, model="fmnist-net", epochs=30, batch_size=256, lr=0.2,
+                 weight_decay=5e-4, label_smoothing=0.2, init="default", augment="flip+translate+jitter",
+                 tta="flip-translate"),
 }
-
-
-# The speed ladder: each preset's target test accuracy (full 10,000-image test set, mean over
-# seeds), as `alexnet-lab record` judges it. docs/RECORDS.md holds the measured times.
-RECORD_TARGETS: dict[str, float] = {"speedrun": 0.883, "speedrun-90": 0.90, "speedrun-92": 0.92,
-                                    "speedrun-94": 0.94, "speedrun-95": 0.95}
+RECORD_TARGETS = {name: preset["target"] for name, preset in PRESETS.items() if "target" in preset}
 
 
 def preset_names() -> list[str]:
     return sorted(PRESETS)
 
 
+def preset_record(name) -> dict:
+    """Preset `name`'s settings (and `target`); the one "unknown preset" error, naming the nearest one."""
+    if name not in PRESETS:
+        near = difflib.get_close_matches(name, preset_names(), n=1) if isinstance(name, str) else []
+        hint = f"Did you mean '{near[0]}'?" if near else f"Choose one of: {', '.join(preset_names())}."
+        raise UserError(f"Unknown preset {describe(name)}. {hint}")
+    return PRESETS[name]
+
+
 def make_config(preset: str = "d2l", **overrides) -> TrainConfig:
     """The preset's config with `overrides` (None values ignored) applied on top."""
-    if preset not in PRESETS:
-        raise UserError(f"Unknown preset '{preset}'. Choose one of: {', '.join(preset_names())}.")
-    values = {**PRESETS[preset], "preset": preset}
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values = {key: value for key, value in preset_record(preset).items() if key != "target"}
+    values.update({"preset": preset}, **{k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(values)

@@ -12,7 +12,7 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
-from alexnet_lab.engine.config import PRESETS, TrainConfig, check_setting, make_config, preset_names
+from alexnet_lab.engine.config import PRESETS, TrainConfig, check_setting, make_config
 from alexnet_lab.errors import UserError, describe, printable
 
 # Keys a run's config.json holds beside the recipe: what was resolved at run time, not settings.
@@ -165,12 +165,10 @@ def resolve_config(preset: str | None, file_values: dict | None, flag_values: di
     name = preset or file_values.pop("preset", None) or "d2l"
     file_values.pop("preset", None)
     check_setting("preset", name)  # text, before it is looked up
-    if name in PRESETS:
-        base = make_config(name).to_dict()
-    elif preset is None and _complete(file_values):  # e.g. make run's one-epoch-cpu-budget: kept as its label
-        base = {**make_config("d2l").to_dict(), "preset": name}
+    if name not in PRESETS and preset is None and _complete(file_values):  # e.g. make run's one-epoch-cpu-budget
+        base = {**make_config("d2l").to_dict(), "preset": name}  # kept as its label
     else:
-        raise UserError(f"Unknown preset {describe(name)}. Choose one of: {', '.join(preset_names())}.")
+        base = make_config(name).to_dict()
     values = {**base, **file_values, **{k: v for k, v in flag_values.items() if v is not None}}
     return TrainConfig.from_dict(values)
 

@@ -89,8 +89,8 @@ def check_input_size(model_name: str, size: int) -> None:
         return
     valid = valid_input_sizes(model_name)
     if not valid:
-        raise UserError(f"Input size {size} (--resize / --input-size) does not fit model '{model_name}', and no size from 8 to 512 does.")
+        raise UserError(f"Input size {size} (--resize) does not fit model '{model_name}', and no size from 8 to 512 does.")
     contiguous = valid[-1] - valid[0] + 1 == len(valid)
     span = f"{valid[0]}..{valid[-1]}" if contiguous else ", ".join(map(str, valid[:8])) + ("..." if len(valid) > 8 else "")
-    raise UserError(f"Input size {size} (--resize / --input-size) does not fit model '{model_name}' (sizes that work: {span}). "
+    raise UserError(f"Input size {size} (--resize) does not fit model '{model_name}' (sizes that work: {span}). "
                     f"The smallest size that works is {valid[0]}.")
