@@ -1,4 +1,5 @@
-"""The speed ladder's pieces: EMA of weights, test-time augmentation, `record`'s statistics."""
+"""The speed ladder's pieces: EMA of weights, test-time augmentation, `record`'s statistics, with the
+training images and FLOPs to the target beside the time."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from alexnet_lab.analysis.machine import cpu_model_and_flags
 from alexnet_lab.analysis.record import (candidate_config, parse_candidate, run_candidates, run_record,
                                         statistics_of, target_of)
 from alexnet_lab.cli import main
+from alexnet_lab.cli.record import format_summary
 from alexnet_lab.engine.config import RECORD_TARGETS, make_config
 from alexnet_lab.engine.ema import WeightEMA
 from alexnet_lab.engine.builders import Splits, splits_for
@@ -98,13 +100,14 @@ def test_tta_is_used_only_at_evaluation(tiny_data, one_thread):
             calls.append(self.inner.training)
             return self.inner(x)
 
-    import alexnet_lab.engine.trainer as trainer
-    real = trainer.tta_logits
-    trainer.tta_logits = lambda model, x, mode: real(Spy(model), x, mode)
+    import sys
+    evaluating = sys.modules[evaluate.__module__]  # the module whose `evaluate` runs the TTA views
+    real = evaluating.tta_logits
+    evaluating.tta_logits = lambda model, x, mode: real(Spy(model), x, mode)
     try:
         fit(base.replace(tta="flip"))
     finally:
-        trainer.tta_logits = real
+        evaluating.tta_logits = real
     assert calls and not any(calls)  # every TTA forward ran with the model in eval mode
     splits = splits_for(base)
     runs = {mode: fit(base.replace(tta=mode), splits=splits) for mode in ("none", "flip")}
@@ -145,7 +148,7 @@ def test_record_statistics_on_a_fake_clock():
     def fake_fit(config, splits=None):
         seen.append(config.seed)
         acc, wall = script[config.seed]
-        return {"test_acc": acc, "wall_seconds": wall, "time_to_target_s": None}
+        return {"test_acc": acc, "wall_seconds": wall, "time_to_target_s": None, "train_examples": 5}
 
     config = make_config("speedrun", device="cpu")
     fake_splits = Splits(torch.zeros(5, 28, 28, dtype=torch.uint8), torch.zeros(5, dtype=torch.int64),
@@ -159,6 +162,27 @@ def test_record_statistics_on_a_fake_clock():
     assert [r["time_to_target_s"] for r in result["rows"]] == [2.0, None, 4.0]
     assert result["mean_time_s"] == pytest.approx(3.0) and result["max_time_s"] == 4.0
     assert statistics_of(result["rows"])["min_time_s"] == 2.0
+
+
+def test_record_gives_the_training_images_and_flops_to_the_target(capsys):
+    """Images: what each seed trained on, up to the target when the run stopped there; FLOPs: those
+    images x LeNet's forward + backward FLOPs per image, counted by hand (tests/test_bench.py's count)."""
+    forward = 2 * (28 * 28 * 6 * 25 + 10 * 10 * 16 * 150 + 400 * 120 + 120 * 84 + 84 * 10)
+    per_image = 3 * forward - 2 * 28 * 28 * 6 * 25  # weight gradients of all, input gradients of all but conv1
+    script = {10_000: (0.5, None, 64), 0: (0.95, 1.5, 96), 1: (0.80, None, 320)}  # acc, time to target, images
+
+    def fake_fit(config, splits=None):
+        acc, to_target, images = script[config.seed]
+        return {"test_acc": acc, "wall_seconds": 9.0, "time_to_target_s": to_target, "train_examples": images}
+
+    config = make_config("speedrun", model="lenet", device="cpu", target_accuracy=0.9)
+    result = run_record(config, 2, splits=_fake_splits(), train=fake_fit)
+    assert [(r["images"], r["flops"]) for r in result["rows"]] == [(96, 96 * per_image), (320, 320 * per_image)]
+    assert result["flops_per_image"] == per_image
+    assert result["mean_images"] == 208 and result["mean_flops"] == 208 * per_image
+    summary = format_summary(result)
+    assert "mean 208 training images to the target" in summary
+    assert f"{208 * per_image:.3g} training FLOPs" in summary and f"{per_image / 1e6:,.2f} MFLOP per image" in summary
 
 
 def _fake_splits() -> Splits:
@@ -221,7 +245,7 @@ def test_each_candidate_gets_its_own_warm_up_rows_and_statistics():
         seen.append((config.epochs, config.seed))
         acc = {1.0: 0.88, 2.0: 0.91}[config.epochs] + 0.01 * (config.seed % 10_000)
         return {"test_acc": acc, "wall_seconds": 10 * config.epochs + config.seed % 10_000,
-                "time_to_target_s": None}
+                "time_to_target_s": None, "train_examples": int(5 * config.epochs)}
 
     candidates = [(text, candidate_config(text, {"device": "cpu"}))
                   for text in ("speedrun:epochs=1", "speedrun-90:epochs=2")]
@@ -235,6 +259,7 @@ def test_each_candidate_gets_its_own_warm_up_rows_and_statistics():
     assert first["mean_acc"] == pytest.approx(0.885) and first["min_acc"] == pytest.approx(0.88)
     assert first["reached"] == 0.5 and second["reached"] == 1.0
     assert first["mean_time_s"] == pytest.approx(10.5) and second["mean_time_s"] == pytest.approx(20.5)
+    assert (first["mean_images"], second["mean_images"]) == (5, 10)  # each candidate's own runs
 
 
 def test_record_command_prints_a_row_per_candidate(monkeypatch, capsys):
@@ -243,7 +268,8 @@ def test_record_command_prints_a_row_per_candidate(monkeypatch, capsys):
     import alexnet_lab.cli.record as record_cli
 
     def fake_fit(config, splits=None):
-        return {"test_acc": 0.9 if config.lr == 0.05 else 0.8, "wall_seconds": 2.0, "time_to_target_s": None}
+        return {"test_acc": 0.9 if config.lr == 0.05 else 0.8, "wall_seconds": 2.0, "time_to_target_s": None,
+                "train_examples": 1000 if config.lr == 0.05 else 3000}
 
     monkeypatch.setattr(record_cli, "run_candidates",
                         functools.partial(record_cli.run_candidates, splits=_fake_splits(), train=fake_fit))
@@ -253,12 +279,14 @@ def test_record_command_prints_a_row_per_candidate(monkeypatch, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert sum(line.strip().startswith("seed ") for line in lines) == 4
     rows = [line.split() for line in lines if line.rstrip().endswith(("speedrun:lr=0.05", "epochs=1"))]
-    assert [row[:4] + row[5:] for row in rows[-2:]] == [
-        ["0.9000", "0.9000", "0.883", "100%", "speedrun:lr=0.05"],
-        ["0.8000", "0.8000", "0.883", "0%", "speedrun:lr=0.2,epochs=1"]]
+    assert [row[:4] + row[5:6] + row[7:] for row in rows[-2:]] == [
+        ["0.9000", "0.9000", "0.883", "100%", "1,000", "speedrun:lr=0.05"],
+        ["0.8000", "0.8000", "0.883", "0%", "3,000", "speedrun:lr=0.2,epochs=1"]]
     last = [json.loads(line) for line in lines[-2:]]
-    assert [(x["candidate"], x["mean_acc"], x["reached"]) for x in last] == [
-        ("speedrun:lr=0.05", 0.9, 1.0), ("speedrun:lr=0.2,epochs=1", 0.8, 0.0)]
+    assert [(x["candidate"], x["mean_acc"], x["reached"], x["mean_images"]) for x in last] == [
+        ("speedrun:lr=0.05", 0.9, 1.0, 1000), ("speedrun:lr=0.2,epochs=1", 0.8, 0.0, 3000)]
+    per_image = last[0]["flops_per_image"]  # speednet's at 28x28, forward + backward
+    assert [float(row[6]) for row in rows[-2:]] == pytest.approx([1000 * per_image, 3000 * per_image], rel=1e-2)
 
 
 def test_record_refuses_a_preset_beside_candidates(capsys):
@@ -295,7 +323,9 @@ def test_record_command_end_to_end(real_data, capsys):
     assert any("machine" in line and "torch" in line for line in lines)
     last = json.loads(lines[-1])
     assert set(last) >= {"preset", "target", "seeds", "mean_acc", "min_acc", "mean_time_s", "max_time_s",
-                         "reached", "device"}
+                         "reached", "device", "mean_images", "mean_flops", "flops_per_image"}
+    assert last["mean_images"] == 13 * 192  # 0.55 of the 22 steps an epoch of 4,096 takes: 13 steps of 192
+    assert last["mean_flops"] == last["mean_images"] * last["flops_per_image"]
     assert last["preset"] == "speedrun" and last["seeds"] == 2 and last["device"] == "cpu"
     assert 0.1 < last["mean_acc"] <= 1 and last["min_acc"] <= last["mean_acc"]
     assert 0 < last["mean_time_s"] <= last["max_time_s"]

@@ -71,10 +71,11 @@ class BenchConfig:
             raise UserError("bench: --warmup and --workers must be >= 0.")
 
 
-def flops_per_example(model_name: str, size: int) -> int:
-    """FLOP of one training example: forward + backward at batch 1, fp32, counted (not timed)."""
-    model = build_model(model_name, in_channels=1)  # bench runs on Fashion-MNIST
-    images = torch.zeros(1, 1, size, size)
+def flops_per_example(model_name: str, size: int, **model_kwargs) -> int:
+    """FLOP of one training example: forward + backward at batch 1, fp32, counted (not timed), of the
+    model built with `model_kwargs` (default: 1 input channel, Fashion-MNIST's)."""
+    model = build_model(model_name, **{"in_channels": 1, **model_kwargs})
+    images = torch.zeros(1, model_kwargs.get("in_channels", 1), size, size)
     with FlopCounterMode(display=False) as counter:
         loss = model(images).sum()
         loss.backward()

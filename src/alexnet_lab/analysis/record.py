@@ -4,7 +4,9 @@ The preset runs N times in one process, after one short untimed warm-up on the s
 the clock is `fit`'s wall clock: from the first training step to the end of the last test
 evaluation (test-time augmentation included), data already in memory, model building excluded;
 any `torch.compile` time falls inside it. The record is the mean over seeds; min and max are
-reported beside it, with the fraction of seeds that reached the target.
+reported beside it, with the fraction of seeds that reached the target. Beside the time, units that
+travel between machines: the training images to the target and the training FLOPs (images x the
+model's forward + backward FLOPs per image, as `profile` and `bench` count them).
 
 A candidate (`record --candidate`) is a preset with settings over it, `PRESET:key=value,...`
 (`speedrun-94:epochs=6.5,label_smoothing=0.2`); several are timed in turn in one process, each one
@@ -18,11 +20,12 @@ import statistics
 import time
 from typing import Callable
 
+from alexnet_lab.analysis.bench import flops_per_example
 from alexnet_lab.analysis.machine import describe_machine
 from alexnet_lab.engine.config import PRESETS, RECORD_TARGETS, TrainConfig, check_setting, field_types, preset_names
 from alexnet_lab.engine.config_file import nearest_key_hint, resolve_config
 from alexnet_lab.engine.device import resolve_device
-from alexnet_lab.engine.builders import Splits, splits_for, stored_size
+from alexnet_lab.engine.builders import Splits, input_size, model_options, splits_for, stored_size
 from alexnet_lab.engine.trainer import fit
 from alexnet_lab.errors import UserError
 
@@ -45,22 +48,29 @@ def warmup_splits(splits: Splits) -> Splits:
     return splits.head(WARMUP_TRAIN_EXAMPLES, WARMUP_TEST_EXAMPLES)
 
 
-def seed_result(seed: int, summary: dict, target: float) -> dict:
+def seed_result(seed: int, summary: dict, target: float, flops_per_image: int) -> dict:
     """One seed's row. Time to target: the evaluation that first reached it when the run evaluated
-    along the way (--target-accuracy), else the whole run's wall clock if its final accuracy did."""
+    along the way (--target-accuracy), else the whole run's wall clock if its final accuracy did.
+    Images: the training images the run saw, which is to the target as the time is (a run with
+    --target-accuracy stops at it); FLOPs: those images x `flops_per_image` (forward + backward)."""
     acc = summary["test_acc"]
     reached = acc >= target or summary.get("time_to_target_s") is not None
     time_to_target = summary.get("time_to_target_s") or (summary["wall_seconds"] if reached else None)
+    images = summary["train_examples"]
     return {"seed": seed, "test_acc": acc, "wall_seconds": summary["wall_seconds"],
-            "time_to_target_s": time_to_target, "reached": reached}
+            "time_to_target_s": time_to_target, "reached": reached, "images": images,
+            "flops": images * flops_per_image}
 
 
 def statistics_of(rows: list[dict]) -> dict:
+    """Mean, min and max over the seeds; a seed that missed the target counts its whole run."""
     accs = [r["test_acc"] for r in rows]
     times = [r["time_to_target_s"] if r["reached"] else r["wall_seconds"] for r in rows]
     return {"mean_acc": statistics.fmean(accs), "min_acc": min(accs), "max_acc": max(accs),
             "std_acc": statistics.pstdev(accs),
             "mean_time_s": statistics.fmean(times), "min_time_s": min(times), "max_time_s": max(times),
+            "mean_images": statistics.fmean(r["images"] for r in rows),
+            "mean_flops": statistics.fmean(r["flops"] for r in rows),
             "reached": sum(r["reached"] for r in rows) / len(rows)}
 
 
@@ -78,25 +88,27 @@ def run_record(config: TrainConfig, seeds: int, *, target: float | None = None, 
     # (an image folder's validation split is drawn with the first seed, config.seed).
     splits = splits or splits_for(config)
     device = resolve_device(config.device)
+    flops = flops_per_example(config.model, input_size(config), **model_options(splits))
     start = time.perf_counter()
     train(config.replace(seed=(config.seed + 10_000) % 2**32), splits=warmup_splits(splits))  # another seed
     warmup_s = time.perf_counter() - start
     rows = []
     for i in range(seeds):
         seed = config.seed + i
-        rows.append(seed_result(seed, train(config.replace(seed=seed), splits=splits), target))
+        rows.append(seed_result(seed, train(config.replace(seed=seed), splits=splits), target, flops))
         if on_seed:
             on_seed(rows[-1])
     return {"preset": config.preset, "target": target, "seeds": seeds, "rows": rows,
             "warmup_s": warmup_s, "compile": config.compile, "config": config.to_dict(),
             "train_examples": len(splits.train_images), "test_examples": len(splits.test_images),
-            "data": config.data, "data_source": splits.source,
+            "data": config.data, "data_source": splits.source, "flops_per_image": flops,
             "machine": describe_machine(device), **statistics_of(rows)}
 
 
 def json_line(result: dict) -> dict:
     """The one-line summary `record --json` prints last."""
-    keys = ("preset", "target", "seeds", "mean_acc", "min_acc", "mean_time_s", "max_time_s", "reached", "data")
+    keys = ("preset", "target", "seeds", "mean_acc", "min_acc", "mean_time_s", "max_time_s", "reached",
+            "mean_images", "mean_flops", "flops_per_image", "data")
     return {**{k: result[k] for k in keys}, "device": result["machine"]["device"],
             "machine": result["machine"]}
 

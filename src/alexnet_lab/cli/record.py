@@ -1,5 +1,6 @@
 """`alexnet-lab record`: a preset's time to its target accuracy over several seeds (airbench style):
-per seed time and accuracy, then mean/min/max, the fraction of seeds that reached it, the machine.
+per seed time and accuracy, then mean/min/max, the fraction of seeds that reached it, the training
+images and FLOPs to it (units that travel between machines), the machine.
 With --candidate, several recipes (PRESET:key=value,...) in turn, then a table of them.
 """
 
@@ -38,7 +39,7 @@ def add_arguments(parser) -> None:
 def format_row(row: dict) -> str:
     reached = f"{row['time_to_target_s']:8.2f} s" if row["reached"] else "  not reached"
     return f"seed {row['seed']:>3}  test acc {row['test_acc']:.4f}  time to target {reached}  " \
-           f"(run {row['wall_seconds']:.2f} s)"
+           f"(run {row['wall_seconds']:.2f} s, {row['images']:,} training images, {row['flops']:.3g} FLOPs)"
 
 
 def format_summary(result: dict) -> str:
@@ -51,6 +52,10 @@ def format_summary(result: dict) -> str:
         f"max {result['max_time_s']:.2f}   (seeds that missed the target count their whole run)",
         f"  reached    {result['reached']:.0%} of seeds; mean accuracy "
         f"{'meets' if result['mean_acc'] >= result['target'] else 'MISSES'} the target",
+        f"  images     mean {result['mean_images']:,.0f} training images to the target (as the time: a seed that "
+        "missed it counts its whole run)",
+        f"  FLOPs      mean {result['mean_flops']:.3g} training FLOPs to the target (the images x "
+        f"{result['flops_per_image'] / 1e6:,.2f} MFLOP per image: forward + backward, as `profile` counts)",
         f"  data       {result['data_source']}",
         f"  warm-up    {result['warmup_s']:.2f} s untimed" + (" (includes torch.compile)" if result["compile"] else ""),
         f"  machine    {format_machine(result['machine'])}"])
@@ -59,11 +64,13 @@ def format_summary(result: dict) -> str:
 def format_candidates(results: list[dict]) -> str:
     """One line per candidate: mean/min test accuracy, share of seeds at the target, mean seconds."""
     first = results[0]
-    lines = [f"candidates: {first['seeds']} seeds each, times in seconds per run (seeds that missed the "
-             f"target count their whole run)",
-             f"  {'mean acc':>8}  {'min acc':>7}  {'target':>6}  {'reached':>7}  {'mean time':>9}  candidate"]
+    lines = [f"candidates: {first['seeds']} seeds each, times in seconds, training images and FLOPs per run to "
+             f"the target (seeds that missed it count their whole run)",
+             f"  {'mean acc':>8}  {'min acc':>7}  {'target':>6}  {'reached':>7}  {'mean time':>9}  "
+             f"{'images':>10}  {'FLOPs':>9}  candidate"]
     lines += [f"  {r['mean_acc']:8.4f}  {r['min_acc']:7.4f}  {r['target']:6g}  {r['reached']:7.0%}  "
-              f"{r['mean_time_s']:9.2f}  {r['candidate']}" for r in results]
+              f"{r['mean_time_s']:9.2f}  {r['mean_images']:10,.0f}  {r['mean_flops']:9.3g}  {r['candidate']}"
+              for r in results]
     sources = dict.fromkeys(r["data_source"] for r in results)  # one, unless candidates change the data
     lines += [f"  data       {'; '.join(sources)}", f"  machine    {format_machine(first['machine'])}"]
     return "\n".join(lines)
