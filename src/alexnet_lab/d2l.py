@@ -1,9 +1,5 @@
-"""The book's `d2l` API for the AlexNet chapter: `from alexnet_lab import d2l` runs its code as written.
-
-Same names, signatures and printed lines as `d2l.torch`, backed by this package's in-memory batch
-loader, offline data sources and plots. Environment variables shrink runs (tests, quick looks):
-ALEXNET_LAB_D2L_LIMIT=N (first N examples of each split), ALEXNET_LAB_D2L_EPOCHS=E (overrides
-train_ch6's num_epochs), ALEXNET_LAB_D2L_FIGURE=path (where a terminal Animator saves its figure).
+"""The book's `d2l` API for the AlexNet chapter: `from alexnet_lab import d2l` runs its code as written (same
+names, signatures and printed lines as `d2l.torch`, on this package's batch loader, data sources and plots).
 """
 
 from __future__ import annotations
@@ -27,6 +23,8 @@ from alexnet_lab.engine.device import backend_flags
 from alexnet_lab.engine.step import book_step, correct_count
 from alexnet_lab.errors import UserError
 
+# Runs shrunk for tests and quick looks: the first N examples of each split, train_ch6's epochs, where a
+# terminal Animator saves its figure.
 ENV_LIMIT = "ALEXNET_LAB_D2L_LIMIT"
 ENV_EPOCHS = "ALEXNET_LAB_D2L_EPOCHS"
 ENV_FIGURE = "ALEXNET_LAB_D2L_FIGURE"
@@ -45,16 +43,13 @@ def _env_positive_int(name: str) -> int | None:
     return int(value)
 
 
-# --- devices ---------------------------------------------------------------------------------
-
 def _apple_gpu() -> bool:
     """An Apple-silicon GPU (MPS) is usable and there is no CUDA GPU to prefer."""
     return torch.cuda.device_count() == 0 and torch.backends.mps.is_available()
 
 
 def try_gpu(i: int = 0) -> torch.device:
-    """GPU i if it exists, else the CPU (the book's function). Unlike the book's, an Apple-silicon
-    Mac without CUDA gets its GPU (`mps`, which is always number 0)."""
+    """GPU i if it exists, else the CPU (the book's function; an Apple-silicon Mac gets its `mps`)."""
     if torch.cuda.device_count() >= i + 1:
         return torch.device(f"cuda:{i}")
     if i == 0 and _apple_gpu():
@@ -70,15 +65,9 @@ def try_all_gpus() -> list[torch.device]:
     return devices if devices else [torch.device("cpu")]
 
 
-# --- data --------------------------------------------------------------------------------------
-
 class FashionMNISTBatches:
-    """What `load_data_fashion_mnist` returns: an iterable of (X, y) like the book's DataLoader.
-
-    X: (B, 1, S, S) float32 in [0, 1] (ToTensor semantics), y: (B,) int64. Every `iter()` is a new
-    epoch: a fresh permutation when shuffled. `to(device)` puts the uint8 split on the device once,
-    so that batches are cut, converted and resized there (train_ch6 does this for its device).
-    """
+    """The book's DataLoader: (X (B, 1, S, S) float32 in [0, 1], y (B,) int64), a new permutation per `iter()`
+    when shuffled; `to(device)` puts the uint8 split on the device once (batches are then cut there)."""
 
     def __init__(self, loader: BatchLoader):
         self.loader = loader
@@ -114,32 +103,21 @@ def _on(data_iter, device):
 
 
 def load_data_fashion_mnist(batch_size: int, resize: int | None = None):
-    """Fashion-MNIST as (train_iter, test_iter): shuffled training batches, test batches in order.
-
-    Data comes from this package's sources (local folders, Debian's package, the user cache, then a
-    checksummed download); ALEXNET_LAB_D2L_LIMIT=N keeps the first N examples of each split.
-    """
+    """Fashion-MNIST as (train_iter, test_iter): shuffled training batches, test batches in order."""
     limit = _env_positive_int(ENV_LIMIT)
     if limit is not None:
         print(f"d2l: using the first {limit} examples of each split ({ENV_LIMIT})", file=sys.stderr)
     splits = splits_for(make_config("d2l", limit_train=limit, limit_test=limit))  # Fashion-MNIST, as the book's
-    # The book's DataLoader reshuffles from torch's global generator; seeding from it keeps
-    # torch.manual_seed(...) meaningful here too.
     seed = int(torch.randint(0, 2**31 - 1, ()))
     train = BatchLoader(splits.train_images, splits.train_labels, batch_size, shuffle=True, resize=resize,
-                        seed=seed)
+                        seed=seed)  # from torch's generator, as the book's DataLoader: torch.manual_seed works
     test = BatchLoader(splits.test_images, splits.test_labels, batch_size, shuffle=False, resize=resize)
     return FashionMNISTBatches(train), FashionMNISTBatches(test)
 
 
-# --- metrics and timing --------------------------------------------------------------------------
-
 class Accumulator:
-    """For accumulating sums over n variables (the book's class).
-
-    Tensors are summed where they live (no host-device sync per call); reading an entry returns a
-    float, which is the sync point.
-    """
+    """For accumulating sums over n variables (the book's class); tensors are summed where they live,
+    and reading an entry (a float) is the sync point."""
 
     def __init__(self, n: int):
         self.data = [0.0] * n
@@ -204,8 +182,6 @@ class Timer:
         return np.array(self.times).cumsum().tolist()
 
 
-# --- plots ---------------------------------------------------------------------------------------
-
 def _notebook_display():
     """IPython.display when running in a Jupyter kernel; None in a terminal or without IPython."""
     try:
@@ -242,12 +218,8 @@ def set_axes(axes, xlabel, ylabel, xlim, ylim, xscale, yscale, legend) -> None:
 
 
 class Animator:
-    """For incrementally plotting data in animation (the book's class and arguments).
-
-    In a Jupyter kernel the figure is redrawn in place (display + clear_output(wait=True), as in the
-    book). In a terminal every point is printed to stderr and the figure is saved to a file
-    ($ALEXNET_LAB_D2L_FIGURE, default ./d2l-animator.svg) whose path is printed once.
-    """
+    """For incrementally plotting data in animation (the book's class): redrawn in place in Jupyter; in a
+    terminal each point printed to stderr and the figure saved to $ALEXNET_LAB_D2L_FIGURE (./d2l-animator.svg)."""
 
     def __init__(self, xlabel=None, ylabel=None, legend=None, xlim=None, ylim=None, xscale="linear",
                  yscale="linear", fmts=("-", "m--", "g-.", "r:"), nrows=1, ncols=1, figsize=(3.5, 2.5)):
@@ -326,16 +298,10 @@ def _write(line: str) -> None:
     tqdm.write(line, file=sys.stderr)
 
 
-# --- training --------------------------------------------------------------------------------------
-
 def train_ch6(net, train_iter, test_iter, num_epochs, lr, device):
-    """Train a model with a GPU (the book's function, defined in Chapter 6).
-
-    As in the book: xavier_uniform_ init of every Linear/Conv2d weight, SGD at `lr`, cross-entropy,
-    an Animator with five points per epoch plus the test accuracy, and the two closing lines. The
-    running sums stay on the device and are read at those five points only (the book reads them
-    every step). ALEXNET_LAB_D2L_EPOCHS overrides num_epochs.
-    """
+    """Train a model with a GPU (the book's function, Chapter 6: xavier init, SGD, cross-entropy, an Animator
+    with five points per epoch and the test accuracy, the two closing lines). The running sums stay on the
+    device, read at those points only (the book reads them every step)."""
     num_epochs = _env_positive_int(ENV_EPOCHS) or num_epochs
     init_weights(net)
     print("training on", device)
@@ -345,8 +311,7 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device):
     loss = nn.CrossEntropyLoss()
     animator = Animator(xlabel="epoch", xlim=[1, num_epochs], legend=["train loss", "train acc", "test acc"])
     timer, num_batches = Timer(), len(train_iter)
-    # The book logs every num_batches // 5 batches, which is a division by zero below 5 batches.
-    log_every = max(1, num_batches // 5)
+    log_every = max(1, num_batches // 5)  # the book's num_batches // 5 is 0 below 5 batches
     bar = _progress_bar(num_epochs * num_batches, animator)
     # cudnn autotuning for the run's fixed shapes (the book leaves it off); restored afterwards.
     with contextlib.ExitStack() as stack:
@@ -375,8 +340,8 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device):
 
 
 def _progress_bar(total: int, animator: Animator):
-    """A tqdm bar on stderr in a terminal; none in a notebook (the figure is the progress) or when
-    stderr is a file, a pipe or an IDE's run window (the Animator's printed points are the progress)."""
+    """A tqdm bar on stderr in a terminal; none in a notebook or when stderr is not a terminal (the figure or
+    the printed points are the progress)."""
     if animator.display is not None or not sys.stderr.isatty():
         return None
     from tqdm import tqdm

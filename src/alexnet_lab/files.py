@@ -1,13 +1,5 @@
-"""Every file alexnet-lab writes goes through here: exclusive temp files, atomic renames, no symlinks.
-
-The rules (docs/RELIABILITY.md, "Hostile files"): a temp file is created with O_EXCL|O_NOFOLLOW
-beside its target (never a link, never a reused name), fsync'ed and renamed into place; a target
-that is a symlink is refused, not written through, and so is one that is not a regular file (a folder,
-a device, a FIFO, a socket), even with --force; --force never replaces a file of a run folder that the
-command did not write itself; nothing is deleted or truncated that this program did not create;
-modes come from the umask (0666 & ~umask), as for any other program's files; temp names have a fixed
-short length, so any legal target name works. A folder may have been prepared by
-someone else: its contents are untrusted input.
+"""Every file alexnet-lab writes goes through here: a fresh temp file (O_EXCL|O_NOFOLLOW, the umask's mode)
+fsync'ed and renamed over a target that is missing or a regular file (never a link, a folder, a device, a FIFO).
 """
 
 from __future__ import annotations
@@ -55,7 +47,7 @@ class WriteError(UserError):
         super().__init__(message)
 
 
-def is_symlink(path: Path) -> bool:
+def is_symlink(path: Path) -> bool:  # a folder prepared by someone else is untrusted input
     try:
         return stat.S_ISLNK(os.lstat(path).st_mode)
     except OSError:
@@ -67,9 +59,8 @@ _NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device")
 
 
 def check_target(path: Path) -> None:
-    """Refuse a target that is a symlink (a shared folder may hold one aimed at the user's files) or
-    anything but a regular file: a folder, a device (`--force` onto /dev/null would have replaced the
-    machine's /dev/null with a file), a FIFO, a socket. A missing or regular file is fine."""
+    """Refuse a target that is a symlink (a shared folder may hold one aimed at the user's files) or anything
+    but a regular file (`--force` onto /dev/null would have replaced it with a file). Missing is fine."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -118,10 +109,8 @@ def _commit(tmp: Path, path: Path) -> None:
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike, mode: str = "wb", *, encoding: str = "utf-8",
                   verify: Callable[[Path], None] | None = None) -> Iterator[IO]:
-    """`with atomic_writer(path) as fh: fh.write(...)`: the target appears whole when the block
-    succeeds, and is unchanged (the temp file removed) when it fails or is interrupted.
-    `verify(temp_path)` may check the written file and raise before it is renamed into place.
-    An OSError becomes a WriteError naming `path`."""
+    """`with atomic_writer(path) as fh:`: the target appears whole when the block succeeds, unchanged (the temp
+    file removed) when it fails; `verify(temp_path)` may refuse the file first. OSError -> WriteError."""
     path = Path(path)
     check_target(path)
     try:
@@ -146,9 +135,8 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb", *, encoding: str = 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """For writers that need a path (onnx, numpy memmaps): a path inside a fresh private
-    folder beside `path` (mkdtemp: 0700, so nobody can swap the file for a link), renamed to `path`
-    when the block succeeds; the private folder is removed either way."""
+    """For writers that need a path (onnx): one inside a fresh private (0700) folder beside `path`, renamed to
+    `path` when the block succeeds; the folder is removed either way."""
     path = Path(path)
     check_target(path)
     try:
@@ -221,8 +209,8 @@ def _remove_own(tmp: Path) -> None:
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[str]:
-    """Temp files and folders of this program that a hard kill left in `folder` (its own naming
-    pattern, owned by this user, never a link): removed. Returns their names."""
+    """Remove the temp files and folders a hard kill left in `folder` (this program's names, this user's, never
+    a link); return their names."""
     removed = []
     for entry in Path(folder).glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
         try:
@@ -250,8 +238,8 @@ def in_run_folder(path: str | os.PathLike) -> bool:
 
 
 def head(path: str | os.PathLike, size: int = 4096) -> bytes:
-    """The first `size` bytes of a regular file; b"" for anything else (missing, a link, a FIFO, a device,
-    unreadable). Never follows a link, never blocks: for telling a file this program wrote by its mark."""
+    """The first `size` bytes of a regular file, b"" for anything else; never follows a link, never blocks: for
+    telling a file this program wrote by its mark."""
     try:
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
     except OSError:
@@ -266,11 +254,9 @@ def head(path: str | os.PathLike, size: int = 4096) -> bytes:
 
 def check_output_file(out: str | os.PathLike, *, force: bool = False, flag: str = "--out", inputs: tuple = (),
                       own: Callable[[Path], bool] | None = None) -> Path:
-    """A user-named output file: never one of the command's own inputs (even with --force), never a
-    folder, a link, a device, a FIFO or a socket, and an existing file only with --force (the program
-    cannot know whose it is). Inside a run folder (`in_run_folder`) an existing file is replaced only
-    if `own(out)` says it is this command's own earlier output (a page or figure it marked): --force
-    never replaces a run's checkpoint, config or metrics, nor a file someone put there."""
+    """A user-named output file: never one of the command's `inputs`, nor anything but a regular file, and an
+    existing one only with --force; in a run folder only if `own(out)` says it is this command's marked
+    earlier output (--force never replaces a run's checkpoint, config or metrics, nor a stranger's file)."""
     if not str(out).strip():
         raise UserError(f"{flag} is empty. Pass a file name.")
     out = Path(out)
@@ -294,9 +280,8 @@ def check_output_file(out: str | os.PathLike, *, force: bool = False, flag: str 
 
 def check_own_output(path: str | os.PathLike, own: Callable[[Path], bool], *, force: bool = False,
                      flag: str = "--out", inputs: tuple = ()) -> Path:
-    """A file a command writes under a fixed name (report.html, confusion.png, evaluation.json...): its
-    own earlier output (`own(path)`: it carries the command's mark) is replaced as a matter of course;
-    anything else as `check_output_file` says."""
+    """A file a command writes under a fixed name (report.html, evaluation.json...): its own marked earlier
+    output (`own(path)`) is replaced as a matter of course, anything else as `check_output_file` says."""
     return check_output_file(path, force=force or own(Path(path)), flag=flag, inputs=inputs, own=own)
 
 
@@ -304,8 +289,8 @@ CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may 
 
 
 def csv_cell(value):
-    """A CSV cell safe to open in a spreadsheet: text that begins like a formula gets a leading '
-    (OWASP's rule against CSV injection); numbers are left as they are, so their columns stay numeric."""
+    """A CSV cell safe to open in a spreadsheet: text that begins like a formula gets a leading ' (OWASP);
+    numbers stay numbers."""
     if isinstance(value, str) and value.startswith(CSV_FORMULA_STARTS):
         return "'" + value
     return value

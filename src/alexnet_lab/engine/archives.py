@@ -1,24 +1,6 @@
-"""The one reader of zip files from outside: checkpoints (torch.save) and torch.export (.pt2) models, read
-once into memory and checked as a structure, and a .pt2's contents, before torch reads a byte of them.
-
-A zip archive can say two things at once: a name stored twice (Python's zipfile sees the last copy, torch's
-miniz reader the first), bytes hidden between entries, a central directory that disagrees with the local
-headers, a DEFLATE entry that inflates 1,000-fold. So an archive is accepted only in the layout torch's own
-writer produces (`Archive.parse`): every entry STORED (never compressed, so no entry is larger than the
-file and nothing is ever inflated), names unique and under one top folder, each local header where the
-central directory says, entries back to back from byte 0, then the central directory, then the end
-records ending the file: one reading of the bytes, whoever reads them. Entry names must be ones our
-writers produce (CHECKPOINT_NAMES, PT2_NAMES), and torch then loads exactly the checked bytes
-(`Archive.stream`), never the path again.
-
-torch.export.load is not safe on a file from someone else (its docs: "uses pickle under the hood"): a
-weight or constant may be a pickle, `guards_code` is Python source, symbolic shapes are parsed by sympy
-(which evaluates text) and a node's target may name any attribute under `torch`. `check_pt2` refuses
-each of those unless it is what an export of a registered model contains: aten operators, raw tensor
-payloads, no guard code, shape expressions over a few sympy names; the load itself runs with every
-torch.load forced to weights_only (`weights_only_loads`). This narrows what a forged file can do; it is
-not a sandbox: for a file from someone else, prefer safetensors (weights only) or ONNX (onnxruntime).
-"""
+"""The one reader of zip files from outside (checkpoints, .pt2 models): read once, accepted only in torch's own
+writer's layout (`Archive.parse`: one reading of the bytes, whoever reads them), a .pt2's contents checked
+(`check_pt2`); torch then loads exactly the checked bytes (`Archive.stream`)."""
 
 from __future__ import annotations
 
@@ -232,7 +214,9 @@ def read_archive(path: Path, refuse: Callable[[str], UserError], layout: re.Patt
 
 
 def check_pt2(archive: Archive, path) -> None:
-    """Raise a UserError naming `path` unless `archive` holds only an export's contents."""
+    """Raise a UserError naming `path` unless `archive` holds only what an export of a registered model holds
+    (torch.export.load would run pickles, guard code, sympy text). Narrows what a forged file can do; not a
+    sandbox: for a file from someone else, prefer safetensors or ONNX."""
     def refuse(problem: str):
         raise UserError(f"'{printable(str(path))}' is not a torch.export model as alexnet-lab export writes it: "
                         f"{problem}. alexnet-lab does not load it, since torch.export.load would run code from "
