@@ -4,15 +4,17 @@ import json
 import pytest
 
 from alexnet_lab.cli import chapter, main
-from alexnet_lab.engine import estimate
+from alexnet_lab.engine import estimate, numerics
 from alexnet_lab.engine.config import make_config
 
 
 def fake_timings(monkeypatch, step_s, test_batch_s):
-    """Measured timings replaced: `step_s(config)` seconds a training step, `test_batch_s` a test batch."""
+    """Measured timings replaced: `step_s(config)` seconds a training step, `test_batch_s` a test batch;
+    the numerics' candidates (engine/numerics.py) time alike, so the run keeps plain fp32 NCHW."""
     monkeypatch.setattr(estimate, "seconds_per_step", lambda config, steps=2: step_s(config))
     monkeypatch.setattr(estimate, "seconds_per_test_batch", lambda config: test_batch_s)
     monkeypatch.setattr(chapter, "seconds_per_step", lambda config, steps=2: step_s(config))
+    monkeypatch.setattr(numerics, "time_steps", lambda works, *args, **kwargs: dict.fromkeys(works, 1.0))
 
 
 def test_cpu_budget_fits_training_and_testing_into_the_budget(monkeypatch):
@@ -68,7 +70,9 @@ def test_make_run_job_end_to_end_on_cpu(tmp_path, monkeypatch, real_data, capsys
     monkeypatch.setattr(chapter, "plan_budget", functools.partial(estimate.plan_budget, limit_test=64, min_steps=3))
     out = tmp_path / "chapter"
     assert main(["chapter", "--device", "cpu", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "Numerics: fp32 + channels-first, measured the fastest of " in captured.err  # how auto was chosen
     assert printed.startswith("AlexNet layer shapes")
     assert "Conv2d output shape:\t torch.Size([1, 96, 54, 54])" in printed
     assert f"Results in {out}/" in printed
