@@ -1,8 +1,5 @@
-"""Command-line flags generated from `TrainConfig`'s fields, so that each setting is described once.
-
-A field declared with `engine.config.setting(...)` is the flag `--field-name` on every command that
-takes the training recipe (train, sweep); other commands pick single fields with `add_config_flag`.
-"""
+"""Command-line flags generated from `TrainConfig`'s declarations (engine.config.setting), so each setting is
+described once: every one on the commands that take a recipe, single ones elsewhere (`add_config_flag`)."""
 
 from __future__ import annotations
 
@@ -12,14 +9,11 @@ from alexnet_lab.engine.config import TrainConfig, choices_of, field_range, fiel
 from alexnet_lab.errors import UserError, describe
 
 GROUPS = {"recipe": "recipe (overrides the preset)", "numerics": "numerics", "data": "data and run"}
-
-
 MAX_INT = 2**31 - 1  # counts and sizes beyond int32 only overflow inside torch (a C++ traceback)
 
 
 def whole_number(low: int | None = None, high: int | None = None):
-    """An argparse type: a whole number, in [low, high] where given (the message quotes at most a
-    short part of what was typed)."""
+    """An argparse type: a whole number, in [low, high] where given."""
     def convert(text: str) -> int:
         try:
             value = int(text)
@@ -61,16 +55,14 @@ positive_float = positive_number()
 
 
 def like_setting(name: str):
-    """An argparse type: a whole number inside TrainConfig field `name`'s range, for a flag of another
-    command that means the same (summary's --input-size is --resize's side, its --batch-size a batch)."""
+    """An argparse type: a whole number inside TrainConfig field `name`'s range (checked as it is parsed)."""
     low, high, _ = field_range(name)
     return whole_number(low, high)
 
 
 def _parse_type(kind: type, value_range: tuple | None):
-    """What argparse converts a flag's text with: positive_int / positive_float where the declared range
-    starts at 1 (a whole number) or above 0 (a number), so `--epochs -1` is refused as it is parsed;
-    the rest of the range is TrainConfig's to check."""
+    """What argparse converts a flag's text with: positive where the declared range starts at 1 or above 0 (so
+    `--epochs -1` is refused as it is parsed); the rest of the range is TrainConfig's to check."""
     low, _, open_ends = value_range or (None, None, "")
     if kind is int:
         return positive_int if low is not None and low >= 1 else whole_number()
@@ -105,8 +97,7 @@ def add_config_flag(container, name: str, **overrides) -> None:
 
 
 def _argparse_type(parse, flag: str):
-    """A setting's parse function (raising UserError) as an argparse type (raising ArgumentTypeError,
-    which argparse prints after the flag's name)."""
+    """A setting's parse function (raising UserError) as an argparse type."""
     def convert(text: str):
         try:
             return parse(text)

@@ -33,18 +33,11 @@ COMPARE = ("always", "if different", "never")
 def setting(default, help: str, *, range: tuple | None = None, choices=None, resumable: bool = False,
             group: str | None = "recipe", bench: bool = False, compare: str = "if different",
             flag: dict | None = None):
-    """A config field that is also a command-line flag (`--field-name`), described once, here.
-
-    The value's type is the field's annotation (bool: --x/--no-x); `X | None` fields may be None.
-    help: the flag's help text; range: (low, high) or (low, high, open ends: "low", "high" or "low high"),
-    the sane values of a number: outside is a typo, not a recipe (memory is checked against the machine
-    separately, engine/preflight.py); choices: allowed values (a tuple, or a function returning a list);
-    resumable: may be given with `train --resume`; group: where the flag is listed in --help (recipe,
-    numerics, data, or None for the top); bench: `bench` takes it (what one training step costs, and the
-    data it times); compare: when `compare` shows it: always, if different between the runs, or never
-    (bookkeeping that changes neither the weights nor the results); flag: more of the flag's argparse
-    options (e.g. nargs="?" and const: what the flag alone means; type: a function from the text to
-    the value, raising UserError), and under "no" the value of a `--no-field-name` flag."""
+    """A config field that is also the flag `--field-name` (type: the annotation; bool: --x/--no-x), described
+    once: range (low, high[, open ends "low", "high" or "low high"]: the sane values, outside is a typo) or
+    choices (a tuple, or a function returning them); resumable: `train --resume` takes it; group: its --help
+    section; bench: `bench` takes it; compare: when `compare` shows it; flag: more argparse options (e.g.
+    nargs, const, a parse `type` raising UserError), and under "no" the value of `--no-field-name`."""
     if range is not None:
         low, high, *ends = range
         open_ends = ends[0] if ends else ""
@@ -68,8 +61,7 @@ def augment_choices() -> list[str]:
 
 
 def parse_augment(text: str) -> str:
-    """--augment's text -> its canonical value: none, or kinds joined by '+' (',' too) in AUGMENT_KINDS's
-    order, each once. Anything else is a UserError naming what is wrong."""
+    """--augment's text -> its canonical value: none, or kinds joined by '+' (',' too) in AUGMENT_KINDS's order."""
     parts = [part.strip() for part in text.replace(",", "+").split("+")]
     if parts == [NO_AUGMENT]:
         return NO_AUGMENT
@@ -85,9 +77,8 @@ def parse_augment(text: str) -> str:
 
 
 def augment_value(value, model: str):
-    """What a config's `augment` holds: text in canonical form (parse_augment); True, as older versions
-    saved the switch, the kinds it turned on for `model` (MODEL_AUGMENTS), False none; anything else
-    unchanged, for check_setting to refuse."""
+    """A config's `augment` in canonical form; True/False (older versions' switch) as the kinds it turned on
+    for `model` / none; anything else unchanged, for check_setting to refuse."""
     if isinstance(value, bool):
         if not value:
             return NO_AUGMENT
@@ -225,8 +216,6 @@ class TrainConfig:
     preset: str = "custom"        # the preset this config started from (not a flag: --preset picks it)
 
     def __post_init__(self):
-        # augment: any spelling of the kinds in their canonical order; true/false (the switch it was in
-        # older versions, in their configs and checkpoints) as the kinds it turned on, or none
         object.__setattr__(self, "augment", augment_value(self.augment, self.model))
         check_config(self)
 
@@ -256,8 +245,8 @@ class TrainConfig:
 
 
 def unused_settings(config: TrainConfig) -> set[str]:
-    """The fields that change nothing in this config: Muon's settings without --optimizer muon, the
-    Lookahead step without Lookahead (a printed recipe leaves them out; config.json keeps every field)."""
+    """The fields that change nothing in this config (Muon's without Muon, Lookahead's step without Lookahead):
+    a printed recipe leaves them out."""
     unused = set()
     if config.optimizer != "muon":
         unused |= {"muon_lr", "muon_momentum", "muon_ns_steps", "muon_renorm"}
@@ -267,8 +256,7 @@ def unused_settings(config: TrainConfig) -> set[str]:
 
 
 def tests_at_epoch_end(config: TrainConfig, epochs_done: int, last: bool) -> bool:
-    """Whether `fit` evaluates the test set when its `epochs_done`-th epoch ends (`last`: the run's
-    last step). With a target accuracy it evaluates at every log point instead (engine/trainer.py)."""
+    """Whether `fit` evaluates the test set when its `epochs_done`-th epoch ends (`last`: the run's last step)."""
     return last or (config.eval_every > 0 and epochs_done % config.eval_every == 0)
 
 
@@ -281,17 +269,15 @@ def target_check_every(config: TrainConfig, steps_per_epoch: int) -> int:
 
 
 def target_check_due(config: TrainConfig, batch: int, steps_per_epoch: int, total_steps: int) -> bool:
-    """With --target-accuracy: whether the log point after `batch` batches of an epoch evaluates the test
-    set: the first log point at or after each multiple of target_check_every (the epoch's end always)."""
+    """With --target-accuracy: whether the log point after `batch` batches evaluates the test set (the first at
+    or after each multiple of target_check_every)."""
     every = log_every(config, steps_per_epoch, total_steps)
     return batch % target_check_every(config, steps_per_epoch) < every
 
 
 def log_every(config: TrainConfig, steps_per_epoch: int, total_steps: int) -> int:
-    """Steps between two points of the training curves: --log-points-per-epoch per epoch, and more
-    often in a short run, so that any run draws at least MIN_CURVE_POINTS points (or one per step).
-    Each point reads the running loss back from the device: a sync every this many steps (the extra
-    points of a short run do not evaluate the test set: see target_check_every)."""
+    """Steps between two points of the training curves (each a host sync): --log-points-per-epoch per epoch,
+    more often in a short run, so that any run draws at least MIN_CURVE_POINTS points."""
     return min(target_check_every(config, steps_per_epoch), max(1, total_steps // MIN_CURVE_POINTS))
 
 
@@ -382,16 +368,14 @@ def check_setting(name: str, value) -> None:
 
 
 def check_config(config: TrainConfig) -> None:
-    """One loop over the fields: each of its type, range and choices (check_setting); then the data
-    spec, which is no range (fashion-mnist or imagefolder:DIR)."""
+    """Every field's type, range and choices (check_setting), then the data spec."""
     for f in fields(TrainConfig):
         check_setting(f.name, getattr(config, f.name))
     check_data_spec(config.data)
 
 
 def per_rank_batch(config: TrainConfig, world_size: int) -> int:
-    """Examples each of `world_size` processes takes per training step: --batch-size is the global
-    batch, split evenly, so a recipe means the same on 1 GPU and on 16."""
+    """Examples each of `world_size` processes takes per step: --batch-size is the global batch, split evenly."""
     if config.batch_size % world_size:
         raise UserError(f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
                         f"number of processes ({world_size}).")

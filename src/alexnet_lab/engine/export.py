@@ -1,12 +1,5 @@
-"""Exporting a trained model for use outside this package (ONNX, torch.export, safetensors weights), and
-running the files.
-
-Each file carries, as metadata, what a user of the file needs: the model and its build options, the class
-names, the input size and channels, and how images become inputs (`inference.metadata`). `ModelFile` runs
-every kind of file (ONNX through onnxruntime) behind one call: float32 (B, C, S, S) in [0, 1] -> logits
-(B, classes); the kind comes from the file's content, not its name. TorchScript (deprecated in PyTorch) is
-neither written nor read: a TorchScript file is code.
-"""
+"""Exporting a trained model (ONNX, torch.export .pt2, safetensors weights) with its metadata
+(`inference.metadata`), and `ModelFile`, which runs any of them: float32 (B, C, S, S) in [0, 1] -> logits."""
 
 from __future__ import annotations
 
@@ -42,7 +35,7 @@ _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def check_format(fmt: str) -> None:
-    """Refuse a format alexnet-lab does not write (TorchScript: removed, deprecated in PyTorch)."""
+    """Refuse a format alexnet-lab does not write (TorchScript, deprecated in PyTorch, is code)."""
     if fmt == "torchscript":
         raise UserError("--format torchscript was removed (TorchScript is deprecated in PyTorch): use --format pt2 "
                         "(torch.export, its successor) or --format onnx.")
@@ -52,8 +45,7 @@ def check_format(fmt: str) -> None:
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The exporters' warnings (torchvision ops not registered, deprecations, torch.export's advice to
-    name files .pt2) are not the user's concern."""
+    """The exporters' warnings (deprecations, torch.export's naming advice) are not the user's concern."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -68,15 +60,10 @@ def _quiet_exporter():
 
 
 def export_model(model: nn.Module, meta: dict, fmt: str, out: str | os.PathLike) -> Path:
-    """Write `model` (eval mode, CPU, fp32) as `fmt` with `meta`; the batch dimension stays free.
-
-    ONNX uses torch.onnx's current exporter (torch.export + onnxscript, `dynamo=True`) at its default
-    opset (20 with torch 2.13); pt2 is that torch.export program itself (`torch.export.save`);
-    safetensors holds the weights alone, rebuilt by `build_model(meta["model"], **meta["model_kwargs"])`.
-    pt2 and safetensors are made in memory and written by files.write_bytes (torch's own zip writer aborts
-    the process on a full disk). A disk too full for the weights is refused before the export starts, and
-    one that fills while writing is the same UserError (the file and the space it needs), no temp left.
-    """
+    """Write `model` (eval mode, CPU, fp32) as `fmt` with `meta`, any batch size: ONNX by torch.onnx's dynamo
+    exporter, pt2 the torch.export program, safetensors the weights alone (rebuilt by `build_model`). pt2 and
+    safetensors are made in memory and written by files.py (torch's zip writer aborts on a full disk); a disk
+    too full is one UserError naming the file and the space it needs, before or while writing, no temp left."""
     check_format(fmt)
     out = Path(out)
     model = model.to("cpu", torch.float32).eval()
@@ -157,9 +144,8 @@ class ModelFile:
         self._check_graph()
 
     def _kind(self, fh) -> str:
-        """From the content, not the name: a zip archive is pt2 (checked when it is read); a safetensors
-        file opens with its header's length (8 bytes, little-endian) and the header's "{"; anything else
-        is read as ONNX."""
+        """From the content, not the name: a zip archive is pt2; safetensors opens with its header's length (8
+        bytes, little-endian) and "{"; anything else is read as ONNX."""
         head = fh.read(9)
         if head[:4] == ZIP_MAGIC:
             return "zip"
@@ -182,8 +168,8 @@ class ModelFile:
                          f"{problem}. alexnet-lab does not load it. {FILE_ADVICE}")
 
     def _load_pt2(self, archive) -> str:
-        """A checked archive (engine/archives.py): a TorchScript file or another zip archive is refused, a
-        .pt2 checked to hold only what an export holds before torch.export.load reads any of it."""
+        """A checked archive (engine/archives.py): TorchScript or another zip refused, a .pt2 checked to hold
+        only what an export holds before torch.export.load reads any of it."""
         if archive.kind() == TORCHSCRIPT:
             raise self._not_a_model(TORCHSCRIPT_PROBLEM)
         if archive.kind() != PT2:
@@ -215,8 +201,8 @@ class ModelFile:
         return meta_text, weights
 
     def _build_model(self, weights: dict) -> nn.Module:
-        """The registered model the metadata names, built with its options, the file's weights loaded
-        strictly: names and shapes compared first (on the meta device), so a mismatch names the tensor."""
+        """The registered model the metadata names with the file's weights, names and shapes compared first
+        (on the meta device), so a mismatch names the tensor."""
         from alexnet_lab.models import build_model
 
         name, kwargs = check_model_build(self.meta, self.path)
@@ -237,8 +223,7 @@ class ModelFile:
         return model.eval()
 
     def _check_graph(self) -> None:
-        """The metadata must describe the graph in the file: one (1, C, S, S) float32 input of zeros gives
-        (1, classes) logits. A graph with metadata copied from another model is refused here, before
+        """The metadata must describe the graph: (1, C, S, S) zeros give (1, classes) logits; checked before
         any image is decoded at the metadata's size."""
         channels, size, classes = self.meta["in_channels"], self.meta["input_size"], len(self.meta["class_names"])
         declared = f"input (batch, {channels}, {size}, {size}) and {classes} classes"

@@ -1,17 +1,5 @@
-"""The optimizer a config trains with: SGD, or Muon for the convolution filters with SGD for the rest.
-
-Parameter groups come from `parameter_groups(config, model)`, a pure function of the config and the
-model's layers, so the checkpoint checks (engine/schema.py) know the order a saved optimizer lists them in:
-- one group of every parameter in the model's order when no option asks for more (every checkpoint of
-  earlier versions has that one group, and resumes);
-- else `filters` (4-D convolution weights; Muon's with --optimizer muon), `bn_biases` (at --bn-bias-lr-scale
-  times --lr), `head` (the last linear layer, reparametrised for --head-scale), `rest`; empty groups are left
-  out, and so are parameters nothing trains (frozen BatchNorm scales, a whitening layer's filters).
-
-Muon is written here rather than taken from `torch.optim.Muon`, whose update it reproduces exactly on a
-matrix (tests/test_optimizers.py checks it against torch's): torch's takes 2-D parameters only, has no
-filter renormalisation, and as a second optimizer it would need a second schedule and a second state in
-every checkpoint. Here the filter groups are groups of one SGD optimizer whose step treats them as Muon's.
+"""The optimizer a config trains with: SGD, or Muon for the convolution filters with SGD for the rest, as one
+optimizer (one schedule, one state) whose groups come from `parameter_groups`, a pure function of the config.
 """
 
 from __future__ import annotations
@@ -51,8 +39,10 @@ def one_group(config: TrainConfig) -> bool:
 
 
 def parameter_groups(config: TrainConfig, model: nn.Module) -> list[dict]:
-    """The optimizer's parameter groups for `config` (see the module's docstring), each with its
-    settings; the `muon` key marks the groups Muon steps."""
+    """The optimizer's groups for `config`, in an order the checkpoint checks know: one group of every
+    parameter when no option asks for more (as every earlier checkpoint has); else `filters` (4-D weights,
+    Muon's with --optimizer muon), `bn_biases` (--bn-bias-lr-scale), `head` (--head-scale), `rest`, leaving
+    out empty groups and untrained parameters. The `muon` key marks the groups Muon steps."""
     if one_group(config):
         return [{"params": list(model.parameters()), "muon": False}]
     kinds = _parameter_kinds(config, model)
@@ -130,11 +120,10 @@ def orthogonalise(matrix: torch.Tensor, steps: int, dtype: torch.dtype = torch.b
 
 
 class MuonSGD(torch.optim.SGD):
-    """SGD whose groups marked `muon` take Muon's update instead: Nesterov momentum, the update
-    viewed as an (out, in*k*k) matrix and orthogonalised (`orthogonalise`, in `ns_dtype`), decoupled weight decay, a
-    step of lr * sqrt(max(1, rows / cols)) (torch.optim.Muon's "original" scaling); with `renorm`, the
-    filter tensor is first rescaled to norm sqrt(out channels), airbench's. The other groups are SGD's.
-    The state (one momentum buffer per parameter) and its checkpoint format are SGD's."""
+    """SGD whose groups marked `muon` take Muon's update (torch.optim.Muon's on a matrix, tests/test_optimizers.py;
+    written here for 4-D filters and one state): Nesterov momentum viewed as an (out, in*k*k) matrix and
+    orthogonalised, decoupled weight decay, a step of lr * sqrt(max(1, rows / cols)); with `renorm` the
+    filter is first rescaled to norm sqrt(out channels) (airbench's). The state is SGD's."""
 
     def __init__(self, params, **options):
         super().__init__(params, **options)
