@@ -26,6 +26,14 @@ def printable(name: str) -> str:
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
+def nearest(word, choices: list[str], others: str = "Choose one of") -> str:
+    """' Did you mean 'X'?' for the choice nearest to an unknown `word`, else ' {others}: a, b, c.'"""
+    import difflib
+
+    near = difflib.get_close_matches(word, choices, n=1) if isinstance(word, str) else []
+    return f" Did you mean '{near[0]}'?" if near else f" {others}: {', '.join(choices)}."
+
+
 def describe(value, longest: int = 40) -> str:
     """A short description of a value for a message: never the whole of a large or deeply nested one
     (a config file's alias bomb, a 4,300-digit number, a name with a NUL or undecodable bytes)."""

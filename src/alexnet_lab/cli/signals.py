@@ -19,8 +19,7 @@ def exit_code(signum: int) -> int:
 
 
 def say(text: str, stream=None) -> None:
-    """Unbuffered write for signal handlers: a handler may interrupt a print to the same stream, and
-    a re-entrant print fails."""
+    """Unbuffered write for signal handlers (a handler may interrupt a print to the same stream)."""
     stream = stream or sys.stderr
     try:
         os.write(stream.fileno(), text.encode())
@@ -29,11 +28,8 @@ def say(text: str, stream=None) -> None:
 
 
 class ImmediateExit(BaseException):
-    """A second signal: leave at once, without another checkpoint.
-
-    A BaseException so that no `except Exception` on the way swallows it; `finally` blocks still
-    run, so a checkpoint being written is removed as a temp file, never left torn.
-    """
+    """A second signal: leave at once, without another checkpoint (a BaseException: no `except Exception`
+    swallows it; `finally` blocks still remove a checkpoint's temp file)."""
 
     def __init__(self, signum: int):
         super().__init__(f"second {signal.Signals(signum).name}")
@@ -54,17 +50,10 @@ STOPS = (Interrupted, ImmediateExit, KeyboardInterrupt)
 
 
 class StartupSignals:
-    """`with StartupSignals() as signals:` on main's first line: SIGINT/SIGTERM are only recorded.
-
-    Python's default handler raises KeyboardInterrupt wherever the main thread is: in the middle of
-    an import it leaves a half-made module that the next import trips over (numpy "has no attribute
-    'flexible'", "cannot load module more than once"), inside a `__del__` or a callback it is lost
-    (the run then trains to the end and exits 0), inside C++ it may abort. So the signal is only
-    noted here, and the CLI acts on it at safe points (`check`), or `GracefulInterrupt` takes it
-    over when training starts. A second signal means "now": `ImmediateExit` is raised wherever the
-    program is (start-up can take minutes when a large image folder is decoded); a third one meets
-    the default action. A signal ignored when the process started (a script's `cmd &`) stays ignored.
-    """
+    """`with StartupSignals() as signals:` on main's first line: SIGINT/SIGTERM are only recorded, and acted on
+    at safe points (`check`) or by `GracefulInterrupt` when training starts. Python's KeyboardInterrupt in the
+    middle of an import leaves a half-made module, in a `__del__` it is lost, in C++ it may abort. A second
+    signal raises `ImmediateExit`, a third meets the default action; one ignored at start stays ignored."""
 
     active: "StartupSignals | None" = None  # the one installed (signal handlers are per process)
 

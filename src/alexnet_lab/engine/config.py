@@ -6,7 +6,6 @@ Unknown keys and impossible values raise `UserError`; nothing is silently correc
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import math
 import os
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from alexnet_lab.data.loader import AUGMENT_KINDS, EXCLUSIVE_KINDS, MODEL_AUGMENTS, NO_AUGMENT
 from alexnet_lab.data.sources import check_data_spec
 from alexnet_lab.engine.tta import TTA_MODES
-from alexnet_lab.errors import UserError, describe
+from alexnet_lab.errors import UserError, describe, nearest
 from alexnet_lab.models import get_spec, list_models
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -424,9 +423,7 @@ def preset_names() -> list[str]:
 def preset_record(name) -> dict:
     """Preset `name`'s settings (and `target`); the one "unknown preset" error, naming the nearest one."""
     if name not in PRESETS:
-        near = difflib.get_close_matches(name, preset_names(), n=1) if isinstance(name, str) else []
-        hint = f"Did you mean '{near[0]}'?" if near else f"Choose one of: {', '.join(preset_names())}."
-        raise UserError(f"Unknown preset {describe(name)}. {hint}")
+        raise UserError(f"Unknown preset {describe(name)}.{nearest(name, preset_names())}")
     return PRESETS[name]
 
 

@@ -1,19 +1,15 @@
-"""Config files (YAML or JSON, a run's own config.json as it is) and the precedence preset < file < flags.
-
-Like timm's `-c cfg.yaml` and LightningCLI's `--config`: the file holds TrainConfig fields; flags
-given on the command line override it; an unknown key is an error naming the nearest valid one.
-"""
+"""Config files (YAML or JSON, a run's own config.json as it is: TrainConfig's fields, like timm's `-c cfg.yaml`)
+and the precedence preset < file < flags; an unknown key is an error naming the nearest valid one."""
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from dataclasses import fields
 from pathlib import Path
 
 from alexnet_lab.engine.config import PRESETS, TrainConfig, check_setting, make_config
-from alexnet_lab.errors import UserError, describe, printable
+from alexnet_lab.errors import UserError, describe, nearest, printable
 
 # Keys a run's config.json holds beside the recipe: what was resolved at run time, not settings.
 RECORD_ONLY_KEYS = ("resolved",)
@@ -29,10 +25,9 @@ def field_names() -> list[str]:
 
 
 def read_config_file(path: str | os.PathLike) -> dict:
-    """The settings in a YAML or JSON file as a dict of TrainConfig fields, each a single value (keys
-    checked, values not yet: TrainConfig checks them like their flags). What could make reading it
-    unbounded is refused first: more than MAX_BYTES, YAML anchors and aliases (a few hundred bytes of
-    them expand to billions of items), nesting deeper than MAX_DEPTH, numbers of thousands of digits."""
+    """The settings in a YAML or JSON file as a dict of TrainConfig fields, each a single value (TrainConfig
+    checks the values). What could make reading it unbounded is refused first: more than MAX_BYTES, YAML
+    anchors and aliases (a few hundred bytes expand to billions of items), deep nesting, huge numbers."""
     shown = f"--config '{printable(os.fspath(path))}'"
     values = _parse(_read_text(path, shown), Path(path), shown)
     for key in RECORD_ONLY_KEYS:
@@ -71,9 +66,7 @@ def _read_text(path: str | os.PathLike, shown: str) -> str:
 
 
 def nearest_key_hint(key, valid: list[str]) -> str:
-    """' Did you mean 'X'?' for the valid key nearest to an unknown `key` (difflib), else the valid keys."""
-    near = difflib.get_close_matches(key, valid, n=1) if isinstance(key, str) else []
-    return f" Did you mean '{near[0]}'?" if near else f" Valid keys: {', '.join(valid)}."
+    return nearest(key, valid, "Valid keys")
 
 
 class _Refused(Exception):
@@ -127,8 +120,8 @@ def _parse_yaml(text: str):
 
 
 def _yaml_loader():
-    """yaml.SafeLoader that refuses anchors and aliases and nesting deeper than MAX_DEPTH as it composes
-    the document, before anything is expanded, and whole numbers longer than Python turns into one."""
+    """yaml.SafeLoader refusing anchors, aliases and nesting deeper than MAX_DEPTH as it composes the document
+    (before anything is expanded), and whole numbers longer than Python turns into one."""
     import yaml
 
     class ConfigLoader(yaml.SafeLoader):
@@ -158,9 +151,8 @@ def _yaml_loader():
 
 
 def resolve_config(preset: str | None, file_values: dict | None, flag_values: dict) -> TrainConfig:
-    """preset < file < flags. The preset is --preset, else the file's `preset`, else d2l; a file's
-    null means the field's default (as a run's config.json writes an unset --resize); a flag's None
-    means "not given"."""
+    """preset < file < flags. The preset is --preset, else the file's, else d2l; a file's null is the field's
+    default (a run's config.json writes an unset --resize so), a flag's None "not given"."""
     file_values = dict(file_values or {})
     name = preset or file_values.pop("preset", None) or "d2l"
     file_values.pop("preset", None)
@@ -174,6 +166,6 @@ def resolve_config(preset: str | None, file_values: dict | None, flag_values: di
 
 
 def _complete(file_values: dict) -> bool:
-    """Whether a file sets every setting, as a run's config.json does: its preset names where the recipe
-    came from and decides nothing, so a name that is no preset (a CPU budget's) is no typo there."""
+    """Whether a file sets every setting, as a run's config.json does: its preset is then a label (a CPU
+    budget's name is no typo there)."""
     return {f.name for f in TrainConfig.flag_fields()} <= set(file_values)
