@@ -1,10 +1,5 @@
-"""A faithful re-creation of the book's input pipeline and training step, used as `bench`'s baseline.
-
-d2l.load_data_fashion_mnist(resize=224): torchvision's FashionMNIST dataset (a PIL image per item),
-transforms.Resize (PIL bilinear, per image) + ToTensor, a DataLoader with 4 worker processes; then
-d2l.train_ch6's step in fp32 NCHW with a host sync per step (the accuracy it accumulates).
-Re-created with PIL + numpy + torch.utils.data only (torchvision is not a dependency).
-"""
+"""The book's input pipeline and step re-created as `bench`'s baseline, with PIL, numpy and torch.utils.data only:
+a PIL image per item, Resize + ToTensor, 4 DataLoader workers; train_ch6's fp32 step with a host sync per step."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Exponential moving average of a model's weights (Polyak averaging), for evaluation.
-
-The average is a second copy of the model; after every optimizer step its trained floating-point
-parameters move towards the live ones; frozen parameters and buffers (BatchNorm statistics) are copied.
-"""
+"""Exponential moving average of a model's weights (Polyak averaging) for evaluation: a second copy of the model
+whose trained parameters move towards the live ones after every step."""
 
 from __future__ import annotations
 
@@ -13,11 +10,8 @@ from torch import nn
 
 
 class WeightEMA:
-    """ema = decay_t * ema + (1 - decay_t) * live, with decay_t = min(decay, (1 + t) / (10 + t)).
-
-    The warm-up of decay_t (t = updates so far) keeps the first evaluations from averaging in the
-    random initialisation. Costs one fused multi-tensor lerp per step, no host sync.
-    """
+    """ema = decay_t * ema + (1 - decay_t) * live, decay_t = min(decay, (1 + t) / (10 + t)) after t updates (so
+    the first evaluations do not average in the random init); one fused lerp per step, no host sync."""
 
     def __init__(self, model: nn.Module, decay: float):
         if not 0.0 < decay < 1.0:

@@ -1,10 +1,5 @@
-"""Lookahead (Zhang et al., 2019; airbench96 uses it): slow weights that follow the trained ("fast") ones.
-
-Every `every` optimizer steps the slow weights move `alpha` of the way to the fast ones, and the fast
-weights restart from them. Only trained parameters take part (BatchNorm statistics and frozen weights
-stay the model's). Its state (the slow weights and the steps counted) is saved in every checkpoint, so
-a run with Lookahead resumes bit-exactly.
-"""
+"""Lookahead (Zhang et al., 2019; airbench96's): every `every` steps the slow weights move `alpha` of the way to
+the trained ones, which restart from them; its state is in every checkpoint (bit-exact resume)."""
 
 from __future__ import annotations
 

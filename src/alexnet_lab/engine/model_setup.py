@@ -1,7 +1,5 @@
-"""What a config does to a freshly built model before training: its initialisation (--init, --head-scale)
-and its BatchNorm settings (--bn-momentum, --freeze-bn-weights). `builders.prepare_model` calls
-`set_up_model`; a checkpoint's weights replace whatever the initialisation wrote.
-"""
+"""What a config does to a freshly built model before training (`builders.prepare_model`): its initialisation
+(--init, --head-scale) and BatchNorm settings (--bn-momentum, --freeze-bn-weights)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Test-time augmentation: logits averaged over mirrored and shifted views of each test image.
-
-Used only at evaluation. Views are exact pixel operations (flip, 1-pixel shift with zero fill), so
-they need no interpolation and cost one forward pass each.
-"""
+"""Test-time augmentation: logits averaged over mirrored and 1-pixel-shifted views of each test image (exact
+pixel operations, one forward pass each)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""The chapter's AlexNet for 224x224 Fashion-MNIST, layer for layer (1 channel, 10 classes unless told otherwise).
-
-Kept as the chapter's `nn.Sequential` so a state_dict from the book's code loads with strict=True.
-"""
+"""The chapter's AlexNet for 224x224 Fashion-MNIST, layer for layer: the chapter's `nn.Sequential`, so a
+state_dict from the book's code loads with strict=True."""
 
 from torch import nn
 

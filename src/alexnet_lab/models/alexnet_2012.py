@@ -1,13 +1,6 @@
-"""The 2012 AlexNet (Krizhevsky, Sutskever and Hinton) as the chapter describes it, in single-tower form.
-
-The paper split every layer across two GPUs ("towers") and connected conv2, conv4 and conv5 only
-within a tower; here each layer is one full layer (as in most re-implementations), which gives
-62,378,344 parameters at 3x224x224 -> 1000 classes instead of the paper's two-tower ~61 M
-("60 million parameters"). Kept from the paper: ReLU, local response normalization after conv1 and
-conv2 (n=5, k=2, alpha=1e-4, beta=0.75), overlapping max pooling (3x3, stride 2), dropout 0.5 in the
-first two dense layers and the paper's initialization. Its augmentation (random crops, flips, PCA
-lighting) is registered as its `augmentation`: what `--augment` alone means for it (crop+flip+lighting).
-"""
+"""The 2012 AlexNet (Krizhevsky, Sutskever and Hinton) in single-tower form (each layer whole, not split across
+two GPUs: 62,378,344 parameters at 3x224x224 -> 1000, the paper's ~61 M): ReLU, local response normalization,
+overlapping pooling, dropout, the paper's init; `--augment` alone means its crop+flip+lighting."""
 
 from torch import nn
 

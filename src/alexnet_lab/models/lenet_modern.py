@@ -1,8 +1,5 @@
-"""Exercise 5: LeNet-5 modernised with ReLU, max pooling and dropout, for 28x28 input.
-
-Same convolution and dense sizes as `lenet` (61,706 parameters); only the nonlinearity, the pooling
-and the regularisation change, so any accuracy difference is theirs.
-"""
+"""Exercise 5: LeNet-5 with ReLU, max pooling and dropout; `lenet`'s sizes (61,706 parameters), so any accuracy
+difference is theirs."""
 
 from torch import nn
 

@@ -1,8 +1,5 @@
-"""The model registry: `register_model`, `build_model`, `list_models`, `get_spec`, and the input
-sizes each model accepts (`valid_input_sizes`, `check_input_size`).
-
-The CLI's choices and the test-suite's parametrisation both come from here.
-"""
+"""The model registry (`register_model`, `build_model`, `list_models`, `get_spec`: the CLI's choices and the
+tests' parametrisation) and the input sizes each model accepts (`valid_input_sizes`, `check_input_size`)."""
 
 from __future__ import annotations
 
@@ -51,11 +48,8 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    """A fresh model on the CPU in fp32; the caller picks device, dtype and memory format.
-
-    Keyword arguments go to the model's builder, as in timm's `create_model`: every model takes
-    `in_channels` and `num_classes` (defaults: its spec's channels and 10 classes), some take more.
-    """
+    """A fresh model on the CPU in fp32 (the caller picks device, dtype, memory format); keyword arguments go to
+    its builder, as in timm's `create_model`: every model takes `in_channels` and `num_classes`, some more."""
     spec = get_spec(name)
     kwargs.setdefault("in_channels", spec.in_channels)
     try:
