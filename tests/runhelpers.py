@@ -49,8 +49,7 @@ def last_line(capsys) -> str:
 def run_fit(config, out: Path, extra=(), resume=None):
     """`fit` writing its run folder `out` as `train` does, with callbacks `extra`."""
     out.mkdir(exist_ok=True)
-    rows = resume["run_state"]["metrics"] if resume is not None else None
-    return fit(config, [RunWriter(out, config.to_dict(), rows=rows), *extra], resume=resume)
+    return fit(config, [RunWriter(out, config.to_dict(), resumed=resume), *extra], resume=resume)
 
 
 def assert_same_run(a: Path, b: Path) -> None:

@@ -3,6 +3,7 @@ process, and checkpoints that resume under a different number of processes (CPU,
 two torchrun launchers meeting at a c10d rendezvous as two machines do, streaming an image folder.
 """
 
+import csv
 import os
 import re
 import subprocess
@@ -68,6 +69,9 @@ def test_evaluation_shards_cover_every_example_exactly_once(n, batch, world):
                   for b in _indices(_loader(n, batch, r, world, shuffle=False, even_shards=False))
                   for i in b)
     assert seen == list(range(n))
+    for rank in range(world):  # where an evaluation puts each process's results: its examples, in order
+        loader = _loader(n, batch, rank, world, shuffle=False, even_shards=False)
+        assert loader.positions().tolist() == [i for b in _indices(loader) for i in b]
 
 
 def test_resume_position_means_the_same_examples_for_any_world_size():
@@ -260,6 +264,12 @@ def test_two_machines_meeting_at_a_c10d_rendezvous_stream_a_folder_like_one_proc
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=LOSS_RTOL)
     for key, value in payload["model_state"].items():
         torch.testing.assert_close(value, saved[-1]["model_state"][key], rtol=1e-4, atol=1e-6)
+    # The final test, split between the two processes, kept every validation image's prediction in order.
+    with (out / "predictions.csv").open(newline="") as fh:
+        kept = list(csv.DictReader(fh))
+    test_files = splits_for(config).test_files
+    assert [row["path"] for row in kept] == test_files and len(kept) == 6
+    assert sum(row["true"] == row["predicted"] for row in kept) == round(got[-1]["test_acc"] * len(kept))
 
 
 # --- leaving the job: together, without an abort, and never waiting forever --------------------------

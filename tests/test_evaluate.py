@@ -102,16 +102,34 @@ def test_evaluate_on_fewer_test_images_says_they_are_not_the_runs(run, capsys, t
     assert "other test images (50; the run tested 200)" in lines[2]
 
 
-def test_the_reports_accuracy_is_the_runs_own_number(run):
+def test_evaluate_with_the_runs_settings_writes_the_runs_own_predictions(run, capsys, tmp_path):
+    """The run tested once (--eval-every 0) and kept that test as predictions.csv: evaluate, measuring as
+    the run did, writes the same file, byte for byte (every class and every confidence)."""
+    assert (run["out"] / "predictions.csv").is_file() and not (run["out"] / "best.pt").exists()
+    evaluate_lines(capsys, run, "--out", str(tmp_path), "--predictions", str(tmp_path / "again.csv"))
+    assert (tmp_path / "again.csv").read_bytes() == (run["out"] / "predictions.csv").read_bytes()
+
+
+def test_the_reports_numbers_are_the_runs_predictions_csv(run):
+    """The report tests nothing: its accuracy, per-class accuracy and confusion matrix are those of the
+    run's predictions.csv, counted independently here from its rows."""
+    import csv
+
+    from alexnet_lab.data import CLASS_NAMES
     from alexnet_lab.reports.learned import learned_sections
 
-    ctx = learned_sections(run["out"], device="cpu")
-    assert ctx["checkpoint"] == "best.pt"
-    test = ctx["test"]
-    assert test["accuracy"] == run["summary"]["best_test_acc"] == test["run_acc"]
-    assert test["differs_because"] == [] and test["examples"] == 200
-    assert sum(c["count"] for c in ctx["per_class"]) == 200
-    assert test["correct"] == sum(round(c["acc"] * c["count"]) for c in ctx["per_class"] if c["count"])
+    with (run["out"] / "predictions.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    ctx = learned_sections(run["out"], run["summary"], device="cpu")
+    assert ctx["checkpoint"] == "checkpoint.pt" and ctx["checkpoint_step"] == run["summary"]["steps"]
+    correct = sum(row["true"] == row["predicted"] for row in rows)
+    assert ctx["test"] == {"examples": 200, "correct": correct, "accuracy": run["summary"]["test_acc"]}
+    assert correct / 200 == run["summary"]["test_acc"]
+    for name, shown in zip(CLASS_NAMES, ctx["per_class"]):
+        mine = [row for row in rows if row["true"] == name]
+        assert shown["count"] == len(mine)
+        assert shown["acc"] == (sum(row["predicted"] == name for row in mine) / len(mine) if mine else None)
+    assert ctx["best"] == {"acc": run["summary"]["test_acc"], "step": run["summary"]["steps"], "file": "checkpoint.pt"}
 
 
 @pytest.mark.usefixtures("offline_cli")
@@ -119,14 +137,14 @@ def test_evaluate_writes_valid_json_and_refuses_an_empty_test_set(data_dir, tmp_
     out = tmp_path / "r"
     assert main(train_args(data_dir, out)) == 0
     # 3 test images leave most classes without an example: their accuracy is null, never NaN.
-    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-dir", str(data_dir),
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--data-dir", str(data_dir),
                  "--device", "cpu", "--limit-test", "3"]) == 0
     text = (out / "evaluation.json").read_text()
     result = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in evaluation.json"))
     assert None in result["per_class_acc"].values() and result["examples"] == 3
     empty = fakedata.make_dataset(tmp_path / "empty", n_train=64, n_test=0)
     capsys.readouterr()
-    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-dir", str(empty), "--device", "cpu",
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--data-dir", str(empty), "--device", "cpu",
                  "--out", str(tmp_path / "e")]) == 2
     assert "The test set in" in last_line(capsys) and not (tmp_path / "e").exists()
 
@@ -224,19 +242,18 @@ def test_a_refused_evaluate_writes_nothing(run, capsys, tmp_path):
     assert (folder_state(tmp_path), folder_state(run["out"])) == before  # not even the --out folder was made
 
 
-def test_the_predictions_csv_never_begins_a_text_cell_like_a_formula_and_keeps_numbers_numeric():
+def test_the_predictions_csv_never_begins_a_text_cell_like_a_formula_and_keeps_numbers_numeric(tmp_path):
     import csv
     import io
 
-    from alexnet_lab.cli.evaluate import predictions_csv
+    from alexnet_lab.engine.run_dir import predictions_csv, read_predictions
 
     names = ["=HYPERLINK(\"x\")", "+1", "-2", "@SUM(A1)", "\tcmd", "\rcmd", "plain"]
     n = len(names)
-    splits = Splits(torch.zeros(0, 1, 4, 4, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64),
-                    torch.zeros(n, 1, 4, 4, dtype=torch.uint8), torch.arange(n), "test", tuple(names),
-                    test_files=[f"{name}/0.png" for name in names])
-    result = {"logits": torch.eye(n) * torch.arange(1.0, n + 1).unsqueeze(1), "predicted": torch.arange(n).flip(0)}
-    rows = list(csv.reader(io.StringIO(predictions_csv(result, splits, names).decode("utf-8"))))[1:]
+    result = {"labels": torch.arange(n), "predicted": torch.arange(n).flip(0),
+              "confidence": torch.linspace(0.2, 1.0, n)}
+    text = predictions_csv(result, names, [f"{name}/0.png" for name in names])
+    rows = list(csv.reader(io.StringIO(text.decode("utf-8"))))[1:]
     assert [row[1] for row in rows] == ["'=HYPERLINK(\"x\")", "'+1", "'-2", "'@SUM(A1)", "\\tcmd", "\\rcmd",
                                         "plain"]  # a quote before =+-@; tab and CR shown escaped
     assert [row[2] for row in rows] == [row[1] for row in rows][::-1]
@@ -244,3 +261,22 @@ def test_the_predictions_csv_never_begins_a_text_cell_like_a_formula_and_keeps_n
     assert [row[0].split("/")[0] for row in rows] == [row[1] for row in rows]  # paths as the class cells
     confidence = [float(row[3]) for row in rows]  # the number column: plain numbers, no quote
     assert confidence == sorted(confidence) and all(0 < p <= 1 for p in confidence)
+    (tmp_path / "predictions.csv").write_bytes(text)  # and a run's reader takes back what was written
+    back = read_predictions(tmp_path, names)
+    assert torch.equal(back["labels"], result["labels"]) and torch.equal(back["predicted"], result["predicted"])
+    assert back["confidence"].tolist() == [round(p, 4) for p in result["confidence"].tolist()]
+
+
+@pytest.mark.parametrize("damage", ["a header of another file", "an unknown class", "a confidence above 1",
+                                    "an index out of order", "a short row"])
+def test_a_damaged_predictions_csv_is_refused_naming_its_line(tmp_path, damage):
+    from alexnet_lab.engine.run_dir import read_predictions
+    from alexnet_lab.errors import UserError
+
+    good = ["index,true,predicted,confidence", "0,a,b,0.5000", "1,b,b,0.9000"]
+    bad = {"a header of another file": ["path;true;predicted;confidence", *good[1:]],
+           "an unknown class": [*good[:2], "1,c,b,0.9000"], "a confidence above 1": [*good[:2], "1,b,b,1.5"],
+           "an index out of order": [*good[:2], "7,b,b,0.9000"], "a short row": [*good[:2], "1,b"]}[damage]
+    (tmp_path / "predictions.csv").write_text("\n".join(bad) + "\n")
+    with pytest.raises(UserError, match="is not the predictions file" if "header" in damage else "line 3 is not"):
+        read_predictions(tmp_path, ["a", "b"])

@@ -160,10 +160,10 @@ def test_the_untouched_checkpoint_works_with_every_model_command(trained, tmp_pa
 
 def test_report_says_why_a_forged_checkpoint_has_no_model_sections(trained, tmp_path, capsys):
     run = copy_run(trained["run"], tmp_path / "run")
-    forge_checkpoint(run / "best.pt", run / "best.pt", ("model_name",), ["lenet"])
+    forge_checkpoint(run / "checkpoint.pt", run / "checkpoint.pt", ("model_name",), ["lenet"])
     assert main(["report", str(run), "--out", str(tmp_path / "report.html")]) == 0
     page = (tmp_path / "report.html").read_text()
-    assert f"The model sections are missing: Checkpoint &#39;{run / 'best.pt'}&#39; is damaged" in page
+    assert f"The model sections are missing: Checkpoint &#39;{run / 'checkpoint.pt'}&#39; is damaged" in page
 
 
 RESUME_CASES = {
@@ -197,7 +197,7 @@ def test_resume_refuses_a_checkpoint_with_a_forged_field(trained, tmp_path, caps
     assert main(["train", "--resume", str(run), "--epochs", "2", "--progress", "none", "--no-report"]) == 2
     err = error_line(capsys)
     assert f"Checkpoint '{forged}' is damaged or was not written by alexnet-lab: {message}" in err, err
-    assert "copy best.pt over checkpoint.pt" in err  # resume's advice, not the other commands'
+    assert "restore checkpoint.pt from a copy" in err  # resume's advice, not the other commands'
     assert forged.read_bytes() == before
 
 

@@ -209,5 +209,5 @@ def test_resuming_a_checkpoint_with_nan_weights_blames_the_checkpoint_not_the_le
     err = last_line(capsys)
     assert (f"The checkpoint to resume from holds non-finite (NaN or inf) values in model_state.{name}, so no "
             "training can continue from it.") in err
-    assert "Resume from the run's best.pt (copy it over checkpoint.pt) or retrain." in err
+    assert "Restore checkpoint.pt from a copy, or retrain" in err
     assert "--lr" not in err and "learning rate" not in err

@@ -35,7 +35,7 @@ def finished_run(data_dir, tmp_path_factory) -> Path:
 
 def copy_run(run: Path, dest: Path) -> Path:
     dest.mkdir()
-    for name in ("checkpoint.pt", "best.pt", "config.json", "metrics.jsonl", "summary.json"):
+    for name in ("checkpoint.pt", "predictions.csv", "config.json", "metrics.jsonl", "summary.json"):
         (dest / name).write_bytes((run / name).read_bytes())
     return dest
 
@@ -100,7 +100,7 @@ def test_a_new_run_writes_files_readable_by_the_group_as_the_umask_says(data_dir
         assert main(train_args(data_dir, tmp_path / "r")) == 0
     finally:
         os.umask(old)
-    for name in ("checkpoint.pt", "best.pt", "config.json", "metrics.jsonl", "summary.json"):
+    for name in ("checkpoint.pt", "predictions.csv", "config.json", "metrics.jsonl", "summary.json"):
         assert os.stat(tmp_path / "r" / name).st_mode & 0o777 == 0o664, name
 
 
@@ -122,12 +122,12 @@ def test_export_onto_another_run_file_is_refused_even_with_force(finished_run, t
     run = copy_run(finished_run, tmp_path / "b")
     before = (run / "checkpoint.pt").read_bytes()
     for extra in ([], ["--force"]):
-        assert main(["export", "--checkpoint", str(run / "best.pt"), "--out", str(run / "checkpoint.pt"),
+        assert main(["export", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(run / "summary.json"),
                      *extra]) == 2
         assert "never replaces a run's files, not even with --force" in err_line(capsys)
     assert (run / "checkpoint.pt").read_bytes() == before
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "checkpoint.pt", "config.json", "metrics.jsonl",
-                                                     "summary.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl",
+                                                     "predictions.csv", "summary.json"]
 
 
 def test_report_never_lands_on_a_run_file(finished_run, tmp_path, capsys):
@@ -170,13 +170,13 @@ def test_report_and_export_accept_the_longest_legal_file_name(finished_run, tmp_
     page = tmp_path / ("r" * 248 + ".html")  # 253 characters
     assert main(["report", str(run), "--out", str(page), "--device", "cpu"]) == 0
     model = tmp_path / ("m" * 248 + ".onnx")
-    assert main(["export", "--checkpoint", str(run / "best.pt"), "--out", str(model), "--check-images", "2"]) == 0
+    assert main(["export", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(model), "--check-images", "2"]) == 0
     assert page.is_file() and model.is_file()
     assert sorted(p.name[0] for p in tmp_path.iterdir()) == ["b", "m", "r"]
 
 
 def test_export_out_empty_names_the_flag(finished_run, capsys):
-    assert main(["export", "--checkpoint", str(finished_run / "best.pt"), "--out", ""]) == 2
+    assert main(["export", "--checkpoint", str(finished_run / "checkpoint.pt"), "--out", ""]) == 2
     assert "--out is empty" in err_line(capsys)
 
 
@@ -188,7 +188,7 @@ def test_out_pointing_at_a_file_is_a_clear_error(data_dir, tmp_path, capsys):
     assert main(train_args(data_dir, run)) == 0
     a_file = tmp_path / "a-file"
     a_file.write_text("")
-    for argv in (["evaluate", "--checkpoint", str(run / "best.pt"), "--data-dir", str(data_dir), "--device", "cpu",
+    for argv in (["evaluate", "--checkpoint", str(run / "checkpoint.pt"), "--data-dir", str(data_dir), "--device", "cpu",
                   "--out", str(a_file)],
                  ["compare", str(run), "--out", str(a_file)],
                  ["profile", "--model", "lenet", "--batch-size", "2", "--plot", str(a_file / "p.png")]):
@@ -219,9 +219,9 @@ def test_outputs_onto_a_device_or_a_fifo_are_refused_even_with_force_and_write_n
     run = copy_run(finished_run, tmp_path / "b")
     sink = make_node(tmp_path / "sink", kind)
     before = folder_state(tmp_path)
-    for argv in (["evaluate", "--checkpoint", str(run / "best.pt"), "--device", "cpu", "--predictions", str(sink)],
+    for argv in (["evaluate", "--checkpoint", str(run / "checkpoint.pt"), "--device", "cpu", "--predictions", str(sink)],
                  ["report", str(run), "--device", "cpu", "--out", str(sink)],
-                 ["export", "--checkpoint", str(run / "best.pt"), "--format", "onnx", "--out", str(sink)]):
+                 ["export", "--checkpoint", str(run / "checkpoint.pt"), "--format", "onnx", "--out", str(sink)]):
         assert main([*argv, "--force"]) == 2, argv
         line = err_line(capsys)
         assert f"it is {said}" in line and "writes only regular files" in line, argv
@@ -231,10 +231,12 @@ def test_outputs_onto_a_device_or_a_fifo_are_refused_even_with_force_and_write_n
 def test_force_never_replaces_another_runs_files(finished_run, tmp_path, capsys):
     a, b = copy_run(finished_run, tmp_path / "a"), copy_run(finished_run, tmp_path / "b")
     before = folder_state(b)
-    for argv in (["report", str(a), "--device", "cpu", "--out", str(b / "best.pt")],
-                 ["evaluate", "--checkpoint", str(a / "best.pt"), "--device", "cpu", "--out", str(tmp_path),
+    for argv in (["report", str(a), "--device", "cpu", "--out", str(b / "checkpoint.pt")],
+                 ["evaluate", "--checkpoint", str(a / "checkpoint.pt"), "--device", "cpu", "--out", str(tmp_path),
                   "--predictions", str(b / "metrics.jsonl")],
-                 ["export", "--checkpoint", str(a / "best.pt"), "--out", str(b / "config.json")]):
+                 ["evaluate", "--checkpoint", str(a / "checkpoint.pt"), "--device", "cpu", "--out", str(tmp_path),
+                  "--predictions", str(b / "predictions.csv")],  # its format, but the run's own final test
+                 ["export", "--checkpoint", str(a / "checkpoint.pt"), "--out", str(b / "config.json")]):
         assert main([*argv, "--force"]) == 2, argv
         assert "never replaces a run's files, not even with --force" in err_line(capsys), argv
     assert folder_state(b) == before
@@ -243,8 +245,8 @@ def test_force_never_replaces_another_runs_files(finished_run, tmp_path, capsys)
 def test_evaluate_and_visualize_replace_their_own_figures_in_a_run_but_never_anyone_elses(finished_run, tmp_path,
                                                                                           capsys):
     run = copy_run(finished_run, tmp_path / "b")
-    evaluate = ["evaluate", "--checkpoint", str(run / "best.pt"), "--device", "cpu"]
-    visualize = ["visualize", "--checkpoint", str(run / "best.pt"), "--device", "cpu"]
+    evaluate = ["evaluate", "--checkpoint", str(run / "checkpoint.pt"), "--device", "cpu"]
+    visualize = ["visualize", "--checkpoint", str(run / "checkpoint.pt"), "--device", "cpu"]
     for argv in (evaluate, evaluate, visualize, visualize):  # the second time over their own earlier output
         assert main(argv) == 0, argv
     for argv, name in ((evaluate, "confusion.png"), (evaluate, "evaluation.json"), (visualize, "filters.png")):

@@ -212,8 +212,8 @@ def test_resume_from_a_corrupt_checkpoint_gives_resume_advice(data_dir, tmp_path
     assert main(["train", "--resume", str(out), "--epochs", "2"]) == 2
     err = last_line(capsys)
     assert f"Checkpoint '{path}' is truncated or corrupt" in err
-    assert "--resume reads only the run's checkpoint.pt: to continue from its best.pt instead, copy best.pt " \
-           "over checkpoint.pt" in err and "Use best.pt or an earlier copy" not in err
+    assert "--resume reads only the run's checkpoint.pt (best.pt holds the best weights for predicting, not the " \
+           "optimizer's state a run continues from)" in err and "Use best.pt or an earlier copy" not in err
 
 
 # --- a refused resume changes nothing ----------------------------------------------------------------

@@ -53,7 +53,7 @@ def test_a_resumed_run_rewrites_both_metrics_files_to_the_checkpoints_rows(tmp_p
     for row in ROWS:
         writer.on_log(dict(row))
     kept = [ROWS[0]]  # the checkpoint was taken after the first row: the second runs again
-    resumed = RunWriter(tmp_path, {"model": "lenet"}, rows=kept)
+    resumed = RunWriter(tmp_path, {"model": "lenet"}, resumed={"run_state": {"step": 1, "metrics": kept}})
     resumed.on_train_start({})
     resumed.on_log({**ROWS[1], "train_loss": 1.5})
     table = read_csv(tmp_path / "metrics.csv")

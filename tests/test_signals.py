@@ -180,7 +180,8 @@ def test_ctrl_c_while_loading_data_leaves_no_folder(data_dir, tmp_path, monkeypa
     assert main(train_args(data_dir, out)) == 130
     err = capsys.readouterr().err
     assert "Received SIGINT: stopping before training starts" in err
-    assert err.strip().splitlines()[-1] == "alexnet-lab train: stopped by SIGINT before training started."
+    assert err.strip().splitlines()[-1] == (
+        "alexnet-lab train: Stopped by SIGINT before training started; nothing was written.")
     assert not out.exists()
 
 
@@ -254,7 +255,9 @@ def test_a_second_ctrl_c_during_start_up_quits_at_once(data_dir, tmp_path, monke
     reached = []
     monkeypatch.setattr(train_cli, "preflight", lambda *a, **k: reached.append(a))
     assert main(train_args(data_dir, tmp_path / "r")) == 130
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "alexnet-lab train: interrupted."
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "alexnet-lab train: Stopped at once on the second signal, without saving; no checkpoint had been "
+        "written yet, so there is nothing to resume")
     assert len(reached) == 1  # stopped inside the data loading, before the preflight after it
     assert not (tmp_path / "r").exists()
     assert [signal.getsignal(s) for s in signals.SIGNALS] == handlers  # restored
@@ -267,7 +270,7 @@ def test_sigterm_while_loading_data_exits_143(data_dir, tmp_path, monkeypatch, c
     monkeypatch.setattr(train_cli, "splits_for",
                         lambda *a, **k: (kill_self(signal.SIGTERM), real(*a, **k))[1])
     assert main(train_args(data_dir, tmp_path / "r")) == 143
-    assert "stopped by SIGTERM before training started" in capsys.readouterr().err
+    assert "Stopped by SIGTERM before training started; nothing was written." in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 

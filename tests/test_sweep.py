@@ -36,21 +36,28 @@ def test_sweep_records_simulated_out_of_memory_without_crashing(tmp_path):
     assert (tmp_path / "s.png").stat().st_size > 1000
 
 
-def test_child_out_of_memory_is_recorded_with_peak_memory(tmp_path, monkeypatch):
-    from alexnet_lab.engine import trainer
+def test_child_out_of_memory_is_recorded_with_peak_memory(data_dir, tmp_path, monkeypatch):
+    from alexnet_lab.engine import preflight, run
+
+    config = make_config("d2l", model="lenet", device="cpu", data_dir=str(data_dir))
 
     def oom_fit(config, callbacks=None, **kw):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1099511627776 bytes.")
-    monkeypatch.setattr(trainer, "fit", oom_fit)
-    result = sweep_mod.train_measured(make_config("d2l", model="lenet", device="cpu"), tmp_path)
+    monkeypatch.setattr(run, "fit", oom_fit)  # the child trains through engine.run.train, into its folder
+    result = sweep_mod.train_measured(config, tmp_path / "a")
     assert result["status"] == "out_of_memory" and "allocate" in result["detail"]
     assert result["peak_memory_bytes"] > 10 * 2**20  # this Python process with torch loaded
 
+    monkeypatch.setattr(preflight, "available_bytes", lambda device: 2**20)  # 1 MiB: refused before training
+    result = sweep_mod.train_measured(config, tmp_path / "b")
+    assert result["status"] == "out_of_memory" and "but only 1.0 MiB is available" in result["detail"]
+
     def other_failure(config, callbacks=None, **kw):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
-    monkeypatch.setattr(trainer, "fit", other_failure)
+    monkeypatch.undo()
+    monkeypatch.setattr(run, "fit", other_failure)
     with pytest.raises(RuntimeError, match="shapes"):
-        sweep_mod.train_measured(make_config("d2l", model="lenet", device="cpu"), tmp_path)
+        sweep_mod.train_measured(config, tmp_path / "c")
 
 
 def test_out_of_memory_classification():

@@ -132,7 +132,7 @@ def test_a_failure_drawing_the_images_does_not_fail_the_finished_run(data_dir, t
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr("alexnet_lab.reports.tensorboard.evaluate_checkpoint", out_of_memory)
+    monkeypatch.setattr("alexnet_lab.reports.tensorboard.plot_confusion", out_of_memory)
     code, stdout, stderr = train(data_dir, tmp_path / "r", "--epochs", "1")
     assert code == 0, stderr
     assert stdout.splitlines()[-1] == "TensorBoard images not written (RuntimeError: CUDA out of memory)"

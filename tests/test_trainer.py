@@ -8,7 +8,6 @@ Tiny synthetic data (tests/fakedata.py), CPU, one thread.
 from __future__ import annotations
 
 import copy
-
 import json
 
 import pytest
@@ -176,7 +175,8 @@ def test_the_speed_estimate_times_the_step_fit_runs(monkeypatch, one_thread):
 
 @pytest.mark.usefixtures("offline_cli")
 def test_best_pt_is_written_at_each_new_best_with_a_target(data_dir_512, tmp_path):
-    """With --target-accuracy every log point evaluates, and each new best test accuracy is saved."""
+    """With --target-accuracy every log point evaluates, and each new best test accuracy before the
+    last state is saved to best.pt; a best at the last state is checkpoint.pt's, and best.pt then goes."""
     saves = []
 
     class Saves(Callback):
@@ -187,14 +187,20 @@ def test_best_pt_is_written_at_each_new_best_with_a_target(data_dir_512, tmp_pat
     run_fit(config, tmp_path / "r", [Saves()])
     tested = [r for r in read_metrics(tmp_path / "r") if "test_acc" in r]
     assert len(tested) == 6  # every 3rd of 16 steps, and the epoch end
-    best, expected = -1.0, []
+    best, bests = -1.0, []
     for row in tested:
         if row["test_acc"] > best:
             best = row["test_acc"]
-            expected.append((row["step"], True))
-    assert [s for s in saves if s[1]] == expected
-    assert saves[-1][0] == 16  # and the epoch end, best or not
-    assert load_checkpoint(tmp_path / "r" / "best.pt")["run_state"]["step"] == expected[-1][0]
+            bests.append(row["step"])
+    assert [step for step, is_best in saves if is_best] == [step for step in bests if step != 16]
+    assert saves[-1] == (16, False)  # and the epoch end, the last state, is checkpoint.pt's
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["best_step"] == bests[-1] and summary["best_test_acc"] == best
+    if bests[-1] == 16:
+        assert summary["best_weights"] == "checkpoint.pt" and not (tmp_path / "r" / "best.pt").exists()
+    else:
+        assert summary["best_weights"] == "best.pt"
+        assert load_checkpoint(tmp_path / "r" / "best.pt")["run_state"]["step"] == bests[-1]
 
 
 # --- divergence ---------------------------------------------------------------------------------------

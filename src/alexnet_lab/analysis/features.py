@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from alexnet_lab.engine.evaluation import confusion_matrix
 from alexnet_lab.errors import UserError
 
 
@@ -63,30 +64,22 @@ def strongest_channels(maps: torch.Tensor, count: int) -> list[int]:
     return strength.argsort(descending=True)[:count].tolist()
 
 
-def prediction_summary(probs: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                       top_pairs: int = 5, predicted: torch.Tensor | None = None) -> dict:
-    """Accuracy, confusion matrix (rows: true, columns: predicted), per-class accuracy, the most
-    confused (true, predicted) pairs and the mistakes ordered from the most confident down.
-
-    `predicted`: the classes an evaluation counted (the argmax of its logits; default: of `probs`), so
-    that these numbers are that evaluation's even where two classes' probabilities round to a tie."""
-    labels = labels.cpu().long()
-    if predicted is None:
-        confidence, predicted = probs.max(dim=1)
-    else:
-        predicted = predicted.cpu().long()
-        confidence = probs.gather(1, predicted.unsqueeze(1)).squeeze(1)
-    confusion = np.bincount((labels * num_classes + predicted).numpy(),
-                            minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+def prediction_summary(labels: torch.Tensor, predicted: torch.Tensor, confidence: torch.Tensor,
+                       num_classes: int, top_pairs: int = 5) -> dict:
+    """From a test pass's per-image true class, predicted class and confidence (a run's predictions.csv):
+    accuracy, the confusion matrix (rows: true, columns: predicted), per-class accuracy, the most
+    confused (true, predicted) pairs and the mistakes ordered from the most confident down."""
+    labels, predicted, confidence = labels.cpu().long(), predicted.cpu().long(), confidence.cpu()
+    confusion = confusion_matrix(labels, predicted, num_classes).numpy()
     totals = confusion.sum(axis=1)
     per_class = [float(confusion[i, i] / totals[i]) if totals[i] else None for i in range(num_classes)]
     off = confusion.copy()
     np.fill_diagonal(off, 0)
-    order = np.argsort(off, axis=None)[::-1]
+    order = np.argsort(off, axis=None, kind="stable")[::-1]
     pairs = [(int(i // num_classes), int(i % num_classes), int(off.flat[i])) for i in order[:top_pairs]
              if off.flat[i] > 0]
     wrong = (predicted != labels).nonzero().flatten()
-    mistakes = wrong[confidence[wrong].argsort(descending=True)].tolist()
+    mistakes = wrong[confidence[wrong].argsort(descending=True, stable=True)].tolist()
     return {"examples": int(len(labels)), "correct": int(np.trace(confusion)),
             "accuracy": float(np.trace(confusion) / max(len(labels), 1)), "confusion": confusion,
             "per_class_acc": per_class, "class_counts": totals.tolist(), "confused_pairs": pairs,

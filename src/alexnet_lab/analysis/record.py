@@ -26,7 +26,7 @@ from alexnet_lab.engine.config import PRESETS, RECORD_TARGETS, TrainConfig, chec
 from alexnet_lab.engine.config_file import nearest_key_hint, resolve_config
 from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.engine.builders import Splits, input_size, model_options, splits_for, stored_size
-from alexnet_lab.engine.trainer import fit
+from alexnet_lab.engine.run import train as train_once
 from alexnet_lab.errors import UserError
 
 WARMUP_TRAIN_EXAMPLES = 2048  # enough steps for allocators, oneDNN/cuDNN plans and compilation
@@ -75,10 +75,10 @@ def statistics_of(rows: list[dict]) -> dict:
 
 
 def run_record(config: TrainConfig, seeds: int, *, target: float | None = None, splits: Splits | None = None,
-               train: Callable[..., dict] = fit, on_seed: Callable[[dict], None] | None = None) -> dict:
+               train: Callable[..., dict] = train_once, on_seed: Callable[[dict], None] | None = None) -> dict:
     """Warm up once, then train `config` with seeds config.seed .. config.seed + seeds - 1.
 
-    `target` defaults to `target_of(config)`. `train` is `fit` (a test passes a fake one to check
+    `target` defaults to `target_of(config)`. `train` is engine.run.train, without a folder (a test passes a fake one to check
     the statistics on a fake clock).
     """
     if seeds < 1:
@@ -182,7 +182,7 @@ def _data_key(config: TrainConfig) -> tuple:
 
 
 def run_candidates(candidates: list[tuple[str, TrainConfig]], seeds: int, *, splits: Splits | None = None,
-                   train: Callable[..., dict] = fit, on_start: Callable[[str, TrainConfig], None] | None = None,
+                   train: Callable[..., dict] = train_once, on_start: Callable[[str, TrainConfig], None] | None = None,
                    on_seed: Callable[[dict], None] | None = None) -> list[dict]:
     """run_record for each (text, config) in turn, in one process (on_start(text, config) before each);
     each result gains its "candidate" text. `splits` (a test's fake data) replaces every candidate's own."""

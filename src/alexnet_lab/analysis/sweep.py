@@ -1,7 +1,7 @@
 """Exercise 3: one training run per batch size, each in its own process so its peak memory is its own.
 
 The parent launches `python -m alexnet_lab.analysis.sweep CONFIG_JSON RUN_DIR`; the child trains into a run
-folder and writes result.json. A run that runs out of memory is recorded as such, never a crash.
+folder (engine.run.train) and writes result.json. A run that runs out of memory is recorded as such, never a crash.
 """
 
 from __future__ import annotations
@@ -50,9 +50,10 @@ def train_measured(config: TrainConfig, out: Path) -> dict:
     """Child side: train `config` into run folder `out`; return the result with its peak memory."""
     import torch
 
+    from alexnet_lab.engine import run
     from alexnet_lab.engine.device import resolve_device
-    from alexnet_lab.engine.trainer import Callback, fit
-    from alexnet_lab.engine.run_dir import RunWriter
+    from alexnet_lab.engine.preflight import NotEnoughMemory
+    from alexnet_lab.engine.trainer import Callback
 
     device = resolve_device(config.device)
     before: dict = {}
@@ -65,12 +66,12 @@ def train_measured(config: TrainConfig, out: Path) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     result = {"batch_size": config.batch_size, "lr": config.lr, "device": str(device)}
     try:
-        summary = fit(config, [RunWriter(out, config.to_dict()), MemoryProbe()])  # no curves: `compare` draws them
+        summary = run.train(config, out, callbacks=[MemoryProbe()])  # no curves: `compare` draws them
         result.update(status="ok", test_acc=summary["test_acc"], train_acc=summary["train_acc"],
                       train_loss=summary["train_loss"], examples_per_sec=summary["examples_per_sec"],
                       steps=summary["steps"], wall_seconds=summary["wall_seconds"])
     except Exception as exc:  # noqa: BLE001  (only out-of-memory is recorded; anything else re-raises)
-        if not is_out_of_memory(exc):
+        if not (is_out_of_memory(exc) or isinstance(exc, NotEnoughMemory)):  # (refused by preflight's estimate)
             raise
         result.update(status="out_of_memory", detail=str(exc).splitlines()[0][:300])
     # Peak memory: CUDA -> the caching allocator's peak of live tensors; CPU -> the process's peak RSS
@@ -131,8 +132,7 @@ def sweep(configs: list[TrainConfig], out_root: Path, launch=run_child, timeout_
 def main(argv: list[str]) -> int:
     config = TrainConfig.from_dict(json.loads(argv[0]))
     out = Path(argv[1])
-    out.mkdir(parents=True, exist_ok=True)
-    result = train_measured(config, out)
+    result = train_measured(config, out)  # the run claims its folder, made by the parent (run_child)
     files.write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     return 0
 

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from alexnet_lab.analysis.shapes import format_shapes
 from alexnet_lab.cli.options import add_data, add_device, positive_number
-from alexnet_lab.cli.running import add_output, tensorboard_on, train_and_report, write_report
-from alexnet_lab.engine.builders import input_size, splits_for
+from alexnet_lab.cli.running import add_output, run_training, tensorboard_on, write_report
+from alexnet_lab.engine.builders import input_size
 from alexnet_lab.engine.config import TrainConfig, field_range, make_config
 from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.engine.estimate import BUDGET_RECIPES, BudgetPlan, plan_budget, seconds_per_step, total_steps
+from alexnet_lab.engine.run import load_data
+from alexnet_lab.engine.run_dir import default_run_dir
 from alexnet_lab.models import build_model
-from alexnet_lab.engine.run_dir import claim_run_dir, default_run_dir
 
 NAME = "chapter"
+KEEPS_STARTUP_SIGNALS = True  # Ctrl-C is recorded until training starts (cli/signals.py), then a checkpoint
 FULL_COMMAND = "alexnet-lab train --preset d2l"
 
 
@@ -42,7 +44,7 @@ def run(args) -> int:
     print()
     device = resolve_device(args.device or "auto")
     config = make_config("d2l", device=str(device), data_dir=args.data_dir)
-    splits = splits_for(config)
+    splits = load_data(config)  # read once: the budget's run trains on its first images
     train_examples, test_examples = len(splits.train_images), len(splits.test_images)
     budget = None
     if device.type == "cpu" and not args.full:
@@ -56,13 +58,12 @@ def run(args) -> int:
         steps = total_steps(config, train_examples)
         print(f"Running the book's full recipe on {device}: about {step:.3f} s per step x {steps:,} steps "
               f"≈ {step * steps / 60:.1f} min of training (plus evaluation).")
-    with claim_run_dir(args.out if args.out is not None else default_run_dir(config.model)) as out:
-        summary = train_and_report(config, out, splits=splits, progress=args.progress, report=False,
-                                   tensorboard=tensorboard)
-        if budget is not None:
-            print(budget_outcome(summary, budget, total_steps(config, config.limit_train)))
-        if args.report:  # last: the report's line ends the output
-            write_report(out, summary["device"], config.data_dir)
+    out = args.out if args.out is not None else default_run_dir(config.model)
+    summary = run_training(config, out, splits=splits, progress=args.progress, report=False, tensorboard=tensorboard)
+    if budget is not None:
+        print(budget_outcome(summary, budget, total_steps(config, config.limit_train)))
+    if args.report:  # last: the report's line ends the output
+        write_report(out, summary["device"])
     return 0
 
 

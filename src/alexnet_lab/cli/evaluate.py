@@ -1,11 +1,9 @@
 """`alexnet-lab evaluate`: test accuracy, per-class accuracy and a confusion matrix of a checkpoint,
 measured as its run measured it (precision, TTA, batch), and compared with the run's own number;
-with --predictions, every test image's prediction as CSV."""
+with --predictions, every test image's prediction as CSV (the format of a run's predictions.csv)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import sys
 from pathlib import Path
@@ -18,7 +16,8 @@ from alexnet_lab.engine.evaluation import checkpoint_test_split, evaluate_checkp
 from alexnet_lab.engine.inference import load_trained
 from alexnet_lab.errors import UserError, printable
 from alexnet_lab.reports.plots import is_own_figure, plot_confusion
-from alexnet_lab.engine.run_dir import check_output_dir, make_output_dir, read_run, write_json
+from alexnet_lab.engine.run_dir import (PREDICTIONS, PREDICTIONS_HEADERS, check_output_dir, make_output_dir,
+                                        predictions_csv, read_run, write_json)
 
 NAME = "evaluate"
 
@@ -58,7 +57,6 @@ def test_split(args, config, payload):
 
 
 GENERATOR = "alexnet-lab evaluate"  # evaluation.json's first field: marks the files evaluate may replace
-PREDICTIONS_HEADERS = tuple(f"{first},true,predicted,confidence\n".encode() for first in ("path", "index"))
 
 
 def is_own_evaluation(path: Path) -> bool:
@@ -66,7 +64,9 @@ def is_own_evaluation(path: Path) -> bool:
 
 
 def is_own_predictions(path: Path) -> bool:
-    return files.head(path, 64).startswith(PREDICTIONS_HEADERS)
+    """An earlier --predictions file; never a run's own predictions.csv (the same format: its final test)."""
+    run_file = path.name == PREDICTIONS and files.in_run_folder(path)
+    return not run_file and files.head(path, 64).startswith(PREDICTIONS_HEADERS)
 
 
 def check_outputs(args, out: Path) -> None:
@@ -89,11 +89,11 @@ def run(args) -> int:
     check_outputs(args, out)
     splits = test_split(args, run_config, payload)
     config = run_config.replace(**{k: getattr(args, k) for k in ("tta", "precision") if getattr(args, k)})
-    result = evaluate_checkpoint(model, config, splits, device, keep_logits=args.predictions is not None)
+    result = evaluate_checkpoint(model, config, splits, device)
     print(f"test acc {result['accuracy']:.4f} ({result['correct']}/{result['examples']}), "
           f"loss {result['loss']:.4f}, model {config.model}, {args.checkpoint}")
     reasons = why_it_differs(payload, run_config, result["settings"], splits)
-    print("  " + describe_settings(result["settings"], payload, same=not reasons))
+    print("  " + describe_settings(result["settings"], run_config, same=not reasons))
     record = run_test_record(payload)
     print("  " + compare_with_run(result["accuracy"], record, reasons, the_runs_number(args.checkpoint, record)))
     per_class = print_per_class(result["confusion"], names)
@@ -108,31 +108,14 @@ def run(args) -> int:
                 "run_test_acc": record["test_acc"] if record else None, "differs_from_run_because": reasons})
     print(f"Confusion matrix: {out / 'confusion.png'}; numbers: {out / 'evaluation.json'}")
     if args.predictions is not None:
-        files.write_bytes(args.predictions, predictions_csv(result, splits, names))
+        files.write_bytes(args.predictions, predictions_csv(result, names, splits.test_files))
         print(f"Predictions: {args.predictions} ({result['examples']:,} rows"
               + ("; paths relative to the image folder)" if splits.test_files is not None else ")"))
     return 0
 
 
-def predictions_csv(result: dict, splits, names) -> bytes:
-    """One CSV row per test image, in the test set's order: path (image folders) or index, true class,
-    predicted class, confidence: the softmax probability of the predicted class, from the logits the
-    accuracy counted (TTA included), 4 decimals. Names are shown as everywhere (undecodable bytes and
-    control characters escaped), and a cell a spreadsheet would take for a formula begins with '."""
-    confidence = result["logits"].softmax(dim=1).amax(dim=1)  # (N,)
-    shown = [files.csv_cell(printable(name)) for name in names]
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["path" if splits.test_files is not None else "index", "true", "predicted", "confidence"])
-    for i, (true, predicted, p) in enumerate(zip(splits.test_labels.tolist(), result["predicted"].tolist(),
-                                                 confidence.tolist())):
-        where = files.csv_cell(printable(splits.test_files[i])) if splits.test_files is not None else i
-        writer.writerow([where, shown[true], shown[predicted], f"{p:.4f}"])
-    return text.getvalue().encode("utf-8")
-
-
-def describe_settings(settings: dict, payload: dict, same: bool) -> str:
-    weights = "the EMA of the weights" if payload.get("ema_state") is not None else "the weights"
+def describe_settings(settings: dict, run_config, same: bool) -> str:
+    weights = "the EMA of the weights" if run_config.ema_decay else "the weights"  # what the run tested, and saved
     return (f"measured on {weights} in {settings['precision']} on {settings['device']}, TTA {settings['tta']}, "
             f"test batches of {settings['batch_size']}" + (": as the run measured it" if same else ""))
 

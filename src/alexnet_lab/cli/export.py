@@ -13,6 +13,7 @@ from alexnet_lab.engine.export import FORMATS, ModelFile, check_format, compare_
 from alexnet_lab.engine.inference import load_trained, metadata
 from alexnet_lab.engine.evaluation import checkpoint_test_split
 from alexnet_lab.data import to_float_batch
+from alexnet_lab.data.imagefolder import pixels
 from alexnet_lab.errors import UserError, printable
 
 NAME = "export"
@@ -34,16 +35,17 @@ def add_arguments(parser) -> None:
 
 
 def check_inputs(config, payload: dict, meta: dict, n: int) -> tuple[torch.Tensor, str]:
-    """The first n test images of the run's data as model inputs; random inputs if the data is gone."""
+    """The first n test images of the run's data as model inputs (only those read); random inputs if the
+    data is gone."""
     try:
-        splits = checkpoint_test_split(config, payload, limit=n)
+        splits = checkpoint_test_split(config, payload, limit=n, few=True)
     except UserError as exc:
         print(f"note: the run's test data is not available ({exc}); checking on random inputs.", file=sys.stderr)
         gen = torch.Generator().manual_seed(0)
         size = meta["input_size"]
         return torch.rand(n, meta["in_channels"], size, size, generator=gen), f"{n} random inputs"
-    return to_float_batch(splits.test_images, meta["input_size"], meta["center_crop"]), \
-        f"the first {len(splits.test_images)} test images"
+    return to_float_batch(pixels(splits.test_images, slice(n)), meta["input_size"], meta["center_crop"]), \
+        f"the first {len(splits.test_labels)} test images"
 
 
 def run(args) -> int:

@@ -14,7 +14,8 @@ from alexnet_lab.engine.trainer import Callback
 
 
 class GracefulInterrupt(Callback):
-    """First SIGINT/SIGTERM: `should_stop()` turns true, so `fit` checkpoints and raises StopRequested.
+    """First SIGINT/SIGTERM: `should_stop()` turns true, so engine.run stops before training starts, or
+    `fit` checkpoints at the next step boundary and raises StopRequested.
 
     Second one: `ImmediateExit` is raised wherever the main thread is (a third one kills the
     process outright). Handlers are installed only
@@ -26,6 +27,7 @@ class GracefulInterrupt(Callback):
     def __init__(self, stream=None):
         self.stream = stream
         self.signum: int | None = None
+        self.training = False  # before the first step a stop saves nothing (there is nothing yet)
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "GracefulInterrupt":
@@ -48,8 +50,12 @@ class GracefulInterrupt(Callback):
                 signal.signal(other, signal.SIG_DFL)
             raise ImmediateExit(signum)
         self.signum = signum
-        self._say(f"\nReceived {signal.Signals(signum).name}: finishing the current step, saving a "
-                  "checkpoint, then stopping. Press Ctrl-C again to quit at once.\n")
+        then = ("finishing the current step, saving a checkpoint, then stopping" if self.training
+                else "stopping before training starts")
+        self._say(f"\nReceived {signal.Signals(signum).name}: {then}. Press Ctrl-C again to quit at once.\n")
+
+    def on_train_start(self, info: dict) -> None:
+        self.training = True
 
     def _say(self, text: str) -> None:
         say(text, self.stream)

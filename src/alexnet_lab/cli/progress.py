@@ -79,13 +79,16 @@ def short_run_note(config, info: dict) -> str:
 
 
 class ConsoleReporter(Callback):
-    def __init__(self, config, out=None, stream=None, mode: str = "auto"):
-        self.config = config
+    def __init__(self, config=None, out=None, stream=None, mode: str = "auto"):
+        self.config = config  # None: the run's, when it is prepared (a resume's is read from its checkpoint)
         self.out = out
         self.stream = stream or sys.stderr  # looked up now, not at import (tests swap sys.stderr)
         self.mode = progress_mode(mode, self.stream)
         self.bar = None
         self.start = None  # (time, step, examples) when this process started (a resumed run: its first step)
+
+    def on_prepared(self, run) -> None:
+        self.config = run.config
 
     def on_train_start(self, info: dict) -> None:
         c = self.config

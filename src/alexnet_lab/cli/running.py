@@ -1,6 +1,6 @@
-"""The console side of a training run, shared by `train` and `chapter`: progress, Ctrl-C/SIGTERM with
-the command that resumes, TensorBoard events, the results and the report named at the end. The run
-itself is engine/run.py."""
+"""The console side of a training run, shared by `train` and `chapter`: what is about to train,
+progress, Ctrl-C/SIGTERM with the command that resumes, TensorBoard events, the results and the report
+named at the end. The run itself is engine/run.py's `train`."""
 
 from __future__ import annotations
 
@@ -8,17 +8,15 @@ import argparse
 import shlex
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from alexnet_lab.cli import signals
 from alexnet_lab.cli.interrupt import GracefulInterrupt, ImmediateExit, Interrupted
 from alexnet_lab.cli.progress import ConsoleReporter, add_progress, chapter_lines
-from alexnet_lab.engine import distributed
+from alexnet_lab.engine import distributed, run as lifecycle
 from alexnet_lab.engine.builders import Splits
 from alexnet_lab.engine.config import TrainConfig, unused_settings
-from alexnet_lab.engine.run import fit_into
-from alexnet_lab.engine.trainer import StopRequested
+from alexnet_lab.engine.run_dir import PREDICTIONS, default_run_dir
+from alexnet_lab.engine.trainer import Callback, StopRequested
 from alexnet_lab.errors import UserError
 from alexnet_lab.reports.plots import plot_curves
 from alexnet_lab.reports.report import build_report
@@ -52,64 +50,76 @@ def resume_hint(out: Path) -> str:
     return f"alexnet-lab train --resume {shlex.quote(str(out))}"
 
 
-def print_notes(splits: Splits, env: distributed.DistEnv) -> None:
-    if env.is_main:
-        for note in splits.notes:  # e.g. the unreadable image files that were skipped, listed once
-            print(note, file=sys.stderr)
+def run_training(config: TrainConfig | None, out=None, *, resume: lifecycle.Resume | None = None,
+                 splits: Splits | None = None, env: distributed.DistEnv = distributed.DistEnv(),
+                 progress: str = "auto", report: bool = True, tensorboard: bool | None = None) -> dict:
+    """Train `config` into run folder `out` (default runs/<timestamp>-<model>), or continue `resume`,
+    through engine.run.train, showing what trains and its progress; return the summary.
 
-
-def train_and_report(config: TrainConfig, out: Path | None, *, splits: Splits, resume: dict | None = None,
-                     env: distributed.DistEnv = distributed.DistEnv(), progress: str = "auto",
-                     report: bool = True, tensorboard: bool | None = None) -> dict:
-    """Train `config` into run folder `out`, showing progress; return the summary.
-
-    The first Ctrl-C/SIGTERM stops at the next step boundary with a checkpoint, the second at
-    once; either way `Interrupted` (exit status 130/143) is raised with the command that resumes.
-    Under torchrun only rank 0 writes files and prints (the others pass out=None); every rank
-    trains its shard and the metrics are all-reduced, so rank 0 reports the whole dataset.
-    `tensorboard`: also write RUN_DIR/tensorboard/ (None: when the package is installed).
-    """
+    From the first line here a Ctrl-C/SIGTERM stops the run: before training with nothing written (a
+    new folder is removed), during training at the next step boundary with a checkpoint, a second one at
+    once; either way `Interrupted` (exit status 130/143) is raised with the command that resumes. Under
+    torchrun only rank 0 writes files and prints; every rank trains its shard and the metrics are
+    all-reduced, so rank 0 reports the whole dataset. `tensorboard`: also write RUN_DIR/tensorboard/
+    (None: when the package is installed)."""
+    if resume is None and out is None:
+        out = default_run_dir(config.model)
     if not env.is_main:
-        return _train_other_rank(config, splits=splits, resume=resume, env=env)
-    events = (TensorBoardLogger(out, config, splits, resumed_state=resume["run_state"] if resume else None)
-              if tensorboard_on(tensorboard) else None)
-    interrupt = GracefulInterrupt()
-    # From here a signal stops training at a step boundary with a checkpoint; one that came during
-    # start-up counts (GracefulInterrupt takes it over) and stops the run before any file is written.
-    with interrupt:
-        if interrupt.should_stop() and not env.distributed:  # under torchrun the ranks stop together, in fit
-            raise Interrupted(f"Stopped by {interrupt.signal_name} before training started; nothing was written.",
-                              interrupt.exit_code)
-        reporter = ConsoleReporter(config, out, mode=progress)
-        # The full recipe, as saved in config.json: a preset is just a named config.
-        hidden = {"preset", "data_dir"} | unused_settings(config)
-        print(f"Config ({config.preset}): " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()
-                                                        if k not in hidden), flush=True)
-        if events is not None:
-            print(tensorboard_line(out), flush=True)
-        started = time.perf_counter()
-        try:
-            with _closed(events, out):
-                summary = fit_into(config, out, [reporter, interrupt, *([events] if events else [])],
-                                   splits=splits, resume=resume, env=env, draw_curves=plot_curves)
-        except StopRequested as stop:
-            raise Interrupted(f"Interrupted at step {stop.payload['run_state']['step']}; checkpoint saved in "
-                              f"{out / 'checkpoint.pt'}; resume with: {resume_hint(out)} (the run so far: "
-                              f"alexnet-lab report {shlex.quote(str(out))})", interrupt.exit_code) from None
-        except ImmediateExit as stop:
-            raise Interrupted(_stopped_at_once(out), stop.exit_code) from None
-        finally:
-            reporter.close()
-    distributed.teardown(env)  # every rank leaves the job together, now: what follows is rank 0's alone
+        return _train_other_rank(config, out, resume=resume, splits=splits, env=env)
+    folder = Path(resume.run_dir if resume is not None else out)
+    events = TensorBoardLogger(folder) if tensorboard_on(tensorboard) else None
+    start, reporter, interrupt = RunStart(events is not None), ConsoleReporter(out=folder, mode=progress), GracefulInterrupt()
+    try:
+        with interrupt:
+            summary = lifecycle.train(config, out, resume=resume, env=env, splits=splits, draw_curves=plot_curves,
+                                      callbacks=[start, reporter, interrupt, *([events] if events else [])])
+    except StopRequested as stop:
+        raise Interrupted(_stopped(stop, folder, interrupt.signal_name), interrupt.exit_code) from None
+    except ImmediateExit as stop:
+        raise Interrupted(_stopped_at_once(folder), stop.exit_code) from None
+    finally:
+        reporter.close()
     if interrupt.should_stop():  # the signal came after the last step (e.g. in the final evaluation)
         raise Interrupted(f"Stopped on {interrupt.signal_name} after the last step: the run had finished, and "
-                          f"its results and final checkpoint are in {out}/.", interrupt.exit_code)
-    _print_results(config, summary, out, time.perf_counter() - started, tensorboard=events is not None)
+                          f"its results and final checkpoint are in {folder}/.", interrupt.exit_code)
+    _print_results(summary, folder, time.perf_counter() - start.started, tensorboard=events is not None)
     if events is not None and events.note:
         print(events.note)
     if report:
-        write_report(out, summary["device"], config.data_dir)
+        write_report(folder, summary["device"])
     return summary
+
+
+class RunStart(Callback):
+    """Says what is about to train once the run is prepared: the data's notes (e.g. the image files
+    skipped), a resume's position, the full recipe (as saved in config.json: a preset is just a named
+    config) and where TensorBoard's events go; starts the clock of the closing wall-clock line."""
+
+    def __init__(self, tensorboard: bool):
+        self.tensorboard, self.started = tensorboard, time.perf_counter()
+
+    def on_prepared(self, run: lifecycle.Prepared) -> None:
+        for note in run.splits.notes:
+            print(note, file=sys.stderr)
+        if run.resumed is not None:
+            if run.data_changed:
+                print("Note: --allow-data-change: the data differ from those the run started with; continuing on them.")
+            describe_resume(run.out, run.resumed, run.config, run.saved)
+        hidden = {"preset", "data_dir"} | unused_settings(run.config)
+        print(f"Config ({run.config.preset}): " + ", ".join(f"{k}={v}" for k, v in run.config.to_dict().items()
+                                                            if k not in hidden), flush=True)
+        if self.tensorboard:
+            print(tensorboard_line(run.out), flush=True)
+        self.started = time.perf_counter()
+
+
+def describe_resume(out, payload: dict, config: TrainConfig, saved: TrainConfig) -> None:
+    step = payload["run_state"].get("step", 0)
+    print(f"Resuming {out} at step {step} (epoch {payload['run_state'].get('epoch', 0) + 1}, "
+          f"{config.epochs:g} epoch(s) in all).")
+    if config.epochs != saved.epochs and config.schedule != "constant":
+        print(f"Note: the {config.schedule} learning-rate schedule now spans {config.epochs:g} epochs, so the "
+              f"learning rate continues from where a {config.epochs:g}-epoch schedule is at step {step}.")
 
 
 def tensorboard_line(out: Path) -> str:
@@ -118,33 +128,21 @@ def tensorboard_line(out: Path) -> str:
             f"{shlex.quote(str(out))}   (--logdir {shlex.quote(str(out.parent))} compares the runs there)")
 
 
-@contextmanager
-def _closed(events: TensorBoardLogger | None, out: Path):
-    """The TensorBoard writer is closed however training ends. A run stopped on a signal before its first
-    checkpoint takes its event files back, as claim_new_run undoes the run's other files then."""
-    if events is None:
-        yield
-        return
-    try:
-        yield
-    except (StopRequested, *signals.STOPS):
-        if not (out / "checkpoint.pt").exists():
-            events.discard()
-        raise
-    finally:
-        events.close()
-
-
-def _train_other_rank(config: TrainConfig, *, splits: Splits, resume: dict | None, env) -> dict:
+def _train_other_rank(config, out, *, resume, splits, env) -> dict:
     """A rank other than 0: trains its shard, writes and prints nothing."""
     interrupt = GracefulInterrupt()
     try:
         with interrupt:
-            summary = fit_into(config, None, [interrupt], splits=splits, resume=resume, env=env)
+            return lifecycle.train(config, out, resume=resume, env=env, splits=splits, callbacks=[interrupt])
     except (StopRequested, ImmediateExit):
         raise SystemExit(interrupt.exit_code or 130) from None  # rank 0 says how to resume
-    distributed.teardown(env)  # with rank 0, as it does in train_and_report
-    return summary
+
+
+def _stopped(stop: StopRequested, out: Path, signal_name: str) -> str:
+    if stop.payload is None:
+        return f"Stopped by {signal_name} before training started; nothing was written."
+    return (f"Interrupted at step {stop.payload['run_state']['step']}; checkpoint saved in {out / 'checkpoint.pt'}; "
+            f"resume with: {resume_hint(out)} (the run so far: alexnet-lab report {shlex.quote(str(out))})")
 
 
 def _stopped_at_once(out: Path) -> str:
@@ -154,22 +152,23 @@ def _stopped_at_once(out: Path) -> str:
     return f"Stopped at once on the second signal, without saving; {saved}"
 
 
-def _print_results(config: TrainConfig, summary: dict, out: Path, seconds: float, tensorboard: bool = False) -> None:
+def _print_results(summary: dict, out: Path, seconds: float, tensorboard: bool = False) -> None:
     print(chapter_lines(summary))
     print(f"wall-clock {seconds:.1f} s"
-          + (f"; reached test acc {config.target_accuracy} in {summary['time_to_target_s']:.1f} s"
+          + (f"; reached test acc {summary['target_accuracy']} in {summary['time_to_target_s']:.1f} s"
              if summary.get("time_to_target_s") is not None else "")
-          + (f"; training stopped at its time budget (--time-budget-s {config.time_budget_s:g}) after "
+          + (f"; training stopped at its time budget (--time-budget-s {summary['time_budget_s']:g}) after "
              f"{summary['steps']:,} steps" if summary.get("stopped_at_time_budget") else ""))
-    print(f"Results in {out}/: summary.json, metrics.jsonl, metrics.csv, curves.svg, curves.png, checkpoint.pt"
+    kept = [name for name in (PREDICTIONS, "best.pt", "checkpoint.pt") if (out / name).is_file()]
+    print(f"Results in {out}/: summary.json, metrics.jsonl, metrics.csv, curves.svg, curves.png, {', '.join(kept)}"
           + (f", {TENSORBOARD_FOLDER}/" if tensorboard else ""), flush=True)
 
 
-def write_report(out: Path, device: str, data_dir: str | None) -> None:
+def write_report(out: Path, device: str) -> None:
     """The run's report.html, named on the last line; a problem with it never fails the finished run."""
     try:
-        path = build_report([out], device=device, data_dir=data_dir)
-    except (UserError, OSError, RuntimeError) as exc:  # RuntimeError: e.g. out of GPU memory while evaluating
+        path = build_report([out], device=device)
+    except (UserError, OSError, RuntimeError) as exc:  # RuntimeError: e.g. out of memory while drawing
         print(f"Report not written ({type(exc).__name__}: {exc}); try: alexnet-lab report {shlex.quote(str(out))}")
         return
     print(f"Report: {path}   (open it in a browser; every figure is inside the file)")

@@ -11,6 +11,7 @@ import torch
 from alexnet_lab import files
 from alexnet_lab.analysis.features import conv_layers, feature_maps, first_layer_filters, strongest_channels
 from alexnet_lab.cli.options import MAX_INT, add_data, add_device, positive_int, whole_number
+from alexnet_lab.data.imagefolder import pixels
 from alexnet_lab.data.loader import to_float_batch
 from alexnet_lab.engine.device import resolve_device
 from alexnet_lab.engine.evaluation import checkpoint_test_split
@@ -46,12 +47,12 @@ def model_input(args, config, payload: dict, meta: dict) -> tuple[torch.Tensor, 
     """(1, C, S, S) float input as the model takes it, and what the image is."""
     if args.image is not None:
         return images_to_input([args.image], meta, args.invert), printable(Path(args.image).name)
-    splits = checkpoint_test_split(config, payload, data_dir=args.data_dir, limit=args.test_index + 1)
-    index = args.test_index
-    if index >= len(splits.test_images):
-        raise UserError(f"--test-index {index:,} is past the last of the run's {len(splits.test_images):,} test "
-                        f"images: give 0 to {len(splits.test_images) - 1:,}.")
-    x = to_float_batch(splits.test_images[index:index + 1], meta["input_size"], meta["center_crop"])
+    splits = checkpoint_test_split(config, payload, data_dir=args.data_dir, few=True)  # no image decoded yet
+    index, count = args.test_index, len(splits.test_labels)
+    if index >= count:
+        raise UserError(f"--test-index {index:,} is past the last of the run's {count:,} test images: give 0 to "
+                        f"{count - 1:,}.")
+    x = to_float_batch(pixels(splits.test_images, slice(index, index + 1)), meta["input_size"], meta["center_crop"])
     return x, f"test image {index} ({printable(meta['class_names'][int(splits.test_labels[index])])})"
 
 

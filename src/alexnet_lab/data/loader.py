@@ -213,6 +213,12 @@ class BatchLoader:
                 bounds.append((lo, hi))
         return bounds
 
+    def positions(self) -> torch.Tensor:
+        """Where this rank's examples of the epoch sit in the split, in the order `iterate` yields them
+        (how an evaluation puts each process's results in place)."""
+        order = self._order()
+        return torch.cat([order[lo:hi] for lo, hi in self._batch_bounds()] or [order[:0]])
+
     @property
     def num_examples(self) -> int:
         """Examples this rank sees per epoch."""

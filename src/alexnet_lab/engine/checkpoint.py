@@ -84,6 +84,29 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
                     f"{files.advice(cause, '--out')}{intact}.") from None
 
 
+# What best.pt keeps of a checkpoint: what predicting and evaluating read (the weights the run tested
+# with, the model and its classes, the recipe, the data and how the run tested), not the optimizer,
+# schedule, scaler, Lookahead or RNG states that only a resume reads (train --resume reads checkpoint.pt).
+FOR_PREDICTING = ("model_name", "model_kwargs", "class_names", "config", "data_fingerprint", "evaluated_with")
+
+
+def evaluated_state(payload: dict) -> dict:
+    """The weights the run's test evaluations used: the EMA of the weights when it kept one."""
+    ema = payload.get("ema_state")
+    return ema["module"] if ema is not None else payload["model_state"]
+
+
+def for_predicting(payload: dict) -> dict:
+    """The part of a checkpoint payload that best.pt holds: FOR_PREDICTING, the evaluated weights as its
+    model_state (about half a momentum run's checkpoint), and the step, examples and test accuracy of
+    the state (its run_state's metrics: the row of its test)."""
+    state = payload["run_state"]
+    tested = [row for row in state["metrics"] if row.get("test_acc") is not None]
+    return {**{key: payload[key] for key in FOR_PREDICTING if key in payload}, "model_state": evaluated_state(payload),
+            "run_state": {"step": state["step"], "examples": state["examples"],
+                          "best_test_acc": state["best_test_acc"], "metrics": tested[-1:]}}
+
+
 def _cause(exc: BaseException) -> BaseException:
     """The OSError (or a signal's KeyboardInterrupt-like exception) that `exc` was raised while
     handling, if any; else `exc` itself."""
@@ -129,6 +152,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise UserError(f"Checkpoint '{path}' is a folder, not a file. Pass the checkpoint file itself, "
                         f"e.g. '{path / 'checkpoint.pt'}' or '{path / 'best.pt'}'.")
     if not path.exists():
+        if path.name == "best.pt" and (path.parent / "checkpoint.pt").is_file():
+            raise UserError(f"'{path}' does not exist: the run's best test accuracy is that of its last state, "
+                            f"whose weights are in '{path.parent / 'checkpoint.pt'}' (a run writes best.pt only "
+                            "for a best before its end). Pass that file.")
         raise UserError(f"Checkpoint '{path}' does not exist. Pass the checkpoint.pt of a training run.")
 
     def refuse(problem: str) -> UserError:

@@ -7,19 +7,13 @@ from torch import nn
 
 from alexnet_lab.data import to_float_batch
 from alexnet_lab.data.images import load_image, load_image_28
-from alexnet_lab.engine.checkpoint import class_names, load_checkpoint, model_kwargs
+from alexnet_lab.engine.checkpoint import class_names, evaluated_state, load_checkpoint, model_kwargs
 from alexnet_lab.engine.config import TrainConfig
 from alexnet_lab.engine.builders import input_size, stored_size, uses_2012_crops
 from alexnet_lab.engine.numerics import as_evaluated
 from alexnet_lab.engine.schema import METADATA_FORMAT, check_checkpoint
 from alexnet_lab.errors import UserError
 from alexnet_lab.models import build_model
-
-
-def evaluated_state(payload: dict) -> dict:
-    """The weights the run's test evaluations used: the EMA of the weights when it kept one."""
-    ema = payload.get("ema_state")
-    return ema["module"] if ema is not None else payload["model_state"]
 
 
 def load_trained(path, device: torch.device) -> tuple[nn.Module, TrainConfig, dict]:

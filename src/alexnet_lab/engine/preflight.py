@@ -89,12 +89,16 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
+class NotEnoughMemory(UserError):
+    """A run refused before it starts: one training step would not fit in the memory available."""
+
+
 def check_memory(model_name: str, size: int, batch: int, precision: str, device: torch.device) -> None:
     """Refuse a run whose estimated step memory exceeds the memory available on `device`."""
     need = training_bytes(model_name, size, batch, precision)
     free = available_bytes(device)
     if free is not None and need["total"] > free:
-        raise UserError(
+        raise NotEnoughMemory(
             f"Training {model_name} at {size}x{size} with batch {batch} needs about {_gib(need['total'])} "
             f"on {device} ({_gib(need['activations'])} of activations for one batch, {_gib(need['state'])} "
             f"of weights, gradients and momentum; estimated by shape propagation, nothing allocated), but "

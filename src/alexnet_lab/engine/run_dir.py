@@ -1,11 +1,13 @@
-"""A training run's folder: config.json, metrics.jsonl, summary.json, curves, checkpoints.
+"""A training run's folder: config.json, metrics.jsonl, summary.json, predictions.csv, curves, checkpoints.
 
 `RunWriter` is an engine callback; `read_run` loads a finished or interrupted run back.
 """
 
 from __future__ import annotations
 
+import csv
 import fcntl
+import io
 import json
 import math
 import os
@@ -15,10 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from alexnet_lab import files
 from alexnet_lab.engine import checkpoint as ckpt
+from alexnet_lab.engine.evaluation import run_test_record
 from alexnet_lab.engine.trainer import Callback
-from alexnet_lab.errors import UserError
+from alexnet_lab.errors import UserError, printable
 
 
 PLOT_INTERVAL_S = 30.0
@@ -231,6 +236,54 @@ def environment() -> dict:
 # What RunWriter writes besides the checkpoints (a run stopped before its first checkpoint may remove them).
 RUN_FILES = ("metrics.jsonl", "metrics.csv", "config.json", "summary.json", "curves.svg", "curves.png",
              "val_files.txt")
+PREDICTIONS = "predictions.csv"  # the final test pass, image by image (and `evaluate --predictions`'s format)
+PREDICTIONS_HEADERS = tuple(f"{first},true,predicted,confidence\n".encode() for first in ("path", "index"))
+
+
+def predictions_csv(result: dict, class_names, test_files: list[str] | None = None) -> bytes:
+    """A test pass (evaluation.evaluate's dict) as CSV, one row per test image in the test set's order:
+    its file relative to the image folder (`test_files`) or its index, true class, predicted class,
+    confidence (the softmax probability of the predicted class, TTA included), 4 decimals. Names are
+    shown as everywhere (undecodable bytes and control characters escaped), and a cell a spreadsheet
+    would take for a formula begins with '."""
+    shown = [files.csv_cell(printable(name)) for name in class_names]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path" if test_files is not None else "index", "true", "predicted", "confidence"])
+    for i, (true, predicted, p) in enumerate(zip(result["labels"].tolist(), result["predicted"].tolist(),
+                                                 result["confidence"].tolist())):
+        where = files.csv_cell(printable(test_files[i])) if test_files is not None else i
+        writer.writerow([where, shown[true], shown[predicted], f"{p:.4f}"])
+    return text.getvalue().encode("utf-8")
+
+
+def read_predictions(out: Path, class_names) -> dict | None:
+    """A run's predictions.csv (None if it has none) as `labels`, `predicted` (int64) and `confidence`
+    (float64) tensors and each row's `where` (path or index), every row checked: a cell that is not
+    what `predictions_csv` writes is a UserError naming the file and the line."""
+    path = Path(out) / PREDICTIONS
+    if not os.path.lexists(path):
+        return None
+    shown = {files.csv_cell(printable(name)): i for i, name in enumerate(class_names)}
+    rows = list(csv.reader(io.StringIO(_read_bytes(path).decode("utf-8", "replace"))))
+    if len(shown) < len(class_names) or not rows or ",".join(rows[0]).encode() + b"\n" not in PREDICTIONS_HEADERS:
+        raise UserError(f"'{path}' is not the predictions file alexnet-lab writes (its header, or class names "
+                        "it cannot tell apart). Restore it, or leave this run out.")
+    columns: list[list] = [[], [], [], []]
+    for line, row in enumerate(rows[1:], 2):
+        try:
+            where, true, predicted, confidence = row
+            values = (int(where) if rows[0][0] == "index" else where, shown[true], shown[predicted], float(confidence))
+            if not 0 <= values[3] <= 1 or (rows[0][0] == "index" and values[0] != line - 2):
+                raise ValueError
+        except (ValueError, KeyError):
+            raise UserError(f"'{path}' line {line} is not a prediction row (path or index, true class, predicted "
+                            "class, confidence in [0, 1]). Restore it, or leave this run out.") from None
+        for column, value in zip(columns, values):
+            column.append(value)
+    return {"where": columns[0], "labels": torch.tensor(columns[1], dtype=torch.int64),
+            "predicted": torch.tensor(columns[2], dtype=torch.int64),
+            "confidence": torch.tensor(columns[3], dtype=torch.float64)}
 
 def file_list(names: list[str]) -> bytes:
     """File names one a line, as the file system spells them (an undecodable byte as it was); a line
@@ -243,34 +296,41 @@ DrawCurves = Callable[[list, list, str], None]  # (runs [(name, rows)], paths, t
 
 
 class RunWriter(Callback):
-    """Writes the run folder as training goes (only on the process that owns the files).
+    """Writes the run folder as training goes (only on the process that owns the files): checkpoint.pt at
+    every save, best.pt (`checkpoint.for_predicting`: weights and descriptions, no optimizer state) at a
+    new best before the run's last state, and at the end summary.json and predictions.csv, the final test
+    pass image by image, which the report and TensorBoard show instead of testing again.
 
     `draw_curves` (e.g. reports.plots.plot_curves) draws curves.svg/png; without it no figure is drawn:
     the engine does not depend on the reports layer. `val_files` (an image folder's `Splits.test_files`)
-    is written to val_files.txt, one file a line, so that a user can pick a held-out image to predict."""
+    is written to val_files.txt, one file a line, so that a user can pick a held-out image to predict,
+    and names predictions.csv's rows."""
 
-    def __init__(self, out: Path, config: dict, *, rows: list[dict] | None = None,
+    def __init__(self, out: Path, config: dict, *, resumed: dict | None = None,
                  draw_curves: DrawCurves | None = None, val_files: list[str] | None = None):
-        """`rows`: the metrics held by the checkpoint a run resumes from. metrics.jsonl is rewritten
-        to exactly those, dropping rows logged after that checkpoint (those steps run again).
-        Without `rows` the run is new and metrics.jsonl starts empty. Nothing is written before
-        `on_train_start`, which comes after every check of `fit` (a refused resume changes no file)."""
+        """`resumed`: the checkpoint payload a run resumes from. metrics.jsonl is rewritten to exactly
+        its metrics, dropping rows logged after that checkpoint (those steps run again). Without it the
+        run is new and metrics.jsonl starts empty. Nothing is written before `on_train_start`, which
+        comes after every check of `fit` (a refused resume changes no file)."""
         self.out = Path(out)
         self.config = config
-        self.resumed = rows is not None
-        self.rows = list(rows or [])
+        self.resumed = resumed
+        self.rows = list(resumed["run_state"]["metrics"]) if resumed is not None else []
         self.draw_curves = draw_curves
         self.val_files = val_files
         self.info: dict = {}
         self.last_plot = -float("inf")
+        self.test: dict | None = None  # the last test pass (`on_test`)
+        self.class_names: list[str] = []  # the model's, from its checkpoints
 
     def on_train_start(self, info: dict) -> None:
         self.info = info
         files.write_text(self.out / "metrics.jsonl", "".join(json_line(r) for r in self.rows))
         files.write_text(self.out / "metrics.csv", ",".join(CSV_COLUMNS) + "\n" + "".join(map(csv_line, self.rows)))
-        summary = self.out / "summary.json"
-        if self.resumed and summary.is_file() and not files.is_symlink(summary):
-            summary.unlink()  # the run is unfinished again (summary.json is this run's own file)
+        if self.resumed is not None:
+            for name in ("summary.json", PREDICTIONS):  # the run is unfinished again (these are this run's own files)
+                _remove_own(self.out / name)
+            self.keep_best(self.resumed)
         write_json(self.out / "config.json", {**self.config, "resolved": {**info, "environment": environment()}})
         if self.val_files is not None:
             files.write_bytes(self.out / "val_files.txt", file_list(self.val_files))
@@ -294,14 +354,40 @@ class RunWriter(Callback):
         self.draw_curves([(self.config.get("model", ""), self.rows)],
                          [self.out / "curves.svg", self.out / "curves.png"], title)
 
+    def keep_best(self, payload: dict) -> None:
+        """A run whose best test was its last state kept no best.pt (checkpoint.pt held the best): before
+        it trains further, which rewrites checkpoint.pt, the best weights go to best.pt."""
+        record = run_test_record(payload)
+        if record is not None and record["test_acc"] == payload["run_state"].get("best_test_acc") \
+                and not os.path.lexists(self.out / "best.pt"):
+            ckpt.save_checkpoint(self.out / "best.pt", ckpt.for_predicting(payload))
+
+    def on_test(self, result: dict) -> None:
+        self.test = result
+
     def on_checkpoint(self, payload: dict, is_best: bool) -> None:
+        self.class_names = payload["class_names"]
         ckpt.save_checkpoint(self.out / "checkpoint.pt", payload)
         if is_best:
-            ckpt.save_checkpoint(self.out / "best.pt", payload)
+            ckpt.save_checkpoint(self.out / "best.pt", ckpt.for_predicting(payload))
 
     def on_train_end(self, summary: dict) -> None:
-        write_json(self.out / "summary.json", summary)
+        final = self.test is not None and self.test["step"] == summary["steps"]  # tested after the last step
+        if final:
+            files.write_bytes(self.out / PREDICTIONS, predictions_csv(self.test, self.class_names, self.val_files))
+        best_is_last = summary["best_step"] is not None and summary["best_step"] == summary["steps"]
+        if best_is_last:
+            _remove_own(self.out / "best.pt")  # an earlier, lower best: checkpoint.pt holds the best
+        write_json(self.out / "summary.json", {**summary, "predictions": PREDICTIONS if final else None,
+                                               "best_weights": "checkpoint.pt" if best_is_last else
+                                               "best.pt" if summary["best_step"] is not None else None})
         self.plot()
+
+
+def _remove_own(path: Path) -> None:
+    """Remove a run file this run wrote and now replaces; a link or anything but a file is left alone."""
+    if path.is_file() and not files.is_symlink(path):
+        path.unlink()
 
 
 def read_metrics(out: Path) -> list[dict]:

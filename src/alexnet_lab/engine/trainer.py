@@ -1,4 +1,4 @@
-"""The training engine: `fit` runs a config end to end; `evaluate` is the test pass (the step: engine.step).
+"""The training engine: `fit` runs a config end to end (the step: engine.step; the test pass: engine.evaluation).
 
 No printing here: progress, files and plots are callbacks supplied by the caller (the CLI).
 """
@@ -10,15 +10,14 @@ import time
 from dataclasses import dataclass, field, fields
 
 import torch
-from torch import nn
 
 from alexnet_lab.engine import checkpoint as ckpt
 from alexnet_lab.engine.config import TrainConfig, log_every, target_check_due, tests_at_epoch_end
 from alexnet_lab.engine.distributed import agree_to_stop, seed_per_rank
-from alexnet_lab.engine.device import autocast, backend_flags, resolve_device, synchronize
+from alexnet_lab.engine.device import backend_flags, resolve_device, synchronize
 from alexnet_lab.engine.builders import Splits, make_loaders, model_options, splits_for, whitening_images
-from alexnet_lab.engine.step import TrainingStep, build_training_step, to_model_input
-from alexnet_lab.engine.tta import tta_logits
+from alexnet_lab.engine.evaluation import evaluate
+from alexnet_lab.engine.step import TrainingStep, build_training_step
 from alexnet_lab.errors import UserError
 from alexnet_lab.models.whitening import whitening_layers
 
@@ -26,11 +25,14 @@ from alexnet_lab.models.whitening import whitening_layers
 class Callback:
     """Hooks the engine calls; every method is optional. Rows are plain dicts of numbers."""
 
+    def on_prepared(self, run) -> None: ...              # engine.run.Prepared: config, data, folder, resume
     def on_train_start(self, info: dict) -> None: ...
     def on_step(self, step: int) -> None: ...            # host-side only; must not sync
     def on_log(self, row: dict) -> None: ...             # a point of the training curves
-    def on_checkpoint(self, payload: dict, is_best: bool) -> None: ...
+    def on_test(self, result: dict) -> None: ...         # a test pass: evaluation.evaluate's dict, step, model
+    def on_checkpoint(self, payload: dict, is_best: bool) -> None: ...  # is_best: a new best before the last state
     def on_train_end(self, summary: dict) -> None: ...
+    def on_exit(self, taken_back: bool) -> None: ...     # however the run ended (taken_back: its new folder is undone)
     def should_stop(self) -> bool: return False          # checked at every step boundary
 
 
@@ -123,47 +125,6 @@ class Run:
         return budget is not None and self.elapsed() >= budget
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "fp32",
-             channels_last: bool = False, num_classes: int = 10, world_size: int = 1,
-             tta: str = "none", keep_logits: bool = False) -> dict:
-    """Accuracy, mean loss and per-class counts over a loader (one sync at the end).
-
-    `tta` averages the logits over flipped/shifted views of each image (engine/tta.py). `keep_logits`
-    (one process only) also returns every image's logits, float32 (N, classes) on the CPU, in the
-    loader's order, and the predictions counted (`predicted`, (N,)): a report's per-image view.
-    """
-    if keep_logits and world_size > 1:
-        raise ValueError("keep_logits needs the whole test set in one process (world_size 1)")
-    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-    was_training = model.training
-    model.eval()
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    loss_sum = torch.zeros((), device=device)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    for images, labels in loader:
-        with autocast(precision, device):
-            logits = tta_logits(model, to_model_input(images, channels_last), tta)
-        loss_sum += loss_fn(logits.float(), labels)
-        predicted = logits.argmax(dim=1)
-        cell = labels * num_classes + predicted  # row = true class, column = prediction
-        # index_add_, not bincount: CUDA's bincount reads its input's max back to the host (a sync per batch).
-        confusion.view(-1).index_add_(0, cell, torch.ones_like(cell))
-        if keep_logits:  # a sync per batch, only when asked (the report)
-            kept.append((logits.float().cpu(), predicted.cpu()))
-    model.train(was_training)
-    loss_sum = _all_reduce(loss_sum, world_size)
-    confusion = _all_reduce(confusion, world_size).cpu()  # the sync point of evaluation
-    n = int(confusion.sum())
-    correct = int(confusion.diag().sum())
-    result = {"accuracy": correct / max(n, 1), "loss": float(loss_sum) / max(n, 1), "examples": n,
-              "correct": correct, "confusion": confusion}
-    if keep_logits:
-        result["logits"] = torch.cat([k[0] for k in kept]) if kept else torch.zeros(0, num_classes)
-        result["predicted"] = torch.cat([k[1] for k in kept]) if kept else torch.zeros(0, dtype=torch.int64)
-    return result
-
-
 def fit(config: TrainConfig, callbacks: list[Callback] | None = None, *, splits: Splits | None = None,
         resume: dict | None = None, rank: int = 0, world_size: int = 1, wrap_model=None) -> dict:
     """Train `config` to the end (or to its target accuracy) and return the summary dict.
@@ -228,7 +189,7 @@ def restore(step: TrainingStep, resume: dict) -> RunState:
         raise UserError(f"The checkpoint to resume from holds non-finite (NaN or inf) values in "
                         f"{', '.join(damaged[:3])}{more}, so no training can continue from it. alexnet-lab "
                         "never saves a diverged state: the file was changed, or written by another tool. "
-                        "Resume from the run's best.pt (copy it over checkpoint.pt) or retrain.")
+                        "Restore checkpoint.pt from a copy, or retrain (best.pt holds weights for predicting only).")
     try:
         step.load_state_dict(resume)
         state = RunState(**resume["run_state"])
@@ -325,18 +286,19 @@ def log_point(run: Run, state: RunState, end_of_epoch: bool) -> bool:
     if end_of_epoch:
         state.epoch, state.batch = state.epoch + 1, 0
     saving = end_of_epoch or is_best or state.reached
-    if saving:
-        save(run, state, is_best)
+    if saving:  # a best at the run's last state is in checkpoint.pt: best.pt would be a copy of it
+        save(run, state, is_best and not (state.reached or state.out_of_time or state.step == run.total_steps))
     state.chunk_start = time.perf_counter()
     return saving
 
 
 def evaluate_point(run: Run, state: RunState, row: dict) -> bool:
-    """Evaluate on the test set into `row`; note the best accuracy and the target. True: a new best."""
-    test_acc = evaluate(run.step.eval_model, run.test_loader, run.device, run.step.precision,
-                        run.step.channels_last, len(run.splits.class_names), run.world_size,
-                        tta=run.config.tta)["accuracy"]
-    row["test_acc"] = test_acc
+    """Evaluate on the test set into `row` (and `on_test`: the last one, after the last step, is the run's
+    final test pass); note the best accuracy and the target. True: a new best."""
+    result = evaluate(run.step.eval_model, run.test_loader, run.device, run.step.precision,
+                      run.step.channels_last, len(run.splits.class_names), run.world_size, tta=run.config.tta)
+    run.emit("on_test", {**result, "step": state.step, "model": run.step.eval_model})
+    row["test_acc"] = test_acc = result["accuracy"]
     is_best = test_acc > state.best_test_acc
     state.best_test_acc = max(state.best_test_acc, test_acc)
     target = run.config.target_accuracy
@@ -402,6 +364,7 @@ def summarize(run: Run, state: RunState) -> dict:
         "train_acc": trained[-1]["train_acc"] if trained else float("nan"),
         "test_acc": tested[-1]["test_acc"] if tested else float("nan"),
         "best_test_acc": state.best_test_acc,
+        "best_step": next((r["step"] for r in tested if r["test_acc"] == state.best_test_acc), None),
         # examples/sec as d2l defines it: training examples over time spent in training steps.
         "examples_per_sec": state.examples / max(state.step_seconds, 1e-9),
         "step_seconds": state.step_seconds, "wall_seconds": state.wall_seconds,

@@ -1,8 +1,9 @@
 """The run report: one self-contained report.html (figures embedded, no network) telling a run's
-whole story, or comparing several runs; built from the run folder alone (plus the test images).
+whole story, or comparing several runs; built from the run folder alone (plus the few test images it shows).
 
-Reads config.json, metrics.jsonl, summary.json and best.pt/checkpoint.pt; what a run lacks
-(interrupted, resumed, trained with --limit-*) is said in the page, never a crash.
+Reads config.json, metrics.jsonl, summary.json, predictions.csv (the run's final test: nothing is
+tested again) and checkpoint.pt; what a run lacks (interrupted, resumed, trained with --limit-*) is
+said in the page, never a crash.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def run_context(path: Path, *, device: str, data_dir: str | None, with_model: bo
         ctx["curves_uri"] = figure_uri(lambda t: plot_curves([(config.get("model", ""), run["metrics"])], [t],
                                                              title), fmt="svg")
     if with_model:
-        ctx["learned"] = learned_sections(path, device=device, data_dir=data_dir)
+        ctx["learned"] = learned_sections(path, run["summary"], device=device, data_dir=data_dir)
     ctx["run"] = run
     return ctx
 
@@ -132,7 +133,7 @@ def render(context: dict) -> str:
 
 
 GENERATOR = '<meta name="generator" content="alexnet-lab report">'  # in report.html.j2: marks our pages
-RUN_FILES = ("checkpoint.pt", "best.pt", "config.json", "metrics.jsonl", "summary.json")
+RUN_FILES = ("checkpoint.pt", "best.pt", "config.json", "metrics.jsonl", "summary.json", "predictions.csv")
 
 
 def is_report(path: Path) -> bool:

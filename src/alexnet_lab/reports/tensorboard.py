@@ -1,5 +1,6 @@
 """TensorBoard event files in RUN_DIR/tensorboard/: the curves as training goes, and at the end the
-confusion matrix, the first-layer filters and the config as hparams (`tensorboard --logdir runs/`).
+confusion matrix and first-layer filters of the run's final test and the config as hparams
+(`tensorboard --logdir runs/`).
 
 This is the one writer that does not go through files.py: an event file is an append-only stream that
 TensorBoard reads while it grows (a run is watched live), written by tensorboard's own writer, so
@@ -19,18 +20,12 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-import torch
 from PIL import Image
 
 from alexnet_lab.analysis.features import first_layer_filters
-from alexnet_lab.engine.builders import Splits
-from alexnet_lab.engine.checkpoint import class_names
 from alexnet_lab.engine.config import TrainConfig
-from alexnet_lab.engine.evaluation import evaluate_checkpoint
-from alexnet_lab.engine.inference import load_trained
 from alexnet_lab.engine.trainer import Callback
 from alexnet_lab.errors import UserError, printable
-from alexnet_lab.reports.learned import pick_checkpoint
 from alexnet_lab.reports.plots import plot_confusion, plot_filters
 
 FOLDER = "tensorboard"
@@ -94,24 +89,31 @@ def hparam_value(value):
 
 
 class TensorBoardLogger(Callback):
-    """Writes the run's events on the process that owns the run folder (callbacks of engine.trainer.fit).
+    """Writes the run's events on the process that owns the run folder (callbacks of engine.run.train).
 
     Scalars at every logged point, x axis = step: train_loss, train_acc, test_acc (where evaluated), lr
-    and examples_per_s. At the end, from best.pt (else checkpoint.pt, as the report picks), evaluated
-    once on the run's test images: the confusion matrix and the first-layer filters as images."""
+    and examples_per_s. At the end, from the run's final test pass (no test of its own): the confusion
+    matrix and the first-layer filters of the weights it tested, as images."""
 
-    def __init__(self, out: Path, config: TrainConfig, splits: Splits, *, resumed_state: dict | None = None):
-        """`resumed_state`: the checkpoint's run_state when the run resumes (its step, examples and wall
-        clock are where this process's curves continue)."""
-        self.out, self.config, self.splits = Path(out), config, splits
-        state = resumed_state or {}
-        self.last = (state.get("examples", 0), state.get("wall_seconds", 0.0))  # (examples, elapsed_s)
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.config: TrainConfig | None = None
+        self.class_names: tuple[str, ...] = ()
+        self.last = (0, 0.0)  # (examples, elapsed_s) at the previous logged point
         self.writer = None
         self.folder = self.out / FOLDER
         self.found: set[str] | None = None  # what the folder held before this process (None: not started)
         self.made_folder = False
+        self.test: dict | None = None  # the last test pass (`on_test`)
         self.note: str | None = None  # why the end-of-run images are missing, for the console
-        check_folder(self.out)  # refused now, before the run folder is written (not at the first step)
+
+    def on_prepared(self, run) -> None:
+        """The run's config; a resumed run's curves continue at its checkpoint's examples and wall clock.
+        The folder is refused now, before the run folder is written (not at the first step)."""
+        self.config, self.class_names = run.config, run.splits.class_names
+        state = run.resumed["run_state"] if run.resumed is not None else {}
+        self.last = (state.get("examples", 0), state.get("wall_seconds", 0.0))
+        check_folder(self.out)
 
     def on_train_start(self, info: dict) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -145,31 +147,38 @@ class TensorBoardLogger(Callback):
             self.writer.add_scalar("examples_per_s", (row["examples"] - examples) / (row["elapsed_s"] - seconds), step)
         self.last = (row["examples"], row["elapsed_s"])
 
+    def on_test(self, result: dict) -> None:
+        self.test = result
+
     def on_train_end(self, summary: dict) -> None:
         try:
-            for tag, image in self.final_images(torch.device(summary["device"])).items():
+            for tag, image in self.final_images(summary["steps"]).items():
                 self.writer.add_image(tag, image, summary["steps"], dataformats="HWC")
-        except (UserError, OSError, RuntimeError, ValueError) as exc:  # RuntimeError: e.g. out of GPU memory
+        except (UserError, OSError, RuntimeError, ValueError) as exc:  # RuntimeError: e.g. out of memory
             self.note = f"TensorBoard images not written ({type(exc).__name__}: {exc})"
         self.writer.file_writer.add_summary(self.session_end, summary["steps"])
         self.writer.flush()
 
-    def final_images(self, device: torch.device) -> dict:
-        """{tag: (H, W, 3) uint8}: the confusion matrix and the first-layer filters of the checkpoint
-        the report shows, drawn by the report's own functions (reports/plots.py)."""
-        path = pick_checkpoint(self.out)
-        if path is None:
-            raise UserError("no checkpoint in the run folder")
-        model, config, payload = load_trained(path, device)
-        step = payload["run_state"].get("step")
-        confusion = evaluate_checkpoint(model, config, self.splits, device)["confusion"]
+    def final_images(self, step: int) -> dict:
+        """{tag: (H, W, 3) uint8}: the confusion matrix of the final test pass (after the last step) and the
+        first-layer filters of the weights it tested, drawn by the report's own functions (reports/plots.py)."""
+        if self.test is None or self.test["step"] != step:
+            raise UserError("this process ran no test after the last step")
+        confusion, model, name = self.test["confusion"], self.test["model"], self.config.model
         images = {"confusion_matrix": _rendered(lambda target: plot_confusion(
-            confusion, class_names(payload), target,
-            title=f"{config.model}, {path.name} (step {step}): {int(confusion.sum()):,} test images"))}
+            confusion, self.class_names, target,
+            title=f"{name}, final weights (step {step}): {int(confusion.sum()):,} test images"))}
         filters = first_layer_filters(model)
-        title = f"{len(filters)} first-layer filters of {config.model}, {filters.shape[1]}x{filters.shape[1]}"
+        title = f"{len(filters)} first-layer filters of {name}, {filters.shape[1]}x{filters.shape[1]}"
         images["first_layer_filters"] = _rendered(lambda target: plot_filters(filters.numpy(), [target], title=title))
         return images
+
+    def on_exit(self, taken_back: bool) -> None:
+        """The writer is closed however the run ends; a run stopped before its first checkpoint takes its
+        event files back, as engine.run takes back the run's other files then."""
+        if taken_back:
+            self.discard()
+        self.close()
 
     def close(self) -> None:
         if self.writer is not None:
