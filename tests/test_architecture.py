@@ -64,6 +64,27 @@ def test_no_command_imports_another_command():
     assert sideways == []
 
 
+def test_only_the_engine_trains_or_claims_a_run_folder():
+    """One run lifecycle (engine/run.py `train`): outside engine/ nothing imports `fit` or `claim_run_dir`,
+    nor reaches them through an imported engine module (`trainer.fit`)."""
+    lifecycle_parts = {"fit", "claim_run_dir"}
+    found = []
+    for rel, tree in modules():
+        if rel.parts[0] == "engine":
+            continue
+        engine_modules = set()  # the names this file binds to alexnet_lab.engine modules
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("alexnet_lab.engine"):
+                found += [f"{rel} imports {node.module}.{a.name}" for a in node.names if a.name in lifecycle_parts]
+                engine_modules |= {a.asname or a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                engine_modules |= {a.asname for a in node.names if a.name.startswith("alexnet_lab.engine") and a.asname}
+        found += [f"{rel} uses {node.value.id}.{node.attr}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Attribute) and node.attr in lifecycle_parts
+                  and isinstance(node.value, ast.Name) and node.value.id in engine_modules]
+    assert found == []
+
+
 def test_no_function_is_longer_than_60_lines():
     long = [f"{rel}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
             for rel, tree in modules() for node in ast.walk(tree)

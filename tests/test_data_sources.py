@@ -145,6 +145,28 @@ def test_a_checkpoints_test_split_refuses_data_of_other_classes(tmp_path, payloa
         checkpoint_test_split(run, payload, data=f"imagefolder:{shapes}")
 
 
+def test_export_and_visualize_decode_only_the_images_they_use(tmp_path, monkeypatch, capsys):
+    """export's check compares the model on its first N test images, visualize shows one: of an image
+    folder's files those are decoded, and no other (the manifest lists the files without decoding them)."""
+    from alexnet_lab.data import imagefolder
+
+    folder = make_shapes(tmp_path / "shapes", per_class=15, classes=SHAPES)  # 24 train / 6 val
+    run = tmp_path / "run"
+    assert main(["train", "--model", "lenet", "--data", f"imagefolder:{folder}", "--epochs", "1", "--batch-size",
+                 "8", "--device", "cpu", "--out", str(run), "--no-report", "--no-tensorboard"]) == 0
+    decoded, real = [], imagefolder.decode_image
+    monkeypatch.setattr(imagefolder, "decode_image", lambda path, *a, **k: (decoded.append(path), real(path, *a, **k))[1])
+    val = (run / "val_files.txt").read_text().splitlines()
+    assert main(["export", "--checkpoint", str(run / "checkpoint.pt"), "--format", "safetensors", "--out",
+                 str(tmp_path / "m.safetensors"), "--check-images", "2"]) == 0
+    assert "Check on the first 2 test images" in capsys.readouterr().out
+    assert [p.relative_to(folder).as_posix() for p in decoded] == val[:2]
+    decoded.clear()
+    assert main(["visualize", "--checkpoint", str(run / "checkpoint.pt"), "--test-index", "4", "--device", "cpu",
+                 "--out", str(tmp_path / "v")]) == 0
+    assert [p.relative_to(folder).as_posix() for p in decoded] == [val[4]]
+
+
 @pytest.mark.parametrize("module", ["cli/evaluate.py", "cli/visualize.py", "cli/export.py", "reports/learned.py"])
 def test_every_command_that_reads_a_checkpoint_takes_its_test_split_from_one_function(module):
     text = (SRC / module).read_text(encoding="utf-8")
