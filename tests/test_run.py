@@ -249,3 +249,26 @@ def test_best_pt_holds_only_what_predicting_needs_and_every_command_reads_it(dat
     assert main(["train", "--resume", str(out), "--epochs", "3", "--no-report", "--no-tensorboard"]) == 2
     assert "--resume reads only the run's checkpoint.pt (best.pt holds the best weights for predicting" in \
         capsys.readouterr().err
+
+
+def test_extending_a_run_whose_best_was_its_last_state_keeps_those_weights_in_best_pt(data_dir, tmp_path,
+                                                                                     monkeypatch):
+    """A finished run that tested best at its end has no best.pt; trained further (a larger --epochs),
+    its checkpoint.pt is rewritten, so the best weights go to best.pt first, and its final test is new."""
+    real, accuracies = evaluation.evaluate, iter([0.9, 0.5])
+
+    def worse_later(*args, **kwargs):
+        return {**real(*args, **kwargs), "accuracy": next(accuracies)}
+
+    monkeypatch.setattr(trainer, "evaluate", worse_later)
+    out = tmp_path / "r"
+    assert main(train_args(data_dir, out, "--no-report", "--no-tensorboard")) == 0
+    assert not (out / "best.pt").exists()
+    first = load_checkpoint(out / "checkpoint.pt")
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-report", "--no-tensorboard"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["steps"], summary["best_step"], summary["best_weights"]) == (4, 2, "best.pt")
+    best = load_checkpoint(out / "best.pt")
+    assert best["run_state"]["step"] == 2
+    assert all(torch.equal(best["model_state"][k], v) for k, v in first["model_state"].items())
+    assert summary["predictions"] == "predictions.csv" and len((out / "predictions.csv").read_text().splitlines()) == 33
