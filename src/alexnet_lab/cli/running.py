@@ -68,7 +68,8 @@ def run_training(config: TrainConfig | None, out=None, *, resume: lifecycle.Resu
         return _train_other_rank(config, out, resume=resume, splits=splits, env=env)
     folder = Path(resume.run_dir if resume is not None else out)
     events = TensorBoardLogger(folder) if tensorboard_on(tensorboard) else None
-    start, reporter, interrupt = RunStart(events is not None), ConsoleReporter(out=folder, mode=progress), GracefulInterrupt()
+    start, reporter, interrupt = RunStart(events is not None), ConsoleReporter(out=folder, mode=progress), \
+        GracefulInterrupt()
     try:
         with interrupt:
             summary = lifecycle.train(config, out, resume=resume, env=env, splits=splits, draw_curves=plot_curves,

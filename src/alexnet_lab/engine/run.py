@@ -56,8 +56,8 @@ def train(config: TrainConfig | None, out: str | os.PathLike | None = None, *, r
     the run `resume` names (`config` None, `out` None or its folder); return the summary.
 
     In order: the checks that need no data; the data (`splits`, or read once per machine); the memory
-    check; the folder claimed and locked for the run's life; the callbacks' `on_prepared`; `fit`, whose
-    last test pass, after the last step, the folder keeps (predictions.csv, summary.json). A callback
+    check; the folder claimed and locked for the run's life; the callbacks' `on_prepared`; `fit`, with
+    RunWriter writing the folder, which keeps the last test pass (predictions.csv, summary.json). A callback
     asking to stop (`should_stop`, a signal) before training starts raises `StopRequested(None)`; a new
     folder left by a stop before the first checkpoint is removed, with the parents it made."""
     def stop_here() -> None:  # under torchrun the ranks stop together, in fit
@@ -78,7 +78,9 @@ def train(config: TrainConfig | None, out: str | os.PathLike | None = None, *, r
             callback.on_prepared(run)
         held.push(lambda _type, exc, _traceback: _exit(callbacks, _stopped_early(exc, run.out)))
         stop_here()
-        summary = _fit(run, callbacks, env, draw_curves)
+        writer = [] if run.out is None else [RunWriter(run.out, run.config.to_dict(), resumed=run.resumed,
+                                                       draw_curves=draw_curves, val_files=run.splits.test_files)]
+        summary = fit(run.config, [*writer, *callbacks], splits=run.splits, resume=run.resumed, **env.fit_kwargs())
     distributed.teardown(env)  # every rank leaves the job together, now: what follows is rank 0's alone
     return summary
 
@@ -86,16 +88,6 @@ def train(config: TrainConfig | None, out: str | os.PathLike | None = None, *, r
 def _exit(callbacks: Sequence[Callback], taken_back: bool) -> None:
     for callback in callbacks:  # before a new folder is taken back: their files go first
         callback.on_exit(taken_back)
-
-
-def _fit(run: Prepared, callbacks: Sequence[Callback], env: distributed.DistEnv, draw_curves) -> dict:
-    """`fit` with the run folder written as training goes (RunWriter, where `run.out` is set)."""
-    kwargs = {"splits": run.splits, "resume": run.resumed, **env.fit_kwargs()}
-    if run.out is None:
-        return fit(run.config, list(callbacks), **kwargs)
-    writer = RunWriter(run.out, run.config.to_dict(), resumed=run.resumed, draw_curves=draw_curves,
-                       val_files=run.splits.test_files)
-    return fit(run.config, [writer, *callbacks], **kwargs)
 
 
 # --- data ------------------------------------------------------------------------------------------

@@ -285,6 +285,7 @@ def read_predictions(out: Path, class_names) -> dict | None:
             "predicted": torch.tensor(columns[2], dtype=torch.int64),
             "confidence": torch.tensor(columns[3], dtype=torch.float64)}
 
+
 def file_list(names: list[str]) -> bytes:
     """File names one a line, as the file system spells them (an undecodable byte as it was); a line
     break inside a name, the one thing a line cannot hold, written as \\n or \\r."""

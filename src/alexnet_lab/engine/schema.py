@@ -392,7 +392,8 @@ SUMMARY = {"model": str, "preset": str, "device": str, "precision": str, "epochs
            "train_loss": float | None, "train_acc": float | None, "test_acc": float | None,
            "best_test_acc": float | None, "examples_per_sec": float | None, "step_seconds": float | None,
            "wall_seconds": float | None, "train_examples": int, "target_accuracy": float | None,
-           "reached_target": bool, "time_to_target_s": float | None}
+           "reached_target": bool, "time_to_target_s": float | None, "best_step": int | None,
+           "best_weights": str | None, "predictions": str | None}
 # A metrics row (engine.trainer.log_point); JSON has no NaN, so the writer stores null for one.
 ROW = {"epoch": float, "step": int, "examples": int, "train_loss": float | None, "train_acc": float | None,
        "test_acc": float | None, "lr": float | None, "elapsed_s": float | None}
