@@ -45,10 +45,6 @@ class Interrupted(Exception):
         self.exit_code = exit_code
 
 
-# What ends a run early on a signal: a new run's folder stopped before its first checkpoint is undone.
-STOPS = (Interrupted, ImmediateExit, KeyboardInterrupt)
-
-
 class StartupSignals:
     """`with StartupSignals() as signals:` on main's first line: SIGINT/SIGTERM are only recorded, and acted on
     at safe points (`check`) or by `GracefulInterrupt` when training starts. Python's KeyboardInterrupt in the
