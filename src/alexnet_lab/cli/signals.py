@@ -45,53 +45,81 @@ class Interrupted(Exception):
         self.exit_code = exit_code
 
 
-class StartupSignals:
-    """`with StartupSignals() as signals:` on main's first line: SIGINT/SIGTERM are only recorded, and acted on
-    at safe points (`check`) or by `GracefulInterrupt` when training starts. Python's KeyboardInterrupt in the
-    middle of an import leaves a half-made module, in a `__del__` it is lost, in C++ it may abort. A second
-    signal raises `ImmediateExit`, a third meets the default action; one ignored at start stays ignored."""
-
-    active: "StartupSignals | None" = None  # the one installed (signal handlers are per process)
+class SignalRecorder:
+    """In `with` (main thread only, where Python allows handlers): the first SIGINT/SIGTERM is recorded
+    (`signum`) and announced; the second raises `ImmediateExit` wherever the program is; the third meets the
+    default action. The handlers from before are given back on leaving (`release`, idempotent)."""
 
     def __init__(self, stream=None):
         self.stream = stream
         self.signum: int | None = None
-        self.announce = False  # set once the command runs: a first signal then says what happens
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> "StartupSignals":
-        if threading.current_thread() is threading.main_thread():  # where Python allows handlers
+    def installs(self, signum: int) -> bool:
+        return True
+
+    def announcement(self) -> str | None:
+        """What happens after a first signal, or None to stay silent."""
+        return None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
             for signum in SIGNALS:
-                if signal.getsignal(signum) is not signal.SIG_IGN:
-                    self._previous[signum] = signal.signal(signum, self._record)
-            StartupSignals.active = self
+                if self.installs(signum):
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.release()
 
     def release(self) -> None:
-        """Give the signals back to the handlers from before `__enter__` (idempotent)."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
-        if StartupSignals.active is self:
-            StartupSignals.active = None
 
-    def _record(self, signum: int, frame) -> None:
-        if self.signum is not None:
-            for other in SIGNALS:  # a third signal ends the process on the spot
-                if other in self._previous:
-                    signal.signal(other, signal.SIG_DFL)
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:  # surfaces when the running tensor op returns; a third signal kills
+            for other in self._previous:
+                signal.signal(other, signal.SIG_DFL)
             raise ImmediateExit(signum)
         self.signum = signum
-        if self.announce:
-            say(f"\nReceived {signal.Signals(signum).name}: stopping before training starts. Press Ctrl-C "
-                "again to quit at once.\n", self.stream)
+        then = self.announcement()
+        if then:
+            say(f"\nReceived {signal.Signals(signum).name}: {then}. Press Ctrl-C again to quit at once.\n", self.stream)
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum if self.signum is not None else signal.SIGINT).name
 
     @property
     def exit_code(self) -> int:
         return exit_code(self.signum if self.signum is not None else signal.SIGINT)
+
+
+class StartupSignals(SignalRecorder):
+    """`with StartupSignals() as signals:` on main's first line: SIGINT/SIGTERM are only recorded, and acted on
+    at safe points (`check`) or by `GracefulInterrupt` when training starts. Python's KeyboardInterrupt in the
+    middle of an import leaves a half-made module, in a `__del__` it is lost, in C++ it may abort. A signal
+    ignored when the process started (a script's `cmd &`) stays ignored."""
+
+    active: "StartupSignals | None" = None  # the one installed (signal handlers are per process)
+    announce = False  # set once the command runs: a first signal then says what happens
+
+    def installs(self, signum: int) -> bool:
+        return signal.getsignal(signum) is not signal.SIG_IGN
+
+    def announcement(self) -> str | None:
+        return "stopping before training starts" if self.announce else None
+
+    def __enter__(self) -> "StartupSignals":
+        if threading.current_thread() is threading.main_thread():
+            StartupSignals.active = super().__enter__()
+        return self
+
+    def release(self) -> None:
+        super().release()
+        if StartupSignals.active is self:
+            StartupSignals.active = None
 
 
 def pending() -> int | None:
