@@ -209,33 +209,6 @@ def class_names(payload: dict) -> tuple[str, ...]:
     return tuple(payload.get("class_names") or CLASS_NAMES)
 
 
-def check_model_state(payload: dict, path: str | os.PathLike) -> None:
-    """Raise a UserError naming `path` unless the weights fit the model the payload names
-    (names and shapes compared against the model built on the meta device: no memory, no compute)."""
-    from alexnet_lab.models import build_model  # engine -> models; imported here to keep this light
-
-    if "model_state" not in payload or "model_name" not in payload:
-        raise UserError(f"Checkpoint '{path}' holds no model weights (model_name/model_state missing).")
-    with torch.device("meta"):
-        model = build_model(payload["model_name"], **model_kwargs(payload))
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    problems = state_problems(expected, payload["model_state"])
-    if problems:
-        more = f" and {len(problems) - 2} more" if len(problems) > 2 else ""
-        raise UserError(f"Checkpoint '{path}' does not match model '{payload['model_name']}' "
-                        f"({'; '.join(problems[:2])}{more}). It was written for another model or version.")
-
-
-def state_problems(expected: dict, state) -> list[str]:
-    """How a state_dict differs from the names and shapes `expected` ({name: shape}); [] if it fits."""
-    got = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)} \
-        if isinstance(state, dict) else {}
-    return ([f"missing {k}" for k in expected if k not in got]
-            + [f"unexpected {k}" for k in got if k not in expected]
-            + [f"{k} has shape {got[k]}, the model needs {expected[k]}"
-               for k in expected if k in got and got[k] != expected[k]])
-
-
 def check_same_data(payload: dict, fingerprint: dict, run_dir: str | os.PathLike, *, allow: bool = False) -> bool:
     """True if the data a run resumes on are those its checkpoint was trained on (or the checkpoint
     predates fingerprints). Otherwise a UserError saying what differs, unless `allow` (then False)."""

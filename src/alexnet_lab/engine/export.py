@@ -19,8 +19,8 @@ from torch import nn
 from alexnet_lab import files
 from alexnet_lab.engine.archives import (PT2, TORCHSCRIPT, TORCHSCRIPT_PROBLEM, check_pt2, read_archive,
                                          weights_only_loads)
-from alexnet_lab.engine.checkpoint import _cause, state_problems
-from alexnet_lab.engine.schema import check_model_build, check_model_metadata
+from alexnet_lab.engine.checkpoint import _cause
+from alexnet_lab.engine.schema import check_model_build, check_model_metadata, weights_problem
 from alexnet_lab.errors import UserError, describe, printable
 
 FORMATS = ("onnx", "pt2", "safetensors")
@@ -207,13 +207,10 @@ class ModelFile:
 
         name, kwargs = check_model_build(self.meta, self.path)
         with torch.device("meta"):
-            expected = {key: tuple(value.shape) for key, value in build_model(name, **kwargs).state_dict().items()}
-        problems = state_problems(expected, weights)
-        if problems:
-            more = f" and {len(problems) - 2} more" if len(problems) > 2 else ""
-            raise UserError(f"Model file '{self.path}' does not match model '{name}' built with {kwargs} "
-                            f"({'; '.join(problems[:2])}{more}): its weights and metadata disagree. Export the "
-                            "model again with alexnet-lab export.")
+            problem = weights_problem(build_model(name, **kwargs), weights)
+        if problem:
+            raise UserError(f"Model file '{self.path}' does not match model '{name}' built with {kwargs} ({problem}): "
+                            "its weights and metadata disagree. Export the model again with alexnet-lab export.")
         model = build_model(name, **kwargs)
         try:
             model.load_state_dict(weights, strict=True)

@@ -91,14 +91,18 @@ class Fields:
 
 def check_checkpoint(payload: dict, path, *, for_resume: bool = False, advice: str = ckpt.LOAD_ADVICE) -> TrainConfig:
     """Check every field a command reads from a loaded checkpoint and return its training config: the
-    model's name, options, weights (against the model built on the meta device: no memory, no compute),
-    config, class names, average of the weights, run state, versions and data fingerprint. `for_resume`
+    model's name, options, weights, config, class names, average of the weights, run state, versions and data fingerprint. `for_resume`
     (train --resume): also every part fit() restores. `advice` ends each message."""
     c = Fields(f"Checkpoint '{path}'", advice)
     c.keys("the checkpoint", payload, required=RESUME_KEYS if for_resume else ("model_name", "model_state", "config"))
     name = c.check("model_name", payload["model_name"], str, choices=list_models())
     kwargs = _model_kwargs(c, payload.get("model_kwargs"))
-    ckpt.check_model_state(payload, path)  # names and shapes of the weights, against the model
+    with torch.device("meta"):  # no memory, no compute
+        model = build_model(name, **kwargs)
+    problem = weights_problem(model, payload["model_state"])
+    if problem:
+        raise UserError(f"Checkpoint '{path}' does not match model '{name}' ({problem}). It was written for another "
+                        "model or version.")
     config = _train_config(c, payload["config"])
     if config.model != name:
         c.fail("config", f"names model {config.model!r} but model_name is {name!r}")
@@ -109,8 +113,6 @@ def check_checkpoint(payload: dict, path, *, for_resume: bool = False, advice: s
     except UserError as exc:
         c.fail("config.resize", f"does not fit the model ({exc})")
     _class_names(c, "class_names", payload.get("class_names"), kwargs["num_classes"])
-    with torch.device("meta"):
-        model = build_model(name, **kwargs)
     _ema_state(c, payload.get("ema_state"), config, model, for_resume)
     if "run_state" in payload:
         _run_state(c, payload["run_state"], for_resume)
@@ -143,6 +145,17 @@ def _resume_parts(c: Fields, payload: dict, config: TrainConfig, model: torch.nn
     _rng_state(c, payload["rng"])
     if "world_size" in payload:
         c.check("world_size", payload["world_size"], int, (1, 2**20, ""))
+
+
+def weights_problem(model: torch.nn.Module, state) -> str | None:
+    """How a state_dict differs from `model`'s in names and shapes (the first two differences), or None."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
+    problems = ([f"missing {k}" for k in expected if k not in got] + [f"unexpected {k}" for k in got if k not in expected]
+                + [f"{k} has shape {got[k]}, the model needs {expected[k]}" for k in expected
+                   if k in got and got[k] != expected[k]])
+    more = f" and {len(problems) - 2} more" if len(problems) > 2 else ""
+    return f"{'; '.join(problems[:2])}{more}" if problems else None
 
 
 def _model_kwargs(c: Fields, value) -> dict:
@@ -191,9 +204,9 @@ def _ema_state(c: Fields, value, config: TrainConfig, model: torch.nn.Module, fo
         c.fail("ema_state", "is present, but the run kept no average of the weights (config.ema_decay is 0)")
     ema = c.mapping("ema_state", value)
     c.keys("ema_state", ema, required=("module", "updates", "decay"))
-    problems = ckpt.state_problems({k: tuple(v.shape) for k, v in model.state_dict().items()}, ema["module"])
-    if problems:
-        c.fail("ema_state.module", f"does not fit model '{config.model}' ({'; '.join(problems[:2])})")
+    problem = weights_problem(model, ema["module"])
+    if problem:
+        c.fail("ema_state.module", f"does not fit model '{config.model}' ({problem})")
     c.check("ema_state.updates", ema["updates"], int, COUNT)
     c.check("ema_state.decay", ema["decay"], float, (0, 1, "low high"))
 
