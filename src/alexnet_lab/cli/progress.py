@@ -1,8 +1,5 @@
-"""What a person sees while training: the plan, progress, the chapter's lines.
-
-Progress is a tqdm bar in a terminal; when stderr is redirected (a log file, nohup, CI) it is one
-plain, flushed line per logged point instead (`--progress bar|log|none` chooses).
-"""
+"""What a person sees while training: the plan, the chapter's lines, and progress: a tqdm bar in a terminal, one
+plain flushed line per logged point when stderr is redirected (`--progress bar|log|none` chooses)."""
 
 from __future__ import annotations
 
