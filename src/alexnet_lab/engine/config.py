@@ -100,29 +100,26 @@ class TrainConfig:
     momentum: float = setting(0.0, "SGD momentum", range=(0, 1, "high"))
     nesterov: bool = setting(False, "Nesterov momentum (with --momentum > 0)")
     weight_decay: float = setting(0.0, "L2 weight decay", range=(0, 1e4))
-    optimizer: str = setting("sgd", "sgd: SGD for every parameter; muon: Muon (momentum orthogonalised by "
-                                    "Newton-Schulz iterations, torch.optim.Muon's update) for the convolution "
-                                    "filters, each viewed as an out x in*k*k matrix, at Muon's own learning "
-                                    "rate, and SGD for the rest: biases, BatchNorm, linear layers",
+    optimizer: str = setting("sgd", "sgd: SGD for every parameter; muon: Muon (torch.optim.Muon's momentum "
+                                    "orthogonalised by Newton-Schulz iterations) for the convolution filters, "
+                                    "viewed as out x in*k*k matrices, at its own learning rate, and SGD for the rest",
                              choices=OPTIMIZERS, bench=True)
     muon_lr: float = setting(0.02, "--optimizer muon: the filters' (peak) learning rate, on --lr's schedule",
                              range=(0, 1e4, "low"))
     muon_momentum: float = setting(0.95, "--optimizer muon: the filters' (Nesterov) momentum", range=(0, 1, "high"))
     muon_ns_steps: int = setting(5, "--optimizer muon: Newton-Schulz iterations per step (airbench: 3)",
                                  range=(1, 99))  # torch.optim.Muon refuses 100 or more
-    muon_renorm: bool = setting(False, "--optimizer muon: rescale each filter tensor to norm sqrt(its output "
-                                       "channels) before every step (airbench's), which changes nothing a "
-                                       "BatchNorm after it sees: for models with BatchNorm")
+    muon_renorm: bool = setting(False, "--optimizer muon: rescale each filter to norm sqrt(its output channels) "
+                                       "before every step (airbench's; for models with BatchNorm after it)")
     bn_momentum: float | None = setting(None, "BatchNorm's running-statistics momentum, PyTorch's convention: "
                                               "the weight of each new batch (default: the model's, 0.1)",
                                         range=(0, 1, "low"))
     freeze_bn_weights: bool = setting(False, "BatchNorm scales stay at 1, untrained (airbench's)")
     bn_bias_lr_scale: float = setting(1.0, "BatchNorm biases train at this multiple of --lr (airbench: 64, "
                                            "with --freeze-bn-weights)", range=(0, 1e4, "low"))
-    head_scale: float = setting(1.0, "multiply the model's output (logits) by this, as airbench scales its "
-                                     "head down; done exactly as a reparametrisation of the last linear layer "
-                                     "(initial weights and bias x s, its lr x s^2, its weight decay / s^2), so "
-                                     "the saved model is the plain architecture",
+    head_scale: float = setting(1.0, "scale the logits by this (airbench's smaller head) as an exact "
+                                     "reparametrisation of the last linear layer (weights x s, lr x s^2, decay "
+                                     "/ s^2), so the saved model is the plain architecture",
                                      range=(1e-3, 1e3))  # lr x s^2 and decay / s^2: within 1e6 of --lr, --weight-decay
     lookahead_every: int = setting(0, "Lookahead: every N steps the slow weights move --lookahead-alpha of the "
                                       "way to the trained ones, which restart from them (0: off)",
@@ -131,11 +128,10 @@ class TrainConfig:
     schedule: str = setting("constant", "learning-rate schedule, per step", choices=SCHEDULES)
     warmup_frac: float = setting(0.25, "onecycle schedule: fraction of the steps spent warming up", range=(0, 1))
     label_smoothing: float = setting(0.0, "cross-entropy label smoothing", range=(0, 1, "high"))
-    init: str = setting("xavier", "weight init: xavier (d2l's xavier_uniform_ on every Conv2d/Linear "
-                                  "weight), default (the model's own: PyTorch's, or for alexnet-2012 the "
-                                  "paper's N(0, 0.01) with biases of 1) or dirac (the model's own, then every "
-                                  "trained convolution the identity on its first in-channels outputs: "
-                                  "airbench's)", choices=INITS)
+    init: str = setting("xavier", "weight init: xavier (d2l's xavier_uniform_ on Conv2d/Linear weights), "
+                                  "default (the model's own; alexnet-2012: the paper's) or dirac (the model's "
+                                  "own, then each convolution the identity on its first outputs: airbench's)",
+                        choices=INITS)
     resize: int | None = setting(None, "input side in pixels (default: the model's)", range=(1, 4096), bench=True)
     augment: str = setting(NO_AUGMENT, "augmentation on the device, kinds joined by '+': crop (random "
                                        "224/256 crops; tested on the centre crop), flip (mirror images: not "
@@ -165,9 +161,8 @@ class TrainConfig:
                         range=(0, 2**32 - 1),  # numpy's seed range; data-order seeds derive from it
                         bench=True)
     deterministic: bool = setting(False, "deterministic kernels (bit-exact resume)", group="numerics")
-    ddp_timeout: float = setting(300, "torchrun: seconds a process waits for the others in a collective "
-                                      "operation before the job ends with an error (a process that stopped "
-                                      "answering); longer than a checkpoint save takes",
+    ddp_timeout: float = setting(300, "torchrun: seconds a process waits for the others in a collective before "
+                                      "the job fails (one stopped answering); longer than a checkpoint save",
                                  range=(1, 86_400),  # seconds: a day at most
                                  resumable=True, group="numerics", compare="never")
     limit_train: int | None = setting(None, "use the first N training examples", range=(1, 2**40), group="data",
@@ -179,14 +174,12 @@ class TrainConfig:
                                  "after the last step, as the speed ladder's records do)", range=(0, 100_000),
                               group="data")
     target_accuracy: float | None = setting(
-        None, "evaluate the test set at every log point (every steps-per-epoch // --log-points-per-epoch "
-              "steps and at each epoch's end) instead of once per epoch; stop at the first test accuracy "
-              ">= this", range=(0, 1, "low"), group="data")
+        None, "stop at the first test accuracy >= this, testing at every log point (and each epoch's end) "
+              "instead of once per epoch", range=(0, 1, "low"), group="data")
     time_budget_s: float | None = setting(
-        None, "stop training once this many seconds have passed since its first step (test evaluations "
-              "during training included, the one after the last step not), or at the planned steps if "
-              "sooner; the lr schedule follows whichever is further along, the steps or the time, so "
-              "one-cycle and cosine still end at lr 0. The clock decides: reruns and resumes are not bit-exact",
+        None, "stop training this many seconds after its first step (evaluations during training included, "
+              "the last one not) or at the planned steps if sooner; the lr schedule follows the steps or the "
+              "time, whichever is further along (one-cycle still ends at lr 0); reruns are not bit-exact",
         range=(0.01, 1e7),  # 1e7 s: 116 days; the schedule's place is the time spent / this
         group="data")
     checkpoint_every: int | None = setting(None, "also checkpoint every N steps", range=(1, 2**40), resumable=True,
@@ -205,10 +198,9 @@ class TrainConfig:
                                   range=(0, 1, "low high"), group="data")
     strict: bool = setting(False, "image folders: refuse unreadable image files instead of listing and "
                                   "skipping them", group="data")
-    data_regime: str = setting("auto", "image folders: memory (decoded once, held in memory, on the GPU "
-                                       "if there is one), stream (decoded by worker processes as batches "
-                                       "need them) or auto (stream when the decoded images would take over "
-                                       "half the free memory of the host or the GPU, or 4 GiB); the same "
+    data_regime: str = setting("auto", "image folders: memory (decoded once, held in memory or on the GPU), "
+                                       "stream (decoded by worker processes as batches need them) or auto "
+                                       "(stream beyond half the free host or GPU memory, or 4 GiB); the same "
                                        "batches either way",
                                choices=("auto", "memory", "stream"), resumable=True, group="data",
                                compare="never")
@@ -396,6 +388,10 @@ PRESETS: dict[str, dict] = {
     # `fast` at batch 32 (4x the steps): the book's 0.883 in one epoch
     "one-epoch": dict(_ONE_CYCLE, model="alexnet", epochs=1, batch_size=32, lr=0.02, weight_decay=5e-4,
                       label_smoothing=0.1, init="xavier", log_points_per_epoch=4),
+    # `one-epoch` with Muon for the convolution filters and no label smoothing: the most test accuracy per
+    # training image measured (docs/RECORDS.md, make run's budget curve); make run's CPU budget trains with it
+    "one-epoch-muon": dict(_ONE_CYCLE, model="alexnet", epochs=1, batch_size=32, lr=0.02, weight_decay=5e-4,
+                           optimizer="muon", muon_lr=0.05, init="xavier", log_points_per_epoch=4),
     # the speed ladder: the least wall-clock time to each target, any registered model
     "speedrun": dict(_ONE_CYCLE, target=0.883, model="speednet", epochs=0.55, batch_size=192, lr=0.1,
                      init="default", log_points_per_epoch=1),
