@@ -99,7 +99,8 @@ class ConsoleReporter(Callback):
         numerics = numerics_line(info.get("numerics"))  # how --precision auto and channels-last were chosen
         if numerics:
             print(numerics, file=self.stream)
-        if info["total_steps"] < FEW_STEPS and info.get("start_step", 0) == 0:
+        # (a run on a clock cannot take more steps: the advice is for runs planned by epochs)
+        if info["total_steps"] < FEW_STEPS and info.get("start_step", 0) == 0 and c.time_budget_s is None:
             print(short_run_note(c, info), file=self.stream)
         self.info = info
         self.start = (time.perf_counter(), info["start_step"], info.get("start_examples", 0))  # the loop starts next
@@ -134,6 +135,11 @@ class ConsoleReporter(Callback):
         if eta is not None and self.config.time_budget_s is not None:  # training stops when its time is up
             eta = max(0.0, min(eta, self.config.time_budget_s - row["elapsed_s"]))
         print(log_line(row, self.info["total_steps"], self.config.epochs, rate, eta), file=self.stream, flush=True)
+
+    def on_test_start(self, examples: int, final: bool) -> None:
+        if final:  # the phase after training begins: said as it starts
+            line = f"Training done; testing on {examples:,} test images..."
+            tqdm.write(line, file=self.stream) if self.bar is not None else print(line, file=self.stream, flush=True)
 
     def on_train_end(self, summary: dict) -> None:
         if self.bar is not None:

@@ -14,7 +14,7 @@ from alexnet_lab.cli.interrupt import GracefulInterrupt, ImmediateExit, Interrup
 from alexnet_lab.cli.progress import ConsoleReporter, add_progress, chapter_lines
 from alexnet_lab.engine import distributed, run as lifecycle
 from alexnet_lab.engine.builders import Splits
-from alexnet_lab.engine.config import TrainConfig, unused_settings
+from alexnet_lab.engine.config import TrainConfig, make_config, unused_settings
 from alexnet_lab.engine.run_dir import PREDICTIONS, default_run_dir
 from alexnet_lab.engine.trainer import Callback, StopRequested
 from alexnet_lab.errors import UserError
@@ -106,12 +106,26 @@ class RunStart(Callback):
             if run.data_changed:
                 print("Note: --allow-data-change: the data differ from those the run started with; continuing on them.")
             describe_resume(run.out, run.resumed, run.config, run.saved)
-        hidden = {"preset", "data_dir"} | unused_settings(run.config)
-        print(f"Config ({run.config.preset}): " + ", ".join(f"{k}={v}" for k, v in run.config.to_dict().items()
-                                                            if k not in hidden), flush=True)
+        print(recipe_line(run.config, run.out), flush=True)
         if self.tensorboard:
             print(tensorboard_line(run.out), flush=True)
         self.started = time.perf_counter()
+
+    def on_train_end(self, summary: dict) -> None:
+        if self.tensorboard:  # TensorBoard's logger draws its images next (it is the last callback)
+            print("Drawing TensorBoard's final images (confusion matrix, first-layer filters)...", flush=True)
+
+
+def recipe_line(config: TrainConfig, out) -> str:
+    """The recipe as what differs from the book's (the d2l preset), the settings that change nothing left
+    out; the whole config is in config.json."""
+    book = make_config("d2l").to_dict()
+    hidden = {"preset", "data_dir", "device", "ddp_timeout", "log_points_per_epoch"} | unused_settings(config)
+    changed = [f"{k}={'auto' if v is None and k == 'channels_last' else v}" for k, v in config.to_dict().items()
+               if k not in hidden and v != book.get(k)]
+    where = f" (all settings: {Path(out) / 'config.json'})" if out is not None else ""
+    return (f"Recipe ({config.preset}): the book's d2l recipe" + (" with " + ", ".join(changed) if changed else "")
+            + where)
 
 
 def describe_resume(out, payload: dict, config: TrainConfig, saved: TrainConfig) -> None:

@@ -29,6 +29,7 @@ class Callback:
     def on_train_start(self, info: dict) -> None: ...
     def on_step(self, step: int) -> None: ...            # host-side only; must not sync
     def on_log(self, row: dict) -> None: ...             # a point of the training curves
+    def on_test_start(self, examples: int, final: bool) -> None: ...  # final: the pass after the last step
     def on_test(self, result: dict) -> None: ...         # a test pass: evaluation.evaluate's dict, step, model
     def on_checkpoint(self, payload: dict, is_best: bool) -> None: ...  # is_best: a new best before the last state
     def on_train_end(self, summary: dict) -> None: ...
@@ -295,6 +296,7 @@ def log_point(run: Run, state: RunState, end_of_epoch: bool) -> bool:
 def evaluate_point(run: Run, state: RunState, row: dict) -> bool:
     """Evaluate on the test set into `row` (and `on_test`: the last one, after the last step, is the run's
     final test pass); note the best accuracy and the target. True: a new best."""
+    run.emit("on_test_start", len(run.splits.test_images), state.step == run.total_steps or state.out_of_time)
     result = evaluate(run.step.eval_model, run.test_loader, run.device, run.step.precision,
                       run.step.channels_last, len(run.splits.class_names), run.world_size, tta=run.config.tta)
     run.emit("on_test", {**result, "step": state.step, "model": run.step.eval_model})

@@ -66,9 +66,17 @@ def run_status(run: dict, path: Path) -> list[str]:
         return notes
     for verb, noun, n, full, flag in (("Trained", "training", train_n, FULL_TRAIN, "limit_train"),
                                       ("Tested", "test", test_n, FULL_TEST, "limit_test")):
-        if config.get(flag) or (n and n < full):
-            how = f"--{flag.replace('_', '-')} {config[flag]}" if config.get(flag) else "a smaller data set"
-            notes.append(f"{verb} on the first {n or config[flag]:,} of the {full:,} {noun} images ({how}).")
+        if not (config.get(flag) or (n and n < full)):
+            continue
+        n = n or config[flag]
+        if config.get("time_budget_s") and flag == "limit_train":  # make run's budget: said in its words
+            seen = (summary or {}).get("train_examples")
+            notes.append(f"The time budget used the first {n:,} of the {full:,} training images"
+                         + (f" and trained on {seen:,} of them." if isinstance(seen, int) and seen < n else "."))
+            continue
+        how = f" (--{flag.replace('_', '-')} {config[flag]})" if config.get(flag) else " (a smaller data set)"
+        notes.append(f"{verb} on the first {n:,} of the {full:,} {noun} images"
+                     + ("" if config.get("time_budget_s") else how) + ".")
     return notes
 
 
