@@ -113,3 +113,38 @@ def folder_state(folder: Path) -> dict:
         else:  # a folder, a FIFO, a device: never read
             state[str(path)] = ("node", os.lstat(path).st_mode)
     return state
+
+
+# --- real signals in this process at the moments of a run's start-up -------------------------------------
+
+def kill_self(signum=None, times: int = 1) -> None:
+    """Send this process `signum` (default SIGINT) `times` times: the real handler, as Ctrl-C does."""
+    import signal
+
+    for _ in range(times):
+        os.kill(os.getpid(), signal.SIGINT if signum is None else signum)
+
+
+def during_data_loading(monkeypatch, times: int = 1) -> None:
+    """A signal while the run's data are read (engine/run.py's `splits_for`)."""
+    import alexnet_lab.engine.run as lifecycle
+
+    real = lifecycle.splits_for
+    monkeypatch.setattr(lifecycle, "splits_for", lambda *a, **k: (kill_self(times=times), real(*a, **k))[1])
+
+
+def during_the_claim(monkeypatch) -> None:
+    """A signal once the run folder exists and is locked (engine/run.py's `claim_run_dir`)."""
+    from contextlib import contextmanager
+
+    import alexnet_lab.engine.run as lifecycle
+
+    real = lifecycle.claim_run_dir
+
+    @contextmanager
+    def claiming(*args, **kwargs):
+        with real(*args, **kwargs) as out:
+            kill_self()
+            yield out
+
+    monkeypatch.setattr(lifecycle, "claim_run_dir", claiming)

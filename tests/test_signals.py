@@ -13,12 +13,12 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 import fakedata
+from runhelpers import during_data_loading, during_the_claim, kill_self
 from alexnet_lab.cli import main, signals
 from alexnet_lab.engine.checkpoint import load_checkpoint
 from alexnet_lab.engine.schema import check_checkpoint
@@ -134,32 +134,6 @@ def offline(monkeypatch):
             yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def kill_self(signum=signal.SIGINT, times=1):
-    for _ in range(times):
-        os.kill(os.getpid(), signum)
-
-
-def during_data_loading(monkeypatch, times=1):
-    import alexnet_lab.engine.run as train_cli
-
-    real = train_cli.splits_for
-    monkeypatch.setattr(train_cli, "splits_for", lambda *a, **k: (kill_self(times=times), real(*a, **k))[1])
-
-
-def during_the_claim(monkeypatch):
-    import alexnet_lab.engine.run as train_cli
-
-    real = train_cli.claim_run_dir
-
-    @contextmanager
-    def claiming(*args, **kwargs):
-        with real(*args, **kwargs) as out:  # the folder exists and is locked
-            kill_self()
-            yield out
-
-    monkeypatch.setattr(train_cli, "claim_run_dir", claiming)
 
 
 def during_training_set_up(monkeypatch):
