@@ -84,11 +84,6 @@ def _open_regular_file(path: Path):
     return os.fdopen(fd, "rb")
 
 
-def is_grayscale(path: str | Path) -> bool:
-    """Whether the file's mode is single-channel (reads the header only, decodes nothing)."""
-    return read_header(path)[2]
-
-
 def read_header(path: str | Path) -> tuple[int, int, bool]:
     """(width, height, whether single-channel) as the file's header says, decoding nothing: a damaged
     header, a file that is no image or over MAX_PIXELS is a UserError, as for decoding."""
