@@ -3,9 +3,9 @@ running `train` in a test, the real data set, the chapter's text."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import os
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -15,6 +15,8 @@ import suite
 from fakedata import idx_bytes, make_dataset, write_idx  # noqa: F401  (re-exported for tests)
 
 REPO = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, one thread each (and
+    os.environ["OMP_NUM_THREADS"] = "1"    # their child processes), set before any test imports torch
 STILL_RUNNING_S = 20  # a test running longer than this is named on the terminal while it runs
 
 # Hypothesis: "ci" is hypothesis's defaults (CI=true); "dev" (make test) draws fewer examples for the tests
