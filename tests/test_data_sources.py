@@ -9,6 +9,7 @@ Tiny synthetic data (tests/fakedata.py, tests/imagedata.py), CPU only, offline.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -104,18 +105,61 @@ def test_splits_for_honours_every_data_setting_of_the_config(tmp_path, shapes):
     assert (len(folder.train_images), len(folder.test_images)) == (4, 4)  # half of each class held out
 
 
-def test_no_module_reads_the_data_but_through_splits_for():
-    """`_load_splits` is private to engine/builders.py; nothing in the package, the benchmarks or the
-    tests imports a second door (the old `load_splits`) into the data."""
-    import alexnet_lab.engine.builders as builders
+@contextlib.contextmanager
+def readers_of_the_data(*functions):
+    """Record, for every call of one of `functions` (found by their code, however a module refers to them),
+    the names of the functions on the stack above it: who read the data, and through which door."""
+    codes = {f.__code__ for f in functions}
+    calls = []
 
-    assert not hasattr(builders, "load_splits")
-    door = re.compile(r"\b_?load_splits\b")
-    offenders = [str(path) for root in (SRC, BENCHMARKS, Path(__file__).parent) for path in root.rglob("*.py")
-                 if path != SRC / "engine" / "builders.py" and path != Path(__file__)
-                 and any(door.search(line) and ("builders" in line or "import" in line)
-                         for line in path.read_text(encoding="utf-8").splitlines())]
-    assert offenders == []
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code in codes:
+            names, caller = [], frame.f_back
+            while caller is not None:
+                names.append(caller.f_code.co_name)
+                caller = caller.f_back
+            calls.append(names)
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        yield calls
+    finally:
+        sys.setprofile(previous)
+
+
+def test_every_command_reads_the_data_through_splits_for(data_dir, tmp_path, capsys, offline_private_cache):
+    """The one door into the data: every IDX file any command reads (train, sweep's own run, record,
+    bench, profile's real batch where it has one) is read below `splits_for`. A second door under any
+    name would read the files without it on the stack."""
+    from alexnet_lab.data.idx import parse_idx
+
+    with readers_of_the_data(parse_idx) as calls:
+        assert main(train_args(data_dir, tmp_path / "run", "--no-report", "--no-tensorboard")) == 0
+        assert main(["record", "--preset", "speedrun", "--model", "lenet", "--seeds", "1", "--data-dir",
+                     str(data_dir), "--device", "cpu", "--epochs", "0.5"]) in (0, 1)
+    capsys.readouterr()
+    assert len(calls) >= 8  # four files, for train and for record
+    assert all("splits_for" in names for names in calls), [names[:6] for names in calls]
+
+
+def test_every_command_that_reads_a_checkpoint_reads_its_test_data_through_one_function(
+        lenet_checkpoint, data_dir_512, tmp_path, capsys, offline_private_cache):
+    """evaluate, visualize, export's check and the report read a checkpoint's test data only through
+    `evaluation.checkpoint_test_split` (the run's data and split, read with the model's channels)."""
+    from alexnet_lab.data.idx import parse_idx
+
+    run = lenet_checkpoint.parent
+    with readers_of_the_data(parse_idx) as calls:
+        assert main(["evaluate", "--checkpoint", str(lenet_checkpoint), "--device", "cpu",
+                     "--out", str(tmp_path / "e")]) == 0
+        assert main(["visualize", "--checkpoint", str(lenet_checkpoint), "--device", "cpu",
+                     "--out", str(tmp_path / "v")]) == 0
+        assert main(["export", "--checkpoint", str(lenet_checkpoint), "--format", "safetensors",
+                     "--out", str(tmp_path / "m.safetensors"), "--check-images", "2"]) == 0
+        assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0
+    capsys.readouterr()
+    assert calls and all("checkpoint_test_split" in names for names in calls), [names[:6] for names in calls]
 
 
 # --- commands that read a checkpoint ---------------------------------------------------------------------
@@ -165,13 +209,6 @@ def test_export_and_visualize_decode_only_the_images_they_use(tmp_path, monkeypa
     assert main(["visualize", "--checkpoint", str(run / "checkpoint.pt"), "--test-index", "4", "--device", "cpu",
                  "--out", str(tmp_path / "v")]) == 0
     assert [p.relative_to(folder).as_posix() for p in decoded] == [val[4]]
-
-
-@pytest.mark.parametrize("module", ["cli/evaluate.py", "cli/visualize.py", "cli/export.py", "reports/learned.py"])
-def test_every_command_that_reads_a_checkpoint_takes_its_test_split_from_one_function(module):
-    text = (SRC / module).read_text(encoding="utf-8")
-    assert "checkpoint_test_split(" in text
-    assert not re.search(r"\bsplits_for(_model)?\(", text)  # no second way to the run's test data
 
 
 # --- data that cannot be used: one line, exit 2, no run folder -----------------------------------------
