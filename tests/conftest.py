@@ -3,6 +3,7 @@ running `train` in a test, the real data set, the chapter's text."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -144,17 +145,34 @@ def _skip_cuda_tests_without_a_gpu(items) -> None:
             item.add_marker(skip)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item, nextitem):
+_RUNNING: dict[str, threading.Timer] = {}  # nodeid -> its still-running note, on the process that prints
+_CONFIG = []
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the process that prints (with -n N: the controller, not a worker)
+        _CONFIG.append(config)
+
+
+def pytest_runtest_logstart(nodeid, location):
     """A test that runs longer than STILL_RUNNING_S is named on the terminal while it runs (with -q the
-    suite otherwise shows only dots); pytest prints the slowest durations at the end (--durations)."""
-    reporter = item.config.pluginmanager.get_plugin("terminalreporter")
-    timer = threading.Timer(STILL_RUNNING_S, lambda: reporter.write(
-        f"\n  [still running after {STILL_RUNNING_S} s: {item.nodeid}]\n", yellow=True, flush=True))
+    suite otherwise shows only dots); with pytest-xdist the controller hears of each start and end."""
+    reporter = _CONFIG[0].pluginmanager.get_plugin("terminalreporter") if _CONFIG else None
+    if reporter is None:
+        return
+    capture = _CONFIG[0].pluginmanager.get_plugin("capturemanager")
+
+    def say() -> None:  # (in one process the test's output is being captured: the note goes past it)
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write(f"\n  [still running after {STILL_RUNNING_S} s: {nodeid}]\n", yellow=True, flush=True)
+
+    timer = threading.Timer(STILL_RUNNING_S, say)
     timer.daemon = True
-    if reporter is not None:
-        timer.start()
-    try:
-        yield
-    finally:
+    _RUNNING[nodeid] = timer
+    timer.start()
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    timer = _RUNNING.pop(nodeid, None)
+    if timer is not None:
         timer.cancel()
