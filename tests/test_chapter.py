@@ -17,38 +17,74 @@ def fake_timings(monkeypatch, step_s, test_batch_s):
     monkeypatch.setattr(numerics, "time_steps", lambda works, *args, **kwargs: dict.fromkeys(works, 1.0))
 
 
-def test_cpu_budget_fits_training_and_testing_into_the_budget(monkeypatch):
+def test_cpu_budget_fits_training_testing_and_figures_into_the_budget(monkeypatch):
     fake_timings(monkeypatch, lambda config: 1.5 if config.precision == "fp32" else 0.5, 3.0)
     full = make_config("d2l", device="cpu")
-    plan = estimate.plan_budget(full, 120, train_examples=60000, test_examples=10000, recipe="fast")
+    plan = estimate.plan_budget(full, 120, train_examples=60000, test_examples=10000, recipe="fast",
+                                after_seconds=4.0)
     config = plan.config
     assert config.model == "alexnet" and config.resize is None  # the chapter's net at 224x224
     assert config.preset == "fast-cpu-budget" and config.momentum == 0.9 and config.epochs == 1
-    # one evaluation (the epoch's end) of 2,000 test images in batches of 256: 8 x 3 s, reserved
+    # one evaluation (after the last step) of 2,000 test images in batches of 256: 8 x 3 s
     assert config.limit_test == 2000 and plan.eval_seconds == 24.0
-    # the rest, 96 s, trains: at most 96 s / 0.5 s per step = 192 steps of 128 images, stopped at 96 s
-    assert config.time_budget_s == 96.0 and config.limit_train == 192 * 128
+    # the test and the figures are reserved at 1.5x: 120 - 1.5 x (24 + 4) = 78 s of training,
+    # 78 s / 0.5 s per step = 156 steps of 128 images, stopped by the clock at 78 s
+    assert config.time_budget_s == 78.0 and config.limit_train == 156 * 128
+    assert plan.total_seconds == pytest.approx(78 + 24 + 4)  # on a machine as fast as measured: early
     out = chapter.describe_budget(plan, full, 60000, 2)
-    assert "alexnet-lab train --preset d2l" in out and "Estimated time: 1.6 min of training" in out
-    assert "plus ~0.4 min of evaluation" in out and "Training stops after at most 1.6 min" in out
+    assert "make run ARGS=--full" in out and "Estimated time: 1.8 min: 1.3 min of training, 24 s of testing" in out
+    assert "Training stops after at most 1.3 min" in out
     assert "would take about 2.0 h" in out  # 469 steps x 10 epochs x 1.5 s = 7035 s
     small = estimate.plan_budget(full, 1e6, train_examples=1000, test_examples=500)  # all the data fits
     assert (small.config.limit_train, small.config.limit_test) == (1000, 500)
-    # the default recipe, one-epoch's: batch 32, so the same 192 steps take 192 x 32 images
-    default = estimate.plan_budget(full, 120, train_examples=60000, test_examples=10000).config
-    assert default.preset == "one-epoch-cpu-budget" and default.batch_size == 32
-    assert default.limit_train == 192 * 32 and default.time_budget_s == 96.0
-    assert "the 'one-epoch' recipe (batch 32," in chapter.describe_budget(
-        estimate.plan_budget(full, 120, train_examples=60000, test_examples=10000), full, 60000, 2)
+    # the default recipe, one-epoch-muon: batch 32, Muon for the convolutions
+    default = estimate.plan_budget(full, 120, train_examples=60000, test_examples=10000)
+    assert default.config.preset == "one-epoch-muon-cpu-budget" and default.config.batch_size == 32
+    assert default.config.optimizer == "muon" and default.config.limit_train == 168 * 32  # 120 - 1.5 x 24 = 84 s
+    assert "the 'one-epoch-muon' recipe (batch 32, Muon" in chapter.describe_budget(default, full, 60000, 2)
 
 
-def test_the_chapter_says_how_long_its_budget_run_took_against_the_budget():
-    slow = {"steps": 150, "wall_seconds": 246.0, "stopped_at_time_budget": True}
-    assert chapter.budget_outcome(slow, 4, 270) == (
-        "Budget: trained and tested in 4.1 min of the 4-minute budget (training stopped at its time limit "
-        "after 150 of the 270 planned steps: this machine ran slower than measured).")
-    quiet = {"steps": 270, "wall_seconds": 228.0, "stopped_at_time_budget": False}
-    assert chapter.budget_outcome(quiet, 4, 270).endswith("in 3.8 min of the 4-minute budget (all 270 planned steps).")
+def test_the_budget_says_what_it_will_likely_reach_and_when_that_is_too_little(monkeypatch):
+    fake_timings(monkeypatch, lambda config: 1.0, 1.0)
+    full = make_config("d2l", device="cpu")
+    curve = estimate.BUDGET_CURVE
+    short = estimate.plan_budget(full, 60, train_examples=60000, test_examples=10000)  # a minute: few images
+    images = short.config.limit_train
+    assert estimate.expected_accuracy(images) < estimate.MEANINGFUL_ACCURACY
+    text = chapter.describe_budget(short, full, 60000, 1)
+    assert f"the budget holds only {images:,} training images: too few for a meaningful result" in text
+    assert f"Expect a test accuracy around {estimate.expected_accuracy(images):.2f}" in text
+    needed = estimate.images_for(estimate.MEANINGFUL_ACCURACY)
+    minutes = chapter._minutes_for(needed, short)
+    assert f'about {needed:,} images reach 0.80: make run ARGS="--budget-minutes {minutes}"' in text
+    # ...and that advice holds: a budget of that many minutes plans at least that many images
+    assert estimate.plan_budget(full, minutes * 60, 60000, 10000).config.limit_train >= needed
+    long = estimate.plan_budget(full, 3600, train_examples=60000, test_examples=10000)
+    assert f"Expected test accuracy: about {estimate.expected_accuracy(long.config.limit_train):.2f}" in \
+        chapter.describe_budget(long, full, 60000, 60)
+    # the curve itself: measured points are returned as measured, rising with the images
+    assert [estimate.expected_accuracy(n) for n in sorted(curve)] == [curve[n] for n in sorted(curve)]
+    assert all(estimate.images_for(curve[n]) <= n for n in curve)
+
+
+def test_the_chapter_ends_with_the_result_in_context_and_how_long_it_took(monkeypatch):
+    fake_timings(monkeypatch, lambda config: 1.0, 1.0)
+    plan = estimate.plan_budget(make_config("d2l", device="cpu"), 240, 60000, 10000)
+    epoch = estimate.ONE_EPOCH_IMAGES
+    slow = {"steps": 150, "train_examples": 4800, "test_acc": 0.8123, "stopped_at_time_budget": True}
+    text = chapter.results_in_context(slow, plan, 4, 246.0)
+    assert text.splitlines()[0] == ("Result: test accuracy 0.812 on the first 2,000 test images, after 4,800 "
+                                    "training images.")
+    assert "chance is 0.100; the book's AlexNet reaches 0.883 after 10 epochs" in text
+    most = max(estimate.BUDGET_CURVE)
+    assert (f"one whole epoch (60,000 images) reaches 0.893 with the one-epoch recipe, and this recipe "
+            f"{estimate.BUDGET_CURVE[most]:.3f} after {most:,} images (both measured") in text
+    assert f'make run ARGS="--budget-minutes {chapter._minutes_for(epoch, plan)} --budget-preset one-epoch"' in text
+    assert "--epochs" not in text and "--batch-size" not in text  # nothing make run cannot take
+    assert text.splitlines()[-1].startswith("Budget: 4.1 min so far, the report next (estimated in all: ")
+    assert f"training stopped at its time limit after 4,800 of the {plan.config.limit_train:,} planned images" in text
+    quiet = {**slow, "steps": plan.config.limit_train // 32, "stopped_at_time_budget": False}
+    assert f"all {plan.config.limit_train // 32:,} planned steps" in chapter.results_in_context(quiet, plan, 4, 228.0)
 
 
 def test_evaluations_counts_what_fit_evaluates():
@@ -78,8 +114,17 @@ def test_make_run_job_end_to_end_on_cpu(tmp_path, monkeypatch, real_data, capsys
     assert f"Results in {out}/" in printed
     assert printed.splitlines()[-1].startswith(f"Report: {out / 'report.html'}")  # the last line names it
     assert "Training stops after at most" in printed
-    assert printed.splitlines()[-2].startswith("Budget: trained and tested in ")
-    assert "Tested on the first 64 of the 10,000 test images" in (out / "report.html").read_text()
+    lines = printed.splitlines()
+    assert lines[-2] == "Writing the report..." and lines[-3].startswith("Budget: ")  # each phase said as it starts
+    assert lines[-6].startswith("Result: test accuracy ") and "For scale: chance is 0.100" in lines[-5]
+    assert "Training done; testing on 64 test images..." in captured.err
+    assert "Drawing TensorBoard's final images" in printed or "tensorboard" not in {p.name for p in out.iterdir()}
+    assert ("Recipe (one-epoch-muon-cpu-budget): the book's d2l recipe with epochs=1, batch_size=32, lr=0.02, "
+            "momentum=0.9, nesterov=True, weight_decay=0.0005, optimizer=muon, muon_lr=0.05, ") in printed
+    assert "optimizer steps" not in captured.err  # no advice make run cannot take (--epochs, --batch-size)
+    page = (out / "report.html").read_text()
+    assert "Tested on the first 64 of the 10,000 test images." in page and "--limit" not in page
+    assert "The time budget used the first 96 of the 60,000 training images." in page
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["train_examples"] == 3 * 32 and summary["model"] == "alexnet"  # one-epoch's batch 32
+    assert summary["train_examples"] == 3 * 32 and summary["model"] == "alexnet"  # one-epoch-muon's batch 32
     assert {"curves.png", "curves.svg", "checkpoint.pt", "metrics.jsonl", "config.json"} <= {p.name for p in out.iterdir()}
