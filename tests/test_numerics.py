@@ -76,8 +76,8 @@ def test_alexnet_bf16_channels_last_predicts_like_fp32():
 
 CPU = torch.device("cpu")
 LENET = {"in_channels": 1, "num_classes": 10}
-BF16_SLOWER = {"fp32 + channels-first": 0.30, "fp32 + channels-last": 0.20,   # seconds a step, as on the
-               "bf16 + channels-first": 0.50, "bf16 + channels-last": 0.40}   # Intel Xeon of issue 29
+BF16_SLOWER = {"fp32 + channels-first": 0.30, "fp32 + channels-last": 0.20,   # seconds a step: a CPU whose
+               "bf16 + channels-first": 0.50, "bf16 + channels-last": 0.40}   # bf16 runs slower than fp32
 
 
 class FakeTimer:
